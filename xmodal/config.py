@@ -1,0 +1,90 @@
+"""One settings object for xmodal.
+
+Values come from, in order of priority: explicit arguments (the CLI flags), environment variables
+``XMODAL_*``, an optional TOML file (``XMODAL_CONFIG`` or ``$XMODAL_HOME/xmodal.toml``), defaults.
+Derived values (database URL from the home, worker counts) are computed here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+DEFAULT_CLIP_MODEL = "ViT-B-32"
+DEFAULT_CLIP_PRETRAINED = "laion2b_s34b_b79k"
+
+
+def _toml_file() -> Path | None:
+    explicit = os.environ.get("XMODAL_CONFIG")
+    if explicit:
+        return Path(explicit)
+    home = Path(os.environ.get("XMODAL_HOME", "xmodal-data"))
+    candidate = home / "xmodal.toml"
+    return candidate if candidate.is_file() else None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="XMODAL_", extra="ignore", validate_default=True)
+
+    home: Path = Field(default=Path("xmodal-data"), description="data dir: catalog, shards, indexes")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in home")
+
+    clip_model: str = DEFAULT_CLIP_MODEL
+    clip_pretrained: str = DEFAULT_CLIP_PRETRAINED
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
+
+    # indexing
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    workers: int = Field(default=0, ge=0, le=256, description="decode processes; 0 = one per core but one")
+    shard_rows: int = Field(default=50_000, ge=1)
+    shard_seconds: float = Field(default=300.0, gt=0, description="flush a shard at least this often")
+
+    # media limits
+    max_file_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(default=100_000_000, ge=1)
+    max_text_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+
+    # index
+    exact_threshold: int = Field(default=50_000, ge=0, description="below this many vectors: exact search")
+    recall_target: float = Field(default=0.95, gt=0, le=1.0)
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml = _toml_file()
+        if toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home / 'catalog.sqlite'}"
+
+    @property
+    def resolved_workers(self) -> int:
+        if self.workers:
+            return self.workers
+        return max(1, (os.cpu_count() or 2) - 1)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from env/TOML, with non-None keyword overrides (CLI flags) on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
