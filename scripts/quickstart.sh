@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install xmodal into .venv, index SOURCE folders into a collection, and run one search.
+#
+#   scripts/quickstart.sh ~/Pictures ~/notes            # model from XMODAL_CLIP_* (default ViT-B-32/laion2b)
+#   XMODAL_CLIP_PRETRAINED=/models/vit-b-32.bin scripts/quickstart.sh ~/Pictures   # offline: local checkpoint
+#   scripts/quickstart.sh --demo                        # offline plumbing check: random-weights tiny model
+#
+# Env: XMODAL_HOME (data dir, default ./xmodal-data), XMODAL_COLLECTION (default "media"),
+#      XMODAL_QUERY (the search to run at the end, default "a photo").
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+python=${PYTHON:-python3}
+[ -x "$repo/.venv/bin/python" ] || "$python" -m venv "$repo/.venv"
+"$repo/.venv/bin/python" -m pip install --quiet --upgrade pip
+"$repo/.venv/bin/python" -m pip install --quiet -e "$repo"
+xmodal="$repo/.venv/bin/xmodal"
+collection=${XMODAL_COLLECTION:-media}
+query=${XMODAL_QUERY:-a photo}
+
+if [ "${1:-}" = "--demo" ]; then
+  demo=${XMODAL_HOME:-$PWD/xmodal-data}/demo
+  echo "demo: a tiny open_clip model with RANDOM weights (plumbing check, not search quality) in $demo"
+  "$repo/.venv/bin/python" "$repo/scripts/make_tiny_clip.py" "$demo/model" >/dev/null
+  "$repo/.venv/bin/python" -c "from xmodal.bench import generate_photos; from pathlib import Path; \
+generate_photos(Path('$demo/media'), 48, size=(320, 240))"
+  export XMODAL_CLIP_MODEL="$demo/model/xmodal-tiny-clip.json"
+  export XMODAL_CLIP_PRETRAINED="$demo/model/xmodal-tiny-clip.pt"
+  set -- "$demo/media"
+fi
+if [ "$#" -eq 0 ]; then
+  echo "usage: scripts/quickstart.sh SOURCE... | --demo" >&2
+  exit 2
+fi
+"$xmodal" index "$@" --collection "$collection"
+echo
+echo "\$ xmodal search --collection $collection --text \"$query\" -k 5"
+"$xmodal" search --collection "$collection" --text "$query" -k 5
+echo
+echo "\$ xmodal stats --collection $collection"
+"$xmodal" stats --collection "$collection"

@@ -1,0 +1,72 @@
+"""Shared fixtures: a tiny open_clip model saved to disk, catalogs on SQLite and PostgreSQL, media."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import load_script
+
+from xmodal.config import Settings
+
+PG_URL = os.environ.get("XMODAL_TEST_DATABASE_URL")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """(--clip-model, --clip-pretrained) of a tiny random-weights open_clip model on disk."""
+    model_arg, ckpt = load_script("make_tiny_clip").make_clip(tmp_path_factory.mktemp("tiny-clip"))
+    return str(model_arg), str(ckpt)
+
+
+def _pg_schema_url(base: str) -> Iterator[str]:
+    """A fresh schema per test on the PostgreSQL server, dropped afterwards."""
+    import sqlalchemy as sa
+
+    schema = f"xm_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(base)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()
+
+
+DB_PARAMS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgres", id="postgres", marks=[
+        pytest.mark.postgres,
+        pytest.mark.skipif(not PG_URL, reason="XMODAL_TEST_DATABASE_URL not set (.ci/run sets it)"),
+    ]),
+]
+
+
+@pytest.fixture(params=DB_PARAMS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    else:
+        assert PG_URL
+        yield from _pg_schema_url(PG_URL)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def settings(home: Path, database_url: str, tiny_clip: tuple[str, str]) -> Settings:
+    return Settings(home=home, database_url=database_url, clip_model=tiny_clip[0], clip_pretrained=tiny_clip[1],
+                    batch_size=16, exact_threshold=1000)
+
+

@@ -1,0 +1,67 @@
+"""Helpers shared by the tests: generated media, the CLI in-process, scripts."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_script(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def photo(seed: int, size: tuple[int, int] = (160, 120)) -> Image.Image:
+    """A distinct, photo-like image: a smooth random colour field with a few shapes."""
+    rng = np.random.default_rng(seed)
+    low = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
+    img = Image.fromarray(low).resize(size, Image.Resampling.BICUBIC)
+    arr = np.asarray(img).astype(np.int16)
+    for _ in range(4):
+        x0, y0 = rng.integers(0, size[0] - 20), rng.integers(0, size[1] - 20)
+        w, h = rng.integers(10, 60), rng.integers(10, 60)
+        arr[y0:y0 + h, x0:x0 + w] = rng.integers(0, 256, size=3)
+    arr += rng.integers(-8, 9, size=arr.shape, dtype=np.int16)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def write_photos(folder: Path, n: int, *, start: int = 0, ext: str = "jpg") -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(start, start + n):
+        p = folder / f"photo_{i:04d}.{ext}"
+        photo(i).save(p)
+        paths.append(p)
+    return paths
+
+
+def write_texts(folder: Path, texts: dict[str, str]) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, body in texts.items():
+        p = folder / name
+        p.write_text(body, encoding="utf-8")
+        out.append(p)
+    return out
+
+
+def cli_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> Any:
+    """Run the CLI in-process with --json and parse what it printed."""
+    from xmodal.cli import main
+
+    capsys.readouterr()
+    code = main([*argv, "--json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return json.loads(out)

@@ -1,0 +1,336 @@
+"""End to end through the command line, as a user runs it, on SQLite and PostgreSQL catalogs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import cli_json, photo, write_photos, write_texts
+from PIL import Image
+
+from xmodal.cli import main
+
+
+@pytest.fixture
+def env(settings, monkeypatch):
+    """XMODAL_* env for the in-process CLI, pointing at the test's home, catalog and tiny model."""
+    monkeypatch.setenv("XMODAL_HOME", str(settings.home))
+    monkeypatch.setenv("XMODAL_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("XMODAL_CLIP_MODEL", settings.clip_model)
+    monkeypatch.setenv("XMODAL_CLIP_PRETRAINED", settings.clip_pretrained)
+    monkeypatch.setenv("XMODAL_BATCH_SIZE", "16")
+    return settings
+
+
+TEXTS = {
+    "boots.txt": "Red leather ankle boots with a low heel.",
+    "beach.md": "# Beach day\n\nWaves breaking on a sandy shore under a blue sky.",
+    "kettle.txt": "A stainless steel electric kettle, 1.7 litres.",
+}
+
+
+@pytest.fixture
+def media(tmp_path: Path) -> Path:
+    root = tmp_path / "media"
+    write_photos(root / "photos", 40)
+    write_photos(root / "photos" / "png", 4, start=100, ext="png")
+    write_texts(root / "notes", TEXTS)
+    return root
+
+
+def index(capsys, media: Path, *extra: str) -> dict:
+    return cli_json(capsys, ["index", str(media), "--collection", "shop", "--no-progress", *extra])
+
+
+def search(capsys, *args: str) -> list[dict]:
+    return cli_json(capsys, ["search", "--collection", "shop", *args])["results"]
+
+
+def test_index_then_search_by_image_text_and_item(env, media, capsys):
+    summary = index(capsys, media)
+    assert summary["scanned"] == 47 and summary["ok"] == 47 and summary["failed"] == 0
+    assert summary["index"]["vectors"] == 47 and summary["index"]["built"] is True
+
+    target = media / "photos" / "photo_0007.jpg"
+    results = search(capsys, "--image", str(target), "-k", "5")
+    assert results[0]["uri"] == str(target)
+    assert results[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert {"id", "uri", "modality", "score", "metadata", "space"} <= results[0].keys()
+    assert results[0]["metadata"]["width"] == 160
+
+    texts = search(capsys, "--text", "red leather boots", "--target", "text", "-k", "10")
+    assert {r["modality"] for r in texts} == {"text"} and len(texts) == 3
+    images = search(capsys, "--text", "a photo", "--target", "image", "-k", "7")
+    assert len(images) == 7 and {r["modality"] for r in images} == {"image"}
+
+    item_id = results[0]["id"]
+    similar = search(capsys, "--item", str(item_id), "-k", "3")
+    assert item_id not in [r["id"] for r in similar] and len(similar) == 3
+
+
+def test_plain_output_lists_ranked_results(env, media, capsys):
+    index(capsys, media)
+    capsys.readouterr()
+    assert main(["search", "-c", "shop", "--image", str(media / "photos" / "photo_0002.jpg"), "-k", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].split()[0] == "1" and "photo_0002.jpg" in lines[0]
+
+
+def test_resized_copy_finds_its_original(env, media, capsys, tmp_path):
+    index(capsys, media)
+    for i in (3, 11, 25):
+        original = media / "photos" / f"photo_{i:04d}.jpg"
+        copy = tmp_path / f"copy_{i}.png"
+        img = Image.open(original)
+        img.resize((img.width * 3 // 5, img.height * 3 // 5), Image.Resampling.LANCZOS).save(copy)
+        assert search(capsys, "--image", str(copy), "-k", "3")[0]["uri"] == str(original)
+
+
+def test_rerun_on_unchanged_sources_embeds_nothing(env, media, capsys):
+    first = index(capsys, media)
+    shards = sorted((env.home / "collections" / "shop" / "shards").rglob("*.parquet"))
+    second = index(capsys, media)
+    assert second["embedded"] == 0 and second["new"] == 0 and second["unchanged"] == 47
+    assert second["index"]["built"] is False and second["index"]["version"] == first["index"]["version"]
+    assert sorted((env.home / "collections" / "shop" / "shards").rglob("*.parquet")) == shards
+    # touching a file (new mtime, same bytes) re-hashes it but does not re-embed it
+    os.utime(media / "photos" / "photo_0001.jpg", ns=(1, 1))
+    third = index(capsys, media)
+    assert third["embedded"] == 0 and third["unchanged"] == 47
+
+
+def test_changed_file_is_reembedded_and_deleted_file_disappears(env, media, capsys):
+    index(capsys, media)
+    changed = media / "photos" / "photo_0005.jpg"
+    before = search(capsys, "--image", str(changed), "-k", "1")[0]
+    photo(999).save(changed)  # new content under the same name
+    deleted = media / "photos" / "photo_0006.jpg"
+    deleted_id = search(capsys, "--image", str(deleted), "-k", "1")[0]["id"]
+    deleted.unlink()
+
+    summary = index(capsys, media)
+    assert summary["embedded"] == 1 and summary["deleted"] == 1 and summary["index"]["built"] is True
+    after = search(capsys, "--image", str(changed), "-k", "1")[0]
+    assert after["uri"] == str(changed) and after["id"] == before["id"]  # ids are stable
+    assert after["score"] == pytest.approx(1.0, abs=1e-4)
+    everything = search(capsys, "--text", "anything", "-k", "100")
+    assert deleted_id not in {r["id"] for r in everything} and len(everything) == 46
+
+    stats = cli_json(capsys, ["stats", "--collection", "shop"])
+    assert stats["items"]["status"].get("deleted") == 1 and stats["items"]["status"]["ok"] == 46
+
+    # the file comes back: same id again
+    photo(6).save(deleted)
+    index(capsys, media)
+    assert search(capsys, "--image", str(deleted), "-k", "1")[0]["id"] == deleted_id
+
+
+def test_a_deleted_source_file_is_hidden_before_any_rebuild(env, media, capsys):
+    """Search hydrates from the catalog: an item marked deleted never shows, whatever the index holds."""
+    from xmodal.storage.catalog import STATUS_DELETED, Catalog
+
+    index(capsys, media)
+    hit = search(capsys, "--image", str(media / "photos" / "photo_0009.jpg"), "-k", "1")[0]
+    catalog = Catalog(env.database_url)
+    catalog.set_status([hit["id"]], STATUS_DELETED)
+    catalog.close()
+    assert hit["id"] not in {r["id"] for r in search(capsys, "--text", "x", "-k", "100")}
+
+
+def write_bad_files(root: Path) -> dict[str, str]:
+    """Every kind of damage, and the words its failure reason must contain."""
+    root.mkdir(parents=True, exist_ok=True)
+    good = root / "good.jpg"
+    photo(1).save(good)
+    data = good.read_bytes()
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (root / "notes-named.png").write_text("this is not an image at all\n")
+    (root / "noise.webp").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    Image.new("1", (12_000, 12_000)).save(root / "bomb.png")  # 144 Mpx, a few KB on disk
+    (root / "latin1.txt").write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e".encode("latin-1"))
+    (root / "blank.md").write_text("   \n\n")
+    os.symlink(root / "missing-target.jpg", root / "dangling.jpg")
+    os.mkfifo(root / "pipe.jpg")
+    (root / "folder.jpg").mkdir()  # a directory with a media name is not a file: skipped
+    os.symlink(root, root / "loop")  # a symlink loop must not hang the scan
+    return {
+        "empty.jpg": "empty", "truncated.jpg": "truncated", "notes-named.png": "not a recognised image",
+        "noise.webp": "not a recognised image", "bomb.png": "too large", "latin1.txt": "utf-8",
+        "blank.md": "empty", "dangling.jpg": "broken symlink", "pipe.jpg": "not a regular file",
+    }
+
+
+def test_every_kind_of_bad_file_is_recorded_and_the_run_goes_on(env, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XMODAL_MAX_IMAGE_PIXELS", "100000000")
+    root = tmp_path / "bad"
+    expected = write_bad_files(root)
+    summary = cli_json(capsys, ["index", str(root), "--collection", "shop", "--no-progress"])
+    assert summary["ok"] == 1 and summary["failed"] == len(expected)
+    stats = cli_json(capsys, ["stats", "--collection", "shop"])
+    reasons = {Path(f["uri"]).name: f["reason"] for f in stats["failed"]}
+    assert set(reasons) == set(expected)
+    for name, words in expected.items():
+        assert words.lower() in reasons[name].lower(), (name, reasons[name])
+    assert stats["items"]["status"] == {"ok": 1, "failed": len(expected)}
+    # an unchanged broken file is not retried; --retry-failed tries again
+    again = cli_json(capsys, ["index", str(root), "--collection", "shop", "--no-progress"])
+    assert again["embedded"] == 0
+    fixed = root / "truncated.jpg"
+    photo(77).save(fixed)
+    third = cli_json(capsys, ["index", str(root), "--collection", "shop", "--no-progress"])
+    assert third["embedded"] == 1
+
+
+def test_odd_file_names(env, tmp_path, capsys):
+    root = tmp_path / "odd"
+    root.mkdir()
+    names = ["with space.jpg", "ünïcödé 写真.JPG", "new\nline.png", "percent%20and#hash?.jpeg", "-dash.gif",
+             ".hidden.bmp", "semi;colon'quote\".tiff"]
+    for i, name in enumerate(names):
+        photo(200 + i).save(root / name)
+    raw = os.fsencode(str(root)) + b"/bad-\xff-bytes.jpg"
+    photo(300).save(raw.decode("utf-8", "surrogateescape"))
+    summary = cli_json(capsys, ["index", str(root), "--collection", "shop", "--no-progress"])
+    assert summary["ok"] == len(names) + 1 and summary["failed"] == 0
+    for name in names:
+        assert search(capsys, "--image", str(root / name), "-k", "1")[0]["uri"] == str(root / name)
+    hit = search(capsys, "--image", os.fsdecode(raw), "-k", "1")[0]
+    assert hit["uri"].startswith("file://") and hit["uri"].endswith("bad-%FF-bytes.jpg")
+
+
+def test_ivfpq_above_the_threshold_agrees_with_exact_search(env, tmp_path, capsys, monkeypatch):
+    root = tmp_path / "many"
+    write_photos(root, 260)
+    exact = cli_json(capsys, ["index", str(root), "--collection", "exact", "--no-progress"])
+    monkeypatch.setenv("XMODAL_EXACT_THRESHOLD", "100")
+    approx = cli_json(capsys, ["index", str(root), "--collection", "approx", "--no-progress"])
+    assert exact["index"]["kind"] == "flat" and approx["index"]["kind"] == "ivfpq"
+    stats = cli_json(capsys, ["stats", "--collection", "approx"])
+    part = stats["index"]["clip"]["parts"]["image"]
+    assert part["kind"] == "ivfpq" and part["nlist"] >= 2 and part["recall@10"] >= 0.9
+
+    agree = 0
+    queries = [root / f"photo_{i:04d}.jpg" for i in range(0, 260, 13)]
+    for q in queries:
+        copy = tmp_path / "q.png"
+        Image.open(q).resize((120, 90)).save(copy)  # a near-duplicate, not the indexed vector itself
+        a = cli_json(capsys, ["search", "-c", "exact", "--image", str(copy), "-k", "1"])["results"][0]["uri"]
+        b = cli_json(capsys, ["search", "-c", "approx", "--image", str(copy), "-k", "1"])["results"][0]["uri"]
+        agree += a == b
+    assert agree >= 0.9 * len(queries)
+
+
+def test_eval_reports_recall_mrr_latency_and_carries_extra_keys(env, media, capsys, tmp_path):
+    index(capsys, media)
+    queries = tmp_path / "queries.jsonl"
+    lines = [
+        {"image": str(media / "photos" / f"photo_{i:04d}.jpg"), "expected": [str(media / "photos" / f"photo_{i:04d}.jpg")],
+         "target": "image", "case": f"self-{i}"}
+        for i in range(5)
+    ]
+    lines.append({"text": "boots", "expected": [str(media / "notes" / "boots.txt")], "target": "text", "case": "t"})
+    queries.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    report = cli_json(capsys, ["eval", "--collection", "shop", "--queries", str(queries), "-k", "3", "--no-progress"])
+    assert report["queries"] == 6
+    assert {"recall@1", "recall@k", "mrr", "queries", "latency_ms_p50", "per_query"} <= report.keys()
+    assert report["recall@k"] == 1.0  # only 3 texts: with k=3 the text query must hit
+    assert report["recall@1"] >= 5 / 6 and report["mrr"] >= report["recall@1"]
+    assert [p["case"] for p in report["per_query"]] == [line["case"] for line in lines]
+    assert all(p["rank"] == 1 for p in report["per_query"][:5])
+
+
+def test_stats_reports_counts_spaces_and_index(env, media, capsys):
+    index(capsys, media)
+    stats = cli_json(capsys, ["stats", "--collection", "shop"])
+    assert stats["items"]["status"] == {"ok": 47}
+    assert stats["items"]["modality"] == {"image": 44, "text": 3}
+    assert stats["failed"] == []
+    (space,) = stats["spaces"]
+    assert space["name"] == "clip" and space["dim"] == 64 and space["model"] == env.clip_model
+    assert stats["index"]["clip"]["version"] == 1 and stats["index"]["clip"]["vectors"] == 47
+
+
+def test_collection_remembers_its_model(env, media, capsys, tmp_path, monkeypatch):
+    index(capsys, media)
+    # search needs no model flags: drop them from the environment
+    monkeypatch.delenv("XMODAL_CLIP_MODEL")
+    monkeypatch.delenv("XMODAL_CLIP_PRETRAINED")
+    assert search(capsys, "--text", "kettle", "-k", "1")
+    # indexing with other weights into the same collection is refused
+    import torch
+
+    other = tmp_path / "other.pt"
+    state = torch.load(env.clip_pretrained, weights_only=True)
+    torch.save({k: v + 0.01 for k, v in state.items()}, other)
+    code = main(["index", str(media), "-c", "shop", "--clip-model", env.clip_model, "--clip-pretrained", str(other),
+                 "--no-progress"])
+    assert code == 2
+    assert "indexed with" in capsys.readouterr().err
+
+
+def test_user_errors_are_one_line_with_status_2(env, media, capsys, tmp_path):
+    index(capsys, media)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    cases = [
+        (["search", "-c", "nope", "--text", "x"], "no collection named 'nope'"),
+        (["search", "-c", "shop", "--item", "999999"], "no item with id 999999"),
+        (["search", "-c", "shop", "--image", str(bad)], "cannot use"),
+        (["search", "-c", "shop", "--image", str(tmp_path / "missing.jpg")], "cannot use"),
+        (["search", "-c", "shop", "--text", "   "], "empty text query"),
+        (["index", str(tmp_path / "not-there"), "-c", "shop"], "does not exist"),
+        (["index", str(media), "-c", "bad name!"], "invalid collection name"),
+        (["eval", "-c", "shop", "--queries", str(tmp_path / "none.jsonl")], "not found"),
+    ]
+    for argv, message in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, (argv, err)
+
+
+def test_missing_source_deletes_nothing(env, media, capsys, tmp_path):
+    index(capsys, media)
+    moved = tmp_path / "moved"
+    shutil.move(media, moved)
+    assert main(["index", str(media), "-c", "shop", "--no-progress"]) == 2
+    assert cli_json(capsys, ["stats", "-c", "shop"])["items"]["status"] == {"ok": 47}
+
+
+def test_console_script_offline_default_model_names_the_flag(tmp_path):
+    """With no network and no cached weights, the default model fails at once, naming the flag."""
+    media = tmp_path / "m"
+    write_photos(media, 2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XMODAL_")}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), XMODAL_HOME=str(tmp_path / "home"))
+    xmodal = Path(sys.executable).with_name("xmodal")
+    proc = subprocess.run([str(xmodal), "index", str(media), "-c", "demo", "--no-progress"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--clip-pretrained" in lines[0] and "laion2b_s34b_b79k" in lines[0]
+
+
+def test_console_script_index_and_search(tiny_clip, tmp_path):
+    """The installed `xmodal` script, in a fresh process, with only env settings: the README path."""
+    media = tmp_path / "m"
+    write_photos(media, 6)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XMODAL_")}
+    env.update(XMODAL_HOME=str(tmp_path / "home"), XMODAL_CLIP_MODEL=tiny_clip[0],
+               XMODAL_CLIP_PRETRAINED=tiny_clip[1])
+    xmodal = str(Path(sys.executable).with_name("xmodal"))
+    run = subprocess.run([xmodal, "index", str(media), "-c", "demo"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "ok 6" in run.stdout and "index: version 1" in run.stdout
+    found = subprocess.run([xmodal, "search", "-c", "demo", "--image", str(media / "photo_0004.jpg"), "--json"],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)["results"][0]["uri"] == str(media / "photo_0004.jpg")

@@ -1,0 +1,107 @@
+"""``xmodal bench``: end-to-end indexing throughput beside model-only forward throughput.
+
+Both are measured in one process, on the same files and the same model, so their ratio says how
+much of the model's speed the pipeline (scan, read, hash, decode, preprocess, shard write, catalog,
+index build) keeps. With no sources it generates photo-like JPEGs (seeded).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xmodal.config import Settings
+from xmodal.encoders import load_encoder, resolve_model
+from xmodal.indexer.decode import DecodeConfig, DecodeTask, decode_one
+from xmodal.indexer.pipeline import index_sources
+from xmodal.indexer.scan import scan
+from xmodal.media.types import MediaLimits
+
+log = logging.getLogger(__name__)
+
+
+def generate_photos(folder: Path, n: int, *, size: tuple[int, int] = (1024, 768), seed: int = 0) -> list[Path]:
+    """Photo-sized JPEGs with smooth colour fields, shapes and noise (so JPEG decode cost is real)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        low = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+        arr = np.asarray(Image.fromarray(low).resize(size, Image.Resampling.BICUBIC)).astype(np.int16)
+        for _ in range(6):
+            x0, y0 = int(rng.integers(0, size[0] - 64)), int(rng.integers(0, size[1] - 64))
+            arr[y0:y0 + int(rng.integers(16, 300)), x0:x0 + int(rng.integers(16, 300))] = rng.integers(0, 256, 3)
+        arr += rng.integers(-12, 13, size=arr.shape, dtype=np.int16)
+        path = folder / f"img_{i:06d}.jpg"
+        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def model_only_rate(settings: Settings, sources: list[Path], *, repeats: int = 1) -> tuple[float, int, str]:
+    """Images/s of the encoder's forward pass alone, on the same files, decoded beforehand."""
+    record = resolve_model("open_clip", settings.clip_model, settings.clip_pretrained)
+    encoder = load_encoder("open_clip", record, settings.device)
+    config = DecodeConfig(MediaLimits.from_settings(settings), encoder.image_transform(), encoder.image_min_side())
+    pixels = []
+    for i, entry in enumerate(e for e in scan(sources) if e.modality == "image" and e.error is None):
+        d = decode_one(DecodeTask(i, entry.path, "image", None), config)
+        if d.pixels is not None:
+            pixels.append(d.pixels)
+    if not pixels:
+        raise ValueError("no decodable images in the benchmark sources")
+    batch = settings.batch_size
+    encoder.embed_images(np.stack(pixels[:batch]))  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        for start in range(0, len(pixels), batch):
+            encoder.embed_images(np.stack(pixels[start:start + batch]))
+    elapsed = time.perf_counter() - t0
+    return len(pixels) * repeats / elapsed, len(pixels), encoder.device
+
+
+def run_index_bench(settings: Settings, *, sources: list[Path] | None = None, n_images: int = 512,
+                    work_dir: Path | None = None) -> dict[str, Any]:
+    scratch = Path(tempfile.mkdtemp(prefix="xmodal-bench-", dir=work_dir))
+    try:
+        if not sources:
+            generate_photos(scratch / "media", n_images)
+            sources = [scratch / "media"]
+        bench_settings = settings.model_copy(update={"home": scratch / "home", "database_url": None})
+        t0 = time.perf_counter()
+        summary = index_sources(bench_settings, sources, "bench", progress=False)
+        e2e_s = time.perf_counter() - t0
+        e2e_rate = summary.embedded / e2e_s
+        model_rate, n, device = model_only_rate(bench_settings, sources)
+        report = {
+            "items": summary.embedded,
+            "failed": summary.failed,
+            "end_to_end_items_per_s": round(e2e_rate, 2),
+            "end_to_end_s": round(e2e_s, 2),
+            "stage_seconds": summary.seconds,
+            "model_only_items_per_s": round(model_rate, 2),
+            "ratio_end_to_end_over_model": round(e2e_rate / model_rate, 3),
+            "model": settings.clip_model,
+            "device": device,
+            "workers": settings.resolved_workers,
+            "batch_size": settings.batch_size,
+            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
+        }
+        report["table"] = (
+            f"items {summary.embedded} ({n} decodable) | model {settings.clip_model} on {device}\n"
+            f"end-to-end indexing: {e2e_rate:8.1f} items/s  ({e2e_s:.1f} s incl. scan, decode, shards, build)\n"
+            f"model-only forward:  {model_rate:8.1f} items/s\n"
+            f"ratio end-to-end / model-only: {e2e_rate / model_rate:.3f}"
+        )
+        return report
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,285 @@
+"""The ``xmodal`` command line: index, search, eval, stats, bench.
+
+Errors meant for people (bad flags, missing files, no network for a model) print one line on stderr
+and exit with status 2; an unexpected error keeps its traceback and exits with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from xmodal import __version__
+from xmodal.config import Settings, load_settings
+from xmodal.errors import UserError
+from xmodal.storage.uris import path_to_uri
+
+EXIT_USER_ERROR = 2
+
+
+class _QuietThirdParty(logging.Filter):
+    """open_clip logs through the root logger at ERROR before raising what we report ourselves."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "open_clip" not in record.pathname
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if verbose == 0:
+        handler.addFilter(_QuietThirdParty())
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    return load_settings(home=args.home, database_url=args.database_url, device=args.device, **extra)
+
+
+def _dump(obj: Any) -> None:
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=str)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a file name with undecodable bytes: escape it, stay valid JSON
+        text = json.dumps(obj, indent=2, ensure_ascii=True, default=str)
+    sys.stdout.write(text + "\n")
+
+
+def _short(meta: dict[str, Any]) -> str:
+    keep = {k: v for k, v in meta.items() if k in ("title", "width", "height", "format")}
+    return json.dumps(keep, ensure_ascii=False) if keep else ""
+
+
+# commands ------------------------------------------------------------------------------------
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from xmodal.indexer.pipeline import index_sources
+
+    settings = _settings(
+        args, clip_model=args.clip_model, clip_pretrained=args.clip_pretrained, batch_size=args.batch_size,
+        workers=args.workers, exact_threshold=args.exact_threshold,
+    )
+    summary = index_sources(settings, args.sources, args.collection, progress=not args.no_progress,
+                            retry_failed=args.retry_failed)
+    if args.json:
+        _dump(summary.as_dict())
+        return 0
+    s = summary
+    print(f"{s.collection}: {s.scanned} files scanned, {s.new} new | ok {s.ok} | failed {s.failed} | "
+          f"unchanged {s.unchanged} | deleted {s.deleted}")
+    if s.embedded:
+        print(f"embedded {s.embedded} items in {s.seconds.get('embed', 0):.1f}s "
+              f"({s.items_per_second:.1f} items/s on {s.device})")
+    for uri, reason in s.failures[:20]:
+        print(f"  failed: {uri}: {reason}")
+    if len(s.failures) > 20:
+        print(f"  ... and {len(s.failures) - 20} more (xmodal stats --collection {s.collection})")
+    if s.index:
+        state = "built" if s.index.get("built") else "unchanged"
+        print(f"index: version {s.index['version']} ({s.index['kind']}, {s.index['vectors']} vectors, {state})")
+    return 0
+
+
+def _open_searcher(args: argparse.Namespace) -> Any:
+    from xmodal.search.engine import Searcher
+
+    return Searcher(_settings(args), args.collection)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    searcher = _open_searcher(args)
+    try:
+        results = searcher.search(text=args.text, image=args.image, item=args.item, target=args.target, k=args.k)
+    finally:
+        searcher.close()
+    query = {"text": args.text} if args.text is not None else (
+        {"image": path_to_uri(str(args.image))} if args.image is not None else {"item": args.item})
+    if args.json:
+        _dump({"collection": args.collection, "query": query, "target": args.target, "k": args.k,
+               "results": [r.as_dict() for r in results]})
+        return 0
+    if not results:
+        print("no results")
+    for rank, r in enumerate(results, 1):
+        print(f"{rank:>3}  {r.score:7.4f}  {r.id:>8}  {r.modality:<5}  {r.uri}  {_short(r.metadata)}".rstrip())
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from xmodal.search.evaluate import evaluate
+
+    searcher = _open_searcher(args)
+    try:
+        report = evaluate(searcher, args.queries, k=args.k, progress=not args.no_progress)
+    finally:
+        searcher.close()
+    if args.json:
+        _dump(report)
+        return 0
+    print(f"queries {report['queries']}  recall@1 {report['recall@1']:.3f}  recall@{args.k} {report['recall@k']:.3f}"
+          f"  MRR {report['mrr']:.3f}  latency p50 {report['latency_ms_p50']:.1f} ms"
+          f"  p95 {report['latency_ms_p95']:.1f} ms")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from xmodal.storage.catalog import Catalog
+    from xmodal.storage.stats import collection_stats
+
+    settings = _settings(args)
+    catalog = Catalog(settings.resolved_database_url, create=False)
+    try:
+        stats = collection_stats(catalog, args.collection)
+    finally:
+        catalog.close()
+    stats["device"] = _device_report()
+    if args.json:
+        _dump(stats)
+        return 0
+    items = stats["items"]
+    print(f"collection {stats['collection']}")
+    print("  items by status:   " + ", ".join(f"{k} {v}" for k, v in sorted(items["status"].items())))
+    print("  items by modality: " + ", ".join(f"{k} {v}" for k, v in sorted(items["modality"].items())))
+    for sp in stats["spaces"]:
+        print(f"  space {sp['name']}: {sp['family']} {sp['model']} ({sp['pretrained']}), dim {sp['dim']}")
+    for name, ix in stats["index"].items():
+        print(f"  index {name}: version {ix['version']}, {ix['kind']}, {ix['vectors']} vectors, "
+              f"{ix['bytes'] / 1e6:.2f} MB, built {ix['built_at']}")
+        for modality, part in ix["parts"].items():
+            extra = "" if part["kind"] == "flat" else (
+                f", nlist {part['nlist']}, m {part['m']}, nprobe {part['nprobe']}, "
+                f"recall@10 {part['recall@10']}")
+            print(f"    {modality}: {part['kind']}, {part['vectors']} vectors{extra}")
+    print(f"  device: {stats['device']}")
+    if stats["failed"]:
+        print(f"  failed ({len(stats['failed'])}):")
+        for f in stats["failed"][:50]:
+            print(f"    {f['uri']}: {f['reason']}")
+    return 0
+
+
+def _device_report() -> dict[str, Any]:
+    import faiss
+    import torch
+
+    return {"torch": "cuda" if torch.cuda.is_available() else "cpu",
+            "faiss_gpus": int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0}
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from xmodal.bench import run_index_bench
+
+    report = run_index_bench(_settings(args, clip_model=args.clip_model, clip_pretrained=args.clip_pretrained),
+                             sources=args.sources, n_images=args.images, work_dir=args.work_dir)
+    _dump(report) if args.json else print(report["table"])
+    return 0
+
+
+# parser --------------------------------------------------------------------------------------
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("common options")
+    g.add_argument("--home", type=Path, help="data dir (env XMODAL_HOME; default ./xmodal-data)")
+    g.add_argument("--database-url", help="SQLAlchemy URL of the catalog (env XMODAL_DATABASE_URL; "
+                                          "default SQLite in the data dir)")
+    g.add_argument("--device", help="auto, cpu, cuda (env XMODAL_DEVICE)")
+    g.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clip-model", help="open_clip architecture, hf-hub:ID, local-dir:PATH or a config .json "
+                                        "(env XMODAL_CLIP_MODEL; default ViT-B-32)")
+    p.add_argument("--clip-pretrained", help="pretrained tag, hf-hub:ID or checkpoint PATH "
+                                             "(env XMODAL_CLIP_PRETRAINED; default laion2b_s34b_b79k)")
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(prog="xmodal", description="Cross-modal search: index, search, evaluate.")
+    parser.add_argument("--version", action="version", version=f"xmodal {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("index", parents=[common], help="index folders of images and text")
+    p.add_argument("sources", nargs="+", type=Path, metavar="SOURCE")
+    p.add_argument("--collection", "-c", required=True)
+    _model_flags(p)
+    p.add_argument("--batch-size", type=_positive)
+    p.add_argument("--workers", type=int, help="decode processes (0 = cores - 1)")
+    p.add_argument("--exact-threshold", type=int, help="vectors below which the index is exact")
+    p.add_argument("--retry-failed", action="store_true", help="try failed files again even if unchanged")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", parents=[common], help="search a collection")
+    p.add_argument("--collection", "-c", required=True)
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--text")
+    q.add_argument("--image", type=Path)
+    q.add_argument("--item", type=int)
+    p.add_argument("--target", default="any", choices=["any", "image", "text"])
+    p.add_argument("-k", type=_positive, default=10)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("eval", parents=[common], help="measure recall and latency on labelled queries")
+    p.add_argument("--collection", "-c", required=True)
+    p.add_argument("--queries", type=Path, required=True, help="JSONL file of queries")
+    p.add_argument("-k", type=_positive, default=10)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("stats", parents=[common], help="counts, failures, spaces and index of a collection")
+    p.add_argument("--collection", "-c", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("bench", parents=[common], help="indexing throughput against model-only forward")
+    p.add_argument("sources", nargs="*", type=Path, metavar="SOURCE",
+                   help="media to index (default: generated photos)")
+    _model_flags(p)
+    p.add_argument("--images", type=_positive, default=512, help="generated images when no SOURCE is given")
+    p.add_argument("--work-dir", type=Path, help="scratch dir (default: a temporary one)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.func(args))
+    except UserError as exc:
+        print(f"xmodal {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ())) or "settings"
+        print(f"xmodal {args.command}: error: invalid setting {where}: {first.get('msg')}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""The protocol every encoder family implements, and the record that names a model exactly."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+#: A picklable callable run in decode worker processes: RGB PIL image -> model input array.
+ImageTransform = Callable[[Any], np.ndarray]
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """An embedding model. Output vectors are float32, L2-normalised, shape (n, dim)."""
+
+    family: str
+    space: str
+    dim: int
+    modalities: frozenset[str]
+    device: str
+    record: dict[str, Any]  # the exact model identity, stored with the collection
+
+    def image_transform(self) -> ImageTransform: ...
+
+    def image_min_side(self) -> int: ...
+
+    def embed_images(self, pixels: np.ndarray) -> np.ndarray: ...
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def resolve_device(requested: str) -> str:
+    """'auto' -> 'cuda' when a GPU is usable, else 'cpu'."""
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        from xmodal.errors import UserError
+
+        raise UserError(f"device {requested!r} requested but CUDA is not available (use --device cpu or auto)")
+    return requested

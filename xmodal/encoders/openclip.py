@@ -1,0 +1,238 @@
+"""The open_clip family: images and text into the ``clip`` space.
+
+A model is named the way open_clip names it:
+
+- ``--clip-model ViT-B-32 --clip-pretrained laion2b_s34b_b79k`` (a built-in config and a tag),
+- ``--clip-pretrained /path/to/checkpoint.{pt,bin,safetensors}`` (a local checkpoint file),
+- ``--clip-pretrained hf-hub:org/repo`` or ``--clip-model hf-hub:org/repo`` (config and weights from the Hub),
+- ``--clip-model local-dir:/path`` (a folder with ``open_clip_config.json`` and weights),
+- ``--clip-model /path/to/config.json`` (an architecture config of your own, registered with open_clip).
+
+Checkpoints load with ``weights_only=True`` (or from safetensors). Offline, a tag that is not in the
+Hugging Face cache fails at once with a one-line error naming the flag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from xmodal.encoders.base import ImageTransform, resolve_device
+from xmodal.errors import ModelLoadError, UserError
+
+log = logging.getLogger(__name__)
+
+FAMILY = "open_clip"
+SPACE = "clip"
+FLAG_HINT = "pass a local checkpoint with --clip-pretrained PATH (or env XMODAL_CLIP_PRETRAINED)"
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _looks_like_path(value: str) -> bool:
+    return os.sep in value or value.startswith(".") or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+def _file_record(path: Path, cached: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Path, size, mtime and sha256 of a checkpoint; the hash is reused when size and mtime match."""
+    st = path.stat()
+    if cached and cached.get("size") == st.st_size and cached.get("mtime_ns") == st.st_mtime_ns and cached.get("sha256"):
+        digest = cached["sha256"]
+    else:
+        digest = _sha256(path)
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+
+
+def resolve_record(model: str, pretrained: str | None) -> dict[str, Any]:
+    """Validate the names and describe the model exactly, without loading any weights."""
+    import open_clip
+
+    record: dict[str, Any] = {"family": FAMILY, "model": model, "pretrained": pretrained or None}
+    if model.startswith("hf-hub:") or (pretrained or "").startswith("hf-hub:"):
+        hub_id = model if model.startswith("hf-hub:") else str(pretrained)
+        record.update(model=hub_id, pretrained=None, identity=hub_id)
+        return record
+    if model.startswith("local-dir:") or Path(model).is_dir():
+        folder = Path(model.removeprefix("local-dir:")).expanduser().absolute()
+        config = folder / "open_clip_config.json"
+        if not config.is_file():
+            raise ModelLoadError(f"--clip-model {model}: no open_clip_config.json in {folder}")
+        record.update(model=f"local-dir:{folder}", pretrained=None,
+                      identity=f"local-dir:{_sha256(config)}")
+        return record
+    if model.endswith(".json"):
+        config = Path(model).expanduser().absolute()
+        if not config.is_file():
+            raise ModelLoadError(f"--clip-model {model}: config file not found")
+        record["model"] = str(config)
+        arch = f"config:{_sha256(config)}"
+    else:
+        if open_clip.get_model_config(model) is None:
+            raise ModelLoadError(
+                f"--clip-model {model!r} is not an open_clip architecture; "
+                f"known ones include {', '.join(open_clip.list_models()[:12])}, ... "
+                "(or pass hf-hub:ID, local-dir:PATH or a config .json)"
+            )
+        arch = model
+    if not pretrained:
+        raise ModelLoadError(f"--clip-model {model}: no weights given; {FLAG_HINT}")
+    candidate = Path(pretrained).expanduser()
+    if candidate.is_file():
+        ckpt = _file_record(candidate.absolute())
+        record.update(pretrained=ckpt["path"], checkpoint=ckpt, identity=f"{arch}|sha256:{ckpt['sha256']}")
+        return record
+    if _looks_like_path(pretrained):
+        raise ModelLoadError(f"--clip-pretrained {pretrained}: checkpoint file not found")
+    if arch.startswith("config:"):
+        raise ModelLoadError(f"--clip-model {model} is a config file: give its weights as a file path")
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    if pretrained not in tags:
+        raise ModelLoadError(
+            f"--clip-pretrained {pretrained!r} is not a tag of {model} (tags: {', '.join(tags) or 'none'}) "
+            "nor an existing file"
+        )
+    record["identity"] = f"{model}|{pretrained}"
+    return record
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = urlparse(endpoint).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_mode() -> Iterator[None]:
+    """Use only the local Hugging Face cache when the Hub can't be reached (fail fast, not in minutes)."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - open_clip depends on it
+        yield
+        return
+    previous = constants.HF_HUB_OFFLINE
+    if not previous and not _hub_reachable():
+        log.info("Hugging Face Hub not reachable: using the local cache only")
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
+
+
+class OpenClipEncoder:
+    family = FAMILY
+    space = SPACE
+    modalities = frozenset({"image", "text"})
+
+    def __init__(self, record: dict[str, Any], device: str = "auto") -> None:
+        import open_clip
+        import torch
+
+        self.record = record
+        self.device = resolve_device(device)
+        name = record["model"]
+        pretrained = record.get("pretrained")
+        if name.endswith(".json"):
+            open_clip.add_model_config(name)
+            name = Path(name).stem
+        try:
+            with _hub_mode():
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    name, pretrained=pretrained, device=self.device, weights_only=True,
+                    require_pretrained=True,
+                )
+                self._tokenizer = open_clip.get_tokenizer(name)
+        except (RuntimeError, OSError, ValueError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if pretrained and not Path(str(pretrained)).is_file():
+                raise ModelLoadError(
+                    f"cannot load open_clip weights {record['model']}/{pretrained} (no network and not in the "
+                    f"Hugging Face cache?): {FLAG_HINT}. Detail: {first[:300]}"
+                ) from exc
+            raise ModelLoadError(f"cannot load open_clip model {record['model']}: {first[:300]}") from exc
+        model.eval()
+        self._model = model
+        self._preprocess = preprocess
+        self._torch = torch
+        size = model.visual.image_size
+        self._image_side = int(min(size) if isinstance(size, (tuple, list)) else size)
+        with torch.inference_mode():
+            probe = self._tokenizer(["probe"]).to(self.device)
+            self.dim = int(model.encode_text(probe).shape[-1])
+
+    def image_transform(self) -> ImageTransform:
+        return _Transform(self._preprocess)
+
+    def image_min_side(self) -> int:
+        return self._image_side
+
+    def _autocast(self) -> Any:
+        torch = self._torch
+        if self.device.startswith("cuda"):
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.autocast("cuda", dtype=dtype)
+        return contextlib.nullcontext()
+
+    def _finish(self, out: Any) -> np.ndarray:
+        out = out.float()
+        out = out / out.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return np.ascontiguousarray(out.cpu().numpy(), dtype=np.float32)
+
+    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode(), self._autocast():
+            batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
+            return self._finish(self._model.encode_image(batch))
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode(), self._autocast():
+            tokens = self._tokenizer(list(texts)).to(self.device)
+            return self._finish(self._model.encode_text(tokens))
+
+
+class _Transform:
+    """open_clip's own preprocessing, picklable for the decode workers."""
+
+    def __init__(self, preprocess: Any) -> None:
+        self.preprocess = preprocess
+
+    def __call__(self, image: Any) -> np.ndarray:
+        return np.asarray(self.preprocess(image).numpy(), dtype=np.float32)
+
+
+def load(record: dict[str, Any], device: str = "auto") -> OpenClipEncoder:
+    """Load the encoder a record names, checking that a local checkpoint is still the same file."""
+    ckpt = record.get("checkpoint")
+    if ckpt:
+        path = Path(ckpt["path"])
+        if not path.is_file():
+            raise ModelLoadError(
+                f"the collection's checkpoint {path} is missing: restore it, or pass the same weights with "
+                "--clip-pretrained PATH"
+            )
+        now = _file_record(path, cached=ckpt)
+        if now["sha256"] != ckpt["sha256"]:
+            raise UserError(f"checkpoint {path} changed since the collection was indexed (sha256 differs)")
+    return OpenClipEncoder(record, device)
+
+
+def describe(record: dict[str, Any]) -> str:
+    return json.dumps({k: record.get(k) for k in ("model", "pretrained")})

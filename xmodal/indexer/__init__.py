@@ -1,0 +1,1 @@
+"""Index building: recipes, FAISS construction, tuning."""

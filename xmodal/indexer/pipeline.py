@@ -1,0 +1,356 @@
+"""``xmodal index``: scan -> diff against the catalog -> decode (worker processes) -> encode (batched)
+-> Parquet shards + catalog commit -> FAISS build and publish.
+
+Crash safety comes from the order of writes: an item becomes ``ok`` only in the transaction that
+records the shard holding its vector, and that shard is on disk (fsynced, renamed) before. A killed
+run leaves pending items and maybe an unrecorded shard file; the next run redoes the pending items.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import multiprocessing
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from xmodal.config import Settings
+from xmodal.encoders import Encoder, load_encoder, resolve_model
+from xmodal.errors import ModelMismatchError
+from xmodal.indexer.decode import DecodeConfig, Decoded, DecodeTask, decode_many, decode_one, init_worker
+from xmodal.indexer.publish import build_and_publish
+from xmodal.indexer.scan import FileEntry, scan, under_roots
+from xmodal.media.types import MediaLimits
+from xmodal.storage.catalog import (
+    STATUS_DELETED,
+    STATUS_FAILED,
+    STATUS_OK,
+    Catalog,
+    EmbeddedItem,
+    ItemOutcome,
+    describe_model,
+)
+from xmodal.storage.layout import Layout
+from xmodal.storage.shards import write_shard
+
+log = logging.getLogger(__name__)
+
+CHUNK_FILES = 8  # files per task sent to a decode worker
+POOL_MIN_ITEMS = 32  # fewer items than this decode in-process: starting workers would cost more
+
+
+@dataclass
+class RunSummary:
+    collection: str
+    scanned: int = 0
+    new: int = 0
+    embedded: int = 0
+    ok: int = 0
+    failed: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    index: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def items_per_second(self) -> float:
+        embed_s = self.seconds.get("embed", 0.0)
+        return self.embedded / embed_s if embed_s > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "collection": self.collection, "scanned": self.scanned, "new": self.new, "embedded": self.embedded,
+            "ok": self.ok, "failed": self.failed, "unchanged": self.unchanged, "deleted": self.deleted,
+            "failures": [{"uri": u, "reason": r} for u, r in self.failures],
+            "index": self.index, "device": self.device, "seconds": self.seconds,
+            "items_per_second": round(self.items_per_second, 2),
+        }
+
+
+@dataclass
+class _Pending:
+    """Vectors waiting to be written as one shard."""
+
+    ids: list[int] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)
+    items: list[EmbeddedItem] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+
+class IndexRun:
+    """One indexing run over some sources into one collection."""
+
+    def __init__(self, settings: Settings, collection: str, *, progress: bool = True,
+                 crash_at: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.collection = collection
+        self.progress = progress
+        self.layout = Layout(settings.home)
+        self.catalog = Catalog(settings.resolved_database_url)
+        self.collection_id = self.catalog.collection_id(collection, create=True)
+        self.limits = MediaLimits.from_settings(settings)
+        self._crash_at = crash_at
+        self._encoder: Encoder | None = None
+        self._record = resolve_model("open_clip", settings.clip_model, settings.clip_pretrained)
+        self._check_model()
+
+    def _hook(self, point: str) -> None:
+        if self._crash_at is not None:
+            self._crash_at(point)
+
+    def _check_model(self) -> None:
+        for space in self.catalog.spaces(self.collection_id):
+            if space.name == "clip" and space.model.get("identity") != self._record.get("identity"):
+                raise ModelMismatchError(
+                    f"collection {self.collection!r} was indexed with {describe_model(space.model)}, not "
+                    f"{describe_model(self._record)}: use the same model, or index into a new collection"
+                )
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            enc = load_encoder("open_clip", self._record, self.settings.device)
+            space = self.catalog.ensure_space(self.collection_id, enc.space, enc.family, enc.record, enc.dim)
+            if space.dim != enc.dim:
+                raise ModelMismatchError(f"space {space.name} has dimension {space.dim}, model gives {enc.dim}")
+            self._encoder = enc
+        return self._encoder
+
+    # ------------------------------------------------------------------------------------------
+
+    def run(self, sources: list[Path], *, retry_failed: bool = False) -> RunSummary:
+        summary = RunSummary(self.collection)
+        t0 = time.monotonic()
+        tasks = self._diff(sources, summary, retry_failed=retry_failed)
+        summary.seconds["scan"] = round(time.monotonic() - t0, 3)
+        self._hook("after-scan")
+        t1 = time.monotonic()
+        if tasks:
+            self._embed(tasks, summary)
+        summary.seconds["embed"] = round(time.monotonic() - t1, 3)
+        t2 = time.monotonic()
+        if self._encoder is not None or self.catalog.spaces(self.collection_id):
+            summary.index = build_and_publish(
+                self.catalog, self.layout, self.settings, self.collection, self.collection_id, "clip",
+                progress=self.progress, crash_at=self._crash_at,
+            )
+        summary.seconds["build"] = round(time.monotonic() - t2, 3)
+        summary.seconds["total"] = round(time.monotonic() - t0, 3)
+        if self._encoder is not None:
+            summary.device = self._encoder.device
+        return summary
+
+    def _diff(self, sources: list[Path], summary: RunSummary, *, retry_failed: bool) -> list[DecodeTask]:
+        """Compare the files on disk with the catalog: record new items, deletions; return the work."""
+        entries: list[FileEntry] = []
+        bar = tqdm(desc="scan", unit=" files", disable=not self.progress, leave=False)
+        for entry in scan(sources):
+            entries.append(entry)
+            bar.update()
+        bar.close()
+        summary.scanned = len(entries)
+        roots = [str(Path(s).absolute()) for s in sources]
+
+        states = self.catalog.item_states(self.collection_id)
+        new = [(e.uri, e.modality) for e in entries if e.uri not in states]
+        summary.new = len(new)
+        ids = {uri: st.id for uri, st in states.items()}
+        ids.update(self.catalog.add_items(self.collection_id, new))
+
+        seen = {e.uri for e in entries}
+        gone = [st.id for uri, st in states.items()
+                if st.status != STATUS_DELETED and uri not in seen and under_roots(uri, roots)]
+        if gone:
+            self.catalog.set_status(gone, STATUS_DELETED)
+        summary.deleted = len(gone)
+
+        tasks: list[DecodeTask] = []
+        unreadable: list[ItemOutcome] = []
+        for e in entries:
+            st = states.get(e.uri)
+            item_id = ids[e.uri]
+            if e.error is not None:
+                if st is None or st.status != STATUS_FAILED or st.size is not None:
+                    unreadable.append(ItemOutcome(item_id, STATUS_FAILED, e.error, None, None, None))
+                summary.failed += 1
+                summary.failures.append((e.uri, e.error))
+                continue
+            if st is not None and st.size == e.size and st.mtime_ns == e.mtime_ns:
+                if st.status == STATUS_OK:
+                    summary.unchanged += 1
+                    continue
+                if st.status == STATUS_FAILED and not retry_failed:
+                    summary.unchanged += 1
+                    continue
+            known = st.content_hash if st is not None and st.status == STATUS_OK else None
+            tasks.append(DecodeTask(item_id, e.path, e.modality, known))
+        self.catalog.record_outcomes(unreadable)
+        # ok items whose current content still lacks a vector in the space (a space added later)
+        if self.catalog.spaces(self.collection_id):
+            queued = {t.item_id for t in tasks}
+            missing = set(self.catalog.items_needing_vectors(self.collection_id, "clip", ("image", "text")))
+            by_id = {ids[e.uri]: e for e in entries if e.error is None}
+            for item_id in sorted(missing - queued):
+                if item_id in by_id:
+                    e = by_id[item_id]
+                    tasks.append(DecodeTask(item_id, e.path, e.modality, None))
+                    summary.unchanged = max(0, summary.unchanged - 1)
+        self._entries = {ids[e.uri]: e for e in entries}
+        return tasks
+
+    # ------------------------------------------------------------------------------------------
+
+    def _embed(self, tasks: list[DecodeTask], summary: RunSummary) -> None:
+        encoder = self.encoder  # load the model before starting workers: a bad model fails fast
+        config = DecodeConfig(self.limits, encoder.image_transform(), encoder.image_min_side())
+        batch = self.settings.batch_size
+        pending = _Pending()
+        outcomes: list[ItemOutcome] = []
+        images: list[Decoded] = []
+        texts: list[Decoded] = []
+        bar = tqdm(total=len(tasks), desc="embed", unit=" items", disable=not self.progress, smoothing=0.1)
+
+        def encode(group: list[Decoded], modality: str) -> None:
+            if modality == "image":
+                vecs = encoder.embed_images(np.stack([d.pixels for d in group]))  # type: ignore[misc]
+            else:
+                vecs = encoder.embed_texts([d.text or "" for d in group])
+            for d, v in zip(group, vecs, strict=True):
+                if not np.isfinite(v).all() or float(np.linalg.norm(v)) < 1e-6:
+                    outcomes.append(self._failed(d, "the model produced an invalid (zero or NaN) vector"))
+                    summary.failed += 1
+                    continue
+                entry = self._entries[d.item_id]
+                pending.items.append(EmbeddedItem(
+                    item_id=d.item_id, row=len(pending.ids), content_hash=d.content_hash or "",
+                    size=d.size or 0, mtime_ns=entry.mtime_ns or 0, meta=d.meta,
+                ))
+                pending.ids.append(d.item_id)
+                pending.vectors.append(v)
+                summary.embedded += 1
+                summary.ok += 1
+            group.clear()
+
+        def flush(force: bool = False) -> None:
+            nonlocal pending
+            due = len(pending.ids) >= self.settings.shard_rows or (
+                time.monotonic() - pending.started >= self.settings.shard_seconds)
+            if not pending.ids and outcomes and (force or len(outcomes) >= 1000):
+                self.catalog.record_outcomes(outcomes)
+                outcomes.clear()
+            if not pending.ids or not (force or due):
+                return
+            self._write_shard(encoder, pending)
+            self.catalog.record_outcomes(outcomes)
+            outcomes.clear()
+            pending = _Pending()
+
+        for d in self._decoded(tasks, config):
+            bar.update()
+            if d.error is not None:
+                outcomes.append(self._failed(d, d.error))
+                summary.failed += 1
+                summary.failures.append((self._entries[d.item_id].uri, d.error))
+            elif d.unchanged:
+                e = self._entries[d.item_id]
+                outcomes.append(ItemOutcome(d.item_id, STATUS_OK, None, d.content_hash, d.size, e.mtime_ns))
+                summary.unchanged += 1
+            elif d.pixels is not None:
+                images.append(d)
+                if len(images) >= batch:
+                    encode(images, "image")
+            else:
+                texts.append(d)
+                if len(texts) >= batch:
+                    encode(texts, "text")
+            flush()
+        if images:
+            encode(images, "image")
+        if texts:
+            encode(texts, "text")
+        flush(force=True)
+        self.catalog.record_outcomes(outcomes)
+        bar.close()
+
+    def _failed(self, d: Decoded, reason: str) -> ItemOutcome:
+        e = self._entries[d.item_id]  # the scanned stat, so an unchanged failed file is not retried
+        return ItemOutcome(d.item_id, STATUS_FAILED, reason, d.content_hash, e.size, e.mtime_ns)
+
+    def _write_shard(self, encoder: Encoder, pending: _Pending) -> None:
+        path = self.layout.new_shard_path(self.collection, encoder.space)
+        meta = {"space": encoder.space, "family": encoder.family, "identity": encoder.record.get("identity"),
+                "model": encoder.record.get("model"), "pretrained": encoder.record.get("pretrained"),
+                "normalized": True}
+        self._hook("before-shard-write")
+        info = write_shard(path, np.asarray(pending.ids, dtype=np.int64), np.stack(pending.vectors),
+                           [i.content_hash for i in pending.items], meta)
+        self._hook("before-shard-commit")
+        self.catalog.commit_shard(self.collection_id, encoder.space, self.layout.relative(path), info.rows,
+                                  info.sha256, info.bytes, pending.items)
+        self._hook("after-shard-commit")
+
+    def _decoded(self, tasks: list[DecodeTask], config: DecodeConfig) -> Iterator[Decoded]:
+        """Decoded items in task order; in worker processes when there is enough work."""
+        workers = self.settings.resolved_workers
+        if len(tasks) < POOL_MIN_ITEMS or workers <= 0:
+            for task in tasks:
+                yield decode_one(task, config)
+            return
+        yield from _pooled(tasks, config, workers)
+
+
+def _pooled(tasks: list[DecodeTask], config: DecodeConfig, workers: int) -> Iterator[Decoded]:
+    """Bounded in-flight decoding in spawned processes. A worker that dies (a decoder segfault, the
+    OOM killer) breaks the pool: its chunks are retried one file at a time in a fresh pool, and a
+    file that kills a worker again is recorded as failed."""
+    chunks = [tasks[i : i + CHUNK_FILES] for i in range(0, len(tasks), CHUNK_FILES)]
+    max_inflight = workers * 4
+    ctx = multiprocessing.get_context("spawn")
+    todo: deque[list[DecodeTask]] = deque(chunks)
+    retry_single = False
+    while todo:
+        pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=(config,))
+        inflight: deque[tuple[list[DecodeTask], cf.Future[list[Decoded]]]] = deque()
+        broken: list[list[DecodeTask]] = []
+        try:
+            while todo or inflight:
+                while todo and len(inflight) < max_inflight and not broken:
+                    chunk = todo.popleft()
+                    inflight.append((chunk, pool.submit(decode_many, chunk)))
+                if not inflight:
+                    break
+                chunk, fut = inflight.popleft()
+                try:
+                    yield from fut.result()
+                except cf.process.BrokenProcessPool:
+                    if retry_single and len(chunk) == 1:
+                        yield Decoded(chunk[0].item_id, error="the decoder crashed on this file")
+                    else:
+                        broken.append(chunk)
+                    broken.extend(c for c, _ in inflight)
+                    inflight.clear()
+                    break
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if broken:
+            log.warning("a decode worker died; retrying %d files one at a time", sum(len(c) for c in broken))
+            retry_single = True
+            todo.extendleft(reversed([[t] for c in broken for t in c]))
+
+
+def index_sources(settings: Settings, sources: Iterable[Path], collection: str, *, progress: bool = True,
+                  retry_failed: bool = False, crash_at: Callable[[str], None] | None = None) -> RunSummary:
+    run = IndexRun(settings, collection, progress=progress, crash_at=crash_at)
+    try:
+        return run.run(list(sources), retry_failed=retry_failed)
+    finally:
+        run.catalog.close()

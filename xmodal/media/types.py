@@ -1,0 +1,79 @@
+"""Which files xmodal indexes, and the size limits applied while reading and decoding them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # keep ``import xmodal.media`` free of pydantic
+    from xmodal.config import Settings
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tiff", ".tif"}
+)
+TEXT_EXTENSIONS: frozenset[str] = frozenset({".txt", ".md"})
+
+
+def modality_for_path(path: str | os.PathLike[str]) -> str | None:
+    """``"image"``, ``"text"`` or ``None`` from the file extension, case-insensitively.
+
+    Never raises for odd names: surrogate-escaped bytes from :func:`os.fsdecode` are fine.
+    """
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext in IMAGE_EXTENSIONS:
+        return "image"
+    if ext in TEXT_EXTENSIONS:
+        return "text"
+    return None
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    """Upper bounds on what one file may cost to read and decode."""
+
+    max_file_bytes: int
+    max_image_pixels: int
+    max_text_bytes: int
+
+    def __post_init__(self) -> None:
+        for name in ("max_file_bytes", "max_image_pixels", "max_text_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"MediaLimits.{name} must be a positive integer, got {value!r}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MediaLimits:
+        """The limits configured in ``settings``."""
+        return cls(
+            max_file_bytes=settings.max_file_bytes,
+            max_image_pixels=settings.max_image_pixels,
+            max_text_bytes=settings.max_text_bytes,
+        )
+
+
+def format_bytes(n: int) -> str:
+    """A byte count for people: ``"0 bytes"``, ``"1.5 KiB"``, ``"512 MiB"``."""
+    if n < 1024:
+        return f"{n} byte" if n == 1 else f"{n} bytes"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        value /= 1024
+        if value < 1024 or unit == "PiB":
+            return f"{_three_digits(value)} {unit}"
+    raise AssertionError("unreachable")
+
+
+def format_over_limit(size: int, limit: int) -> str:
+    """``"600 MiB over the limit of 512 MiB"``, in exact bytes when the rounded values would look equal."""
+    shown, shown_limit = format_bytes(size), format_bytes(limit)
+    if shown == shown_limit:
+        shown, shown_limit = f"{size} bytes", f"{limit} bytes"
+    return f"{shown} over the limit of {shown_limit}"
+
+
+def _three_digits(value: float) -> str:
+    if value >= 100:
+        return f"{value:.0f}"
+    text = f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+    return text.rstrip("0").rstrip(".")

@@ -1,0 +1,1 @@
+"""Query-time: load published index versions, encode queries, search, hydrate from the catalog."""

@@ -1,0 +1,116 @@
+"""``xmodal eval``: recall@1, recall@k, MRR and latency over a JSONL file of labelled queries.
+
+Each line: ``{"text"|"image"|"item": ..., "expected": [uri, ...], "target": optional, ...}``; other
+keys are carried through to ``per_query``. A query counts as a hit at k when at least one expected
+item is among its first k results (the hit-rate form of recall used by CLIP retrieval benchmarks);
+MRR uses the rank of the first expected item found (0 when none is in the top k). Relative paths
+(expected URIs and image queries) resolve against the current directory, then the queries file's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from xmodal.errors import UserError
+from xmodal.search.engine import Searcher
+from xmodal.storage.uris import path_to_uri, uri_to_path
+
+QUERY_KEYS = ("text", "image", "item")
+
+
+def _candidates(value: str, bases: list[Path]) -> set[str]:
+    """The catalog URIs an expected value may name."""
+    if value.startswith("file://"):
+        return {value, path_to_uri(uri_to_path(value))}
+    if "://" in value:
+        return {value}
+    if os.path.isabs(value):
+        return {path_to_uri(os.path.normpath(value))}
+    return {path_to_uri(os.path.abspath(base / value)) for base in bases}
+
+
+def load_queries(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise UserError(f"queries file {path} not found")
+    queries = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                q = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(q, dict):
+                raise UserError(f"{path}:{lineno}: each line must be a JSON object")
+            kinds = [k for k in QUERY_KEYS if k in q]
+            if len(kinds) != 1:
+                raise UserError(f"{path}:{lineno}: give exactly one of {', '.join(QUERY_KEYS)}")
+            expected = q.get("expected")
+            if isinstance(expected, str):
+                expected = [expected]
+            if not isinstance(expected, list) or not expected or not all(isinstance(e, str) for e in expected):
+                raise UserError(f"{path}:{lineno}: 'expected' must be a non-empty list of URIs")
+            q["expected"] = expected
+            q["_line"] = lineno
+            queries.append(q)
+    if not queries:
+        raise UserError(f"queries file {path} holds no queries")
+    return queries
+
+
+def evaluate(searcher: Searcher, queries_file: Path, *, k: int = 10, progress: bool = True) -> dict[str, Any]:
+    queries = load_queries(queries_file)
+    bases = [Path.cwd(), queries_file.absolute().parent]
+    searcher.warm_up()
+    per_query: list[dict[str, Any]] = []
+    latencies: list[float] = []
+    for q in tqdm(queries, desc="eval", unit=" queries", disable=not progress):
+        lineno = q.pop("_line")
+        kind = next(key for key in QUERY_KEYS if key in q)
+        value = q[kind]
+        kwargs: dict[str, Any] = {}
+        if kind == "image":
+            options = [Path(value)] if os.path.isabs(value) else [b / value for b in bases]
+            kwargs["image"] = next((p for p in options if p.exists()), options[0])
+        elif kind == "item":
+            try:
+                kwargs["item"] = int(value)
+            except (TypeError, ValueError) as exc:
+                raise UserError(f"{queries_file}:{lineno}: 'item' must be an integer id") from exc
+        else:
+            kwargs["text"] = str(value)
+        t0 = time.perf_counter()
+        try:
+            results = searcher.search(target=q.get("target") or "any", k=k, **kwargs)
+        except UserError as exc:
+            raise UserError(f"{queries_file}:{lineno}: {exc}") from exc
+        latencies.append((time.perf_counter() - t0) * 1000)
+        expected_sets = [_candidates(e, bases) for e in q["expected"]]
+        rank = None
+        for position, r in enumerate(results, 1):
+            if any(r.uri in cands for cands in expected_sets):
+                rank = position
+                break
+        per_query.append({**q, "rank": rank, "hit@1": rank == 1, f"hit@{k}": rank is not None,
+                          "latency_ms": round(latencies[-1], 3), "results": [r.uri for r in results]})
+    n = len(per_query)
+    ranks = [p["rank"] for p in per_query]
+    lat = np.asarray(latencies)
+    return {
+        "queries": n,
+        "k": k,
+        "recall@1": sum(1 for r in ranks if r == 1) / n,
+        "recall@k": sum(1 for r in ranks if r is not None) / n,
+        "mrr": sum(1.0 / r for r in ranks if r is not None) / n,
+        "latency_ms_p50": round(float(np.percentile(lat, 50)), 3),
+        "latency_ms_p95": round(float(np.percentile(lat, 95)), 3),
+        "per_query": per_query,
+    }

@@ -1,0 +1,1 @@
+"""On-disk storage: shards, catalog files, index folders."""

@@ -1,0 +1,486 @@
+"""The SQL catalog: collections, spaces, items, shards, item vectors and index versions.
+
+SQLAlchemy 2 models on any URL; SQLite (WAL mode) in the data dir by default, PostgreSQL in
+production. Every multi-row change that must be atomic (a shard and the items it covers, an index
+publish) is one transaction here. Callers never build queries themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from xmodal.errors import ModelMismatchError, UserError
+
+log = logging.getLogger(__name__)
+
+# int64 ids everywhere; SQLite only auto-increments an INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+STATUS_PENDING = "pending"  # scanned, not embedded yet (or its new content not decoded yet)
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+STATUS_DELETED = "deleted"
+
+COLLECTION_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+CHUNK = 500  # rows per IN (...) clause: stays under SQLite's and PostgreSQL's parameter limits
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def uri_key(uri: str) -> str:
+    """A fixed-width key for unique lookup: URIs can be longer than an index row may be."""
+    return hashlib.sha1(uri.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON}
+
+
+class Collection(Base):
+    __tablename__ = "collections"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Space(Base):
+    """One encoder model with a fixed dimension inside a collection."""
+
+    __tablename__ = "spaces"
+    __table_args__ = (UniqueConstraint("collection_id", "name"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(32))
+    family: Mapped[str] = mapped_column(String(32))
+    model: Mapped[dict[str, Any]] = mapped_column(JSON)  # the exact model record (see encoders)
+    dim: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Item(Base):
+    __tablename__ = "items"
+    __table_args__ = (
+        UniqueConstraint("collection_id", "uri_key"),
+        {"sqlite_autoincrement": True},
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
+    uri: Mapped[str] = mapped_column(Text)
+    uri_key: Mapped[str] = mapped_column(String(40))
+    modality: Mapped[str] = mapped_column(String(16), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True, default=STATUS_PENDING)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    content_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    size: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class Shard(Base):
+    __tablename__ = "shards"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
+    space: Mapped[str] = mapped_column(String(32))
+    path: Mapped[str] = mapped_column(Text)  # relative to the data dir
+    rows: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ItemVector(Base):
+    """Where the current vector of an item in a space lives, and which content it embeds."""
+
+    __tablename__ = "item_vectors"
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    space: Mapped[str] = mapped_column(String(32), primary_key=True)
+    shard_id: Mapped[int] = mapped_column(ForeignKey("shards.id"), index=True)
+    row: Mapped[int] = mapped_column(Integer)
+    content_hash: Mapped[str] = mapped_column(String(64))
+
+
+class IndexVersion(Base):
+    __tablename__ = "index_versions"
+    __table_args__ = (UniqueConstraint("collection_id", "space", "version"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
+    space: Mapped[str] = mapped_column(String(32))
+    version: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)  # relative to the data dir
+    status: Mapped[str] = mapped_column(String(16))  # published | superseded
+    kind: Mapped[str] = mapped_column(String(32))
+    n_vectors: Mapped[int] = mapped_column(BigInteger)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    build_s: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+@dataclass(frozen=True)
+class ItemState:
+    """What the scanner compares a file against."""
+
+    id: int
+    status: str
+    size: int | None
+    mtime_ns: int | None
+    content_hash: str | None
+
+
+@dataclass(frozen=True)
+class EmbeddedItem:
+    """One item's successful outcome, committed together with the shard that holds its vector."""
+
+    item_id: int
+    row: int
+    content_hash: str
+    size: int
+    mtime_ns: int
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    """An item whose processing ended without a new vector: failed, or content unchanged."""
+
+    item_id: int
+    status: str
+    reason: str | None
+    content_hash: str | None
+    size: int | None
+    mtime_ns: int | None
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _chunks(seq: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(seq), size):
+        yield seq[start : start + size]
+
+
+class Catalog:
+    """Every read and write of the catalog. One instance per process."""
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.backend = parsed.get_backend_name()
+        if self.backend == "sqlite" and parsed.database and parsed.database != ":memory:":
+            db_file = Path(parsed.database)
+            if not create and not db_file.exists():
+                raise UserError(f"no catalog at {db_file}: run `xmodal index` first (or set --home / XMODAL_HOME)")
+            db_file.parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = create_engine(url, future=True, pool_pre_ping=self.backend != "sqlite")
+        if self.backend == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        if create:
+            Base.metadata.create_all(self.engine)
+        elif not inspect(self.engine).has_table(Collection.__tablename__):
+            raise UserError(f"no xmodal catalog in {parsed.render_as_string(hide_password=True)}: run `xmodal index` first")
+        self.Session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # collections and spaces -------------------------------------------------------------------
+
+    def collection_id(self, name: str, *, create: bool = False) -> int:
+        if not COLLECTION_NAME_RE.match(name):
+            raise UserError(
+                f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
+                "starting with a letter or digit"
+            )
+        try:
+            with self.Session.begin() as s:
+                found = s.scalar(select(Collection.id).where(Collection.name == name))
+                if found is not None:
+                    return int(found)
+                if not create:
+                    names = self.collection_names(s)
+                    known = ", ".join(names) if names else "none yet: run `xmodal index` first"
+                    raise UserError(f"no collection named {name!r} (collections: {known})")
+                row = Collection(name=name)
+                s.add(row)
+                s.flush()
+                return int(row.id)
+        except IntegrityError:  # a concurrent creator won the race: read theirs
+            return self.collection_id(name)
+
+    def collection_names(self, s: Session | None = None) -> list[str]:
+        if s is None:
+            with self.Session() as own:
+                return self.collection_names(own)
+        return list(s.scalars(select(Collection.name).order_by(Collection.name)))
+
+    def spaces(self, collection_id: int) -> list[Space]:
+        with self.Session() as s:
+            return list(s.scalars(select(Space).where(Space.collection_id == collection_id).order_by(Space.name)))
+
+    def ensure_space(self, collection_id: int, name: str, family: str, model: dict[str, Any], dim: int) -> Space:
+        """Record the space's model, or check that the recorded one is the same model."""
+        with self.Session.begin() as s:
+            space = s.scalar(select(Space).where(Space.collection_id == collection_id, Space.name == name))
+            if space is None:
+                space = Space(collection_id=collection_id, name=name, family=family, model=model, dim=dim)
+                s.add(space)
+                return space
+            if space.family != family or space.model.get("identity") != model.get("identity"):
+                raise ModelMismatchError(
+                    f"collection was indexed with {describe_model(space.model)} in space {name!r}, "
+                    f"not {describe_model(model)}: use the same model, or index into a new collection"
+                )
+            return space
+
+    # items ------------------------------------------------------------------------------------
+
+    def item_states(self, collection_id: int) -> dict[str, ItemState]:
+        """uri -> state of every item not deleted, for the scanner to diff against."""
+        out: dict[str, ItemState] = {}
+        q = select(Item.id, Item.uri, Item.status, Item.size, Item.mtime_ns, Item.content_hash).where(
+            Item.collection_id == collection_id
+        )
+        with self.Session() as s:
+            for row in s.execute(q).yield_per(10_000):
+                out[row.uri] = ItemState(row.id, row.status, row.size, row.mtime_ns, row.content_hash)
+        return out
+
+    def add_items(self, collection_id: int, entries: Iterable[tuple[str, str]]) -> dict[str, int]:
+        """Insert pending items for (uri, modality) pairs; returns uri -> new id."""
+        rows = [
+            {"collection_id": collection_id, "uri": uri, "uri_key": uri_key(uri), "modality": modality,
+             "status": STATUS_PENDING, "meta": {}}
+            for uri, modality in entries
+        ]
+        out: dict[str, int] = {}
+        with self.Session.begin() as s:
+            for chunk in _chunks(rows, 1000):
+                ids = s.scalars(insert(Item).returning(Item.id, sort_by_parameter_order=True), chunk)
+                for row, new_id in zip(chunk, ids, strict=True):
+                    out[row["uri"]] = int(new_id)
+        return out
+
+    def set_status(self, item_ids: Sequence[int], status: str, reason: str | None = None) -> None:
+        with self.Session.begin() as s:
+            for chunk in _chunks(item_ids):
+                s.execute(update(Item).where(Item.id.in_(chunk)).values(status=status, reason=reason))
+
+    def record_outcomes(self, outcomes: Sequence[ItemOutcome]) -> None:
+        """Failures and unchanged-content touches, in one transaction."""
+        if not outcomes:
+            return
+        with self.Session.begin() as s:
+            s.execute(
+                update(Item),
+                [
+                    {"id": o.item_id, "status": o.status, "reason": o.reason, "content_hash": o.content_hash,
+                     "size": o.size, "mtime_ns": o.mtime_ns}
+                    for o in outcomes
+                ],
+            )
+
+    def commit_shard(
+        self, collection_id: int, space: str, path: str, rows: int, sha256: str, nbytes: int,
+        items: Sequence[EmbeddedItem],
+    ) -> int:
+        """Record a shard (already renamed into place) and the items it covers, atomically."""
+        with self.Session.begin() as s:
+            shard = Shard(collection_id=collection_id, space=space, path=path, rows=rows, sha256=sha256, bytes=nbytes)
+            s.add(shard)
+            s.flush()
+            ids = [e.item_id for e in items]
+            for chunk in _chunks(ids):
+                s.execute(
+                    delete(ItemVector).where(ItemVector.item_id.in_(chunk), ItemVector.space == space)
+                )
+            s.execute(
+                insert(ItemVector),
+                [{"item_id": e.item_id, "space": space, "shard_id": shard.id, "row": e.row,
+                  "content_hash": e.content_hash} for e in items],
+            )
+            s.execute(
+                update(Item),
+                [{"id": e.item_id, "status": STATUS_OK, "reason": None, "content_hash": e.content_hash,
+                  "size": e.size, "mtime_ns": e.mtime_ns, "meta": e.meta} for e in items],
+            )
+            return int(shard.id)
+
+    def items_needing_vectors(self, collection_id: int, space: str, modalities: Iterable[str]) -> list[int]:
+        """Ok items of the space's modalities whose current content has no vector there."""
+        q = (
+            select(Item.id)
+            .outerjoin(ItemVector, (ItemVector.item_id == Item.id) & (ItemVector.space == space))
+            .where(
+                Item.collection_id == collection_id,
+                Item.status == STATUS_OK,
+                Item.modality.in_(list(modalities)),
+                (ItemVector.item_id.is_(None)) | (ItemVector.content_hash != Item.content_hash),
+            )
+        )
+        with self.Session() as s:
+            return [int(i) for i in s.scalars(q)]
+
+    def items(self, item_ids: Sequence[int]) -> dict[int, Item]:
+        out: dict[int, Item] = {}
+        with self.Session() as s:
+            for chunk in _chunks(list(item_ids)):
+                for item in s.scalars(select(Item).where(Item.id.in_(chunk))):
+                    out[int(item.id)] = item
+        return out
+
+    def item_by_id(self, collection_id: int, item_id: int) -> Item:
+        with self.Session() as s:
+            item = s.get(Item, item_id)
+        if item is None or item.collection_id != collection_id or item.status == STATUS_DELETED:
+            raise UserError(f"no item with id {item_id} in this collection")
+        return item
+
+    def items_by_uri(self, collection_id: int, uris: Sequence[str]) -> dict[str, Item]:
+        out: dict[str, Item] = {}
+        with self.Session() as s:
+            keys = [uri_key(u) for u in uris]
+            for chunk in _chunks(keys):
+                q = select(Item).where(Item.collection_id == collection_id, Item.uri_key.in_(chunk))
+                for item in s.scalars(q):
+                    out[item.uri] = item
+        return out
+
+    def vector_location(self, item_id: int, space: str) -> tuple[str, int] | None:
+        """(shard path, row) of the item's current vector in the space."""
+        q = (
+            select(Shard.path, ItemVector.row)
+            .join(Shard, Shard.id == ItemVector.shard_id)
+            .where(ItemVector.item_id == item_id, ItemVector.space == space)
+        )
+        with self.Session() as s:
+            row = s.execute(q).first()
+        return (row.path, int(row.row)) if row else None
+
+    def live_vectors(self, collection_id: int, space: str) -> list[tuple[int, str, int, int, str]]:
+        """(item id, modality, shard id, row, shard path) of every ok item with a current vector."""
+        q = (
+            select(ItemVector.item_id, Item.modality, ItemVector.shard_id, ItemVector.row, Shard.path)
+            .join(Item, Item.id == ItemVector.item_id)
+            .join(Shard, Shard.id == ItemVector.shard_id)
+            .where(
+                Item.collection_id == collection_id,
+                Item.status == STATUS_OK,
+                ItemVector.space == space,
+                ItemVector.content_hash == Item.content_hash,
+            )
+            .order_by(ItemVector.shard_id, ItemVector.row)
+        )
+        with self.Session() as s:
+            return [(int(r[0]), r[1], int(r[2]), int(r[3]), r[4]) for r in s.execute(q)]
+
+    # index versions ---------------------------------------------------------------------------
+
+    def published_index(self, collection_id: int, space: str) -> IndexVersion | None:
+        q = select(IndexVersion).where(
+            IndexVersion.collection_id == collection_id, IndexVersion.space == space,
+            IndexVersion.status == "published",
+        )
+        with self.Session() as s:
+            return s.scalar(q)
+
+    def next_index_version(self, collection_id: int, space: str) -> int:
+        q = select(func.max(IndexVersion.version)).where(
+            IndexVersion.collection_id == collection_id, IndexVersion.space == space
+        )
+        with self.Session() as s:
+            return int(s.scalar(q) or 0) + 1
+
+    def publish_index(
+        self, collection_id: int, space: str, version: int, path: str, kind: str, n_vectors: int,
+        nbytes: int, fingerprint: str, summary: dict[str, Any], build_s: float,
+    ) -> None:
+        """Make a written index version the served one, superseding the previous, atomically."""
+        with self.Session.begin() as s:
+            s.execute(
+                update(IndexVersion)
+                .where(IndexVersion.collection_id == collection_id, IndexVersion.space == space,
+                       IndexVersion.status == "published")
+                .values(status="superseded")
+            )
+            s.add(IndexVersion(
+                collection_id=collection_id, space=space, version=version, path=path, status="published",
+                kind=kind, n_vectors=n_vectors, bytes=nbytes, fingerprint=fingerprint, summary=summary,
+                build_s=build_s,
+            ))
+
+    # stats ------------------------------------------------------------------------------------
+
+    def counts(self, collection_id: int) -> dict[str, dict[str, int]]:
+        by_status: dict[str, int] = {}
+        by_modality: dict[str, int] = {}
+        with self.Session() as s:
+            q = (
+                select(Item.status, Item.modality, func.count())
+                .where(Item.collection_id == collection_id)
+                .group_by(Item.status, Item.modality)
+            )
+            for status, modality, n in s.execute(q):
+                by_status[status] = by_status.get(status, 0) + int(n)
+                if status != STATUS_DELETED:
+                    by_modality[modality] = by_modality.get(modality, 0) + int(n)
+        return {"status": by_status, "modality": by_modality}
+
+    def failures(self, collection_id: int, limit: int | None = None) -> list[tuple[str, str]]:
+        q = (
+            select(Item.uri, Item.reason)
+            .where(Item.collection_id == collection_id, Item.status == STATUS_FAILED)
+            .order_by(Item.uri)
+        )
+        if limit is not None:
+            q = q.limit(limit)
+        with self.Session() as s:
+            return [(r[0], r[1] or "") for r in s.execute(q)]
+
+
+def describe_model(model: dict[str, Any]) -> str:
+    """One short phrase for an encoder record, for error messages."""
+    name = model.get("model", "?")
+    pretrained = model.get("pretrained")
+    return f"{name} ({pretrained})" if pretrained else str(name)

@@ -1,0 +1,240 @@
+"""Index version folders: one FAISS file per part plus ``manifest.json``, written atomically.
+
+Layout of a version folder::
+
+    <final_dir>/
+        manifest.json      # caller's keys + files{part: file, sha256, bytes, ntotal}, format_version, created_at
+        image.faiss
+        text.faiss
+
+A folder is written under a hidden temporary sibling and renamed into place, so readers only ever
+see complete folders. Index files are loaded only when the manifest names them with a matching
+checksum and size: FAISS deserialisation is not meant for untrusted input.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import faiss
+
+from xmodal.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+PART_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_HASH_CHUNK = 1 << 20
+
+
+class IndexFileError(UserError):
+    """An index folder is missing, incomplete, altered, or not the one the caller expected."""
+
+
+def _check_part_name(name: object) -> str:
+    if not isinstance(name, str) or not PART_NAME_RE.fullmatch(name):
+        raise ValueError(f"invalid index part name {name!r}: must match ^[a-z][a-z0-9_]{{0,31}}$")
+    return name
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some filesystems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_index_dir(
+    final_dir: Path, parts: dict[str, faiss.Index], manifest: dict[str, Any]
+) -> dict[str, Any]:
+    """Write ``parts`` (``<part>.faiss``) and the manifest to ``final_dir`` atomically.
+
+    ``final_dir`` must not exist (``FileExistsError``). The caller's ``manifest`` is not modified;
+    the returned copy has ``files``, ``format_version`` and ``created_at`` set.
+    """
+    final_dir = Path(final_dir)
+    if not parts:
+        raise ValueError("an index folder needs at least one part")
+    for name in parts:
+        _check_part_name(name)
+    if final_dir.exists():
+        raise FileExistsError(f"index folder already exists: {final_dir}")
+    parent = final_dir.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".{final_dir.name}.tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        out = copy.deepcopy(manifest)
+        files: dict[str, dict[str, Any]] = {}
+        for name, index in sorted(parts.items()):
+            fname = f"{name}.faiss"
+            path = tmp / fname
+            faiss.write_index(index, str(path))
+            _fsync_file(path)
+            files[name] = {
+                "file": fname,
+                "sha256": _sha256(path),
+                "bytes": path.stat().st_size,
+                "ntotal": int(index.ntotal),
+            }
+        out["files"] = files
+        out["format_version"] = FORMAT_VERSION
+        out["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        mpath = tmp / MANIFEST_NAME
+        with mpath.open("w", encoding="utf-8") as fh:
+            json.dump(out, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        if final_dir.exists():  # re-check: os.rename would silently replace an empty directory
+            raise FileExistsError(f"index folder already exists: {final_dir}")
+        os.rename(tmp, final_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(parent)
+    logger.info(
+        "wrote index folder %s (%s)", final_dir, ", ".join(f"{k}={v['ntotal']}" for k, v in files.items())
+    )
+    return out
+
+
+def read_manifest(dir: Path) -> dict[str, Any]:
+    """The manifest of an index folder; ``IndexFileError`` when missing or unreadable."""
+    path = Path(dir) / MANIFEST_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise IndexFileError(f"no {MANIFEST_NAME} in index folder {dir}") from None
+    except OSError as exc:
+        raise IndexFileError(f"cannot read {path}: {exc}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise IndexFileError(f"{path} is not valid JSON ({exc}); the index folder is damaged") from exc
+    if not isinstance(data, dict):
+        raise IndexFileError(f"{path} must hold a JSON object")
+    return data
+
+
+def _normalise(value: Any) -> Any:
+    """JSON round trip, so tuples compare equal to lists and int keys to str keys."""
+    return json.loads(json.dumps(value))
+
+
+def _check_expect(dir: Path, manifest: dict[str, Any], expect: dict[str, Any]) -> None:
+    for key, want in expect.items():
+        if key not in manifest:
+            raise IndexFileError(f"index folder {dir} has no {key!r} in its manifest (expected {want!r})")
+        have = manifest[key]
+        if _normalise(have) != _normalise(want):
+            raise IndexFileError(
+                f"index folder {dir} was built with {key}={have!r}, but {key}={want!r} is expected; "
+                "rebuild the index"
+            )
+
+
+def _mmap_flags() -> int:
+    # IO_FLAG_MMAP_IFC (faiss >= 1.10) maps flat codes and IVF lists; plain IO_FLAG_MMAP maps IVF lists only.
+    # Combining them fails ("mmap only supported for File objects").
+    return int(getattr(faiss, "IO_FLAG_MMAP_IFC", 0) or getattr(faiss, "IO_FLAG_MMAP", 0))
+
+
+def _read_one(path: Path, mmap: bool) -> faiss.Index:
+    if mmap and _mmap_flags():
+        try:
+            return faiss.read_index(str(path), _mmap_flags())
+        except RuntimeError as exc:
+            logger.warning("cannot memory-map %s (%s); reading it into memory", path, exc)
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as exc:
+        raise IndexFileError(f"FAISS cannot read {path}: {exc}") from exc
+
+
+def read_index_dir(
+    dir: Path, *, expect: dict[str, Any] | None = None, mmap: bool = False
+) -> tuple[dict[str, Any], dict[str, faiss.Index]]:
+    """Load an index folder: ``(manifest, {part: index})``.
+
+    Refuses (``IndexFileError``) when a listed file is missing or its size or sha256 differ, when the
+    manifest is malformed, or when a key of ``expect`` (e.g. ``{"space": "clip", "dim": 512}``) does
+    not equal the manifest's value. Only files the manifest lists are opened.
+    """
+    dir = Path(dir)
+    manifest = read_manifest(dir)
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise IndexFileError(
+            f"index folder {dir} has format_version {version!r}; this xmodal reads {FORMAT_VERSION}"
+        )
+    if expect:
+        _check_expect(dir, manifest, expect)
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise IndexFileError(f"manifest of {dir} lists no index files")
+
+    checked: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for part, entry in files.items():
+        try:
+            _check_part_name(part)
+        except ValueError as exc:
+            raise IndexFileError(f"manifest of {dir}: {exc}") from None
+        if not isinstance(entry, dict) or entry.get("file") != f"{part}.faiss":
+            raise IndexFileError(f"manifest of {dir}: bad file entry for part {part!r}: {entry!r}")
+        if not isinstance(entry.get("sha256"), str) or not isinstance(entry.get("bytes"), int):
+            raise IndexFileError(f"manifest of {dir}: part {part!r} has no checksum and size")
+        path = dir / entry["file"]
+        if not path.is_file():
+            raise IndexFileError(f"index file {path} is missing; the index folder is incomplete")
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise IndexFileError(
+                f"index file {path} has {size} bytes, manifest says {entry['bytes']}; refusing it"
+            )
+        if _sha256(path) != entry["sha256"]:
+            raise IndexFileError(f"index file {path} does not match its sha256 in the manifest; refusing it")
+        checked[part] = (path, entry)
+
+    indexes: dict[str, faiss.Index] = {}
+    for part, (path, entry) in checked.items():
+        index = _read_one(path, mmap)
+        ntotal = entry.get("ntotal")
+        if ntotal is not None and int(index.ntotal) != ntotal:
+            raise IndexFileError(f"index file {path} holds {index.ntotal} vectors, manifest says {ntotal}")
+        indexes[part] = index
+    return manifest, indexes

@@ -1,0 +1,101 @@
+"""Parquet shards: one file per flush per space, an int64 ``item_id`` column, a fixed-size-list
+float32 ``vector`` column and the ``content_hash`` each vector embeds.
+
+The schema metadata records what produced the vectors (space, model record, dimension,
+normalisation); reading with ``expect`` refuses a shard from another model. A shard is written to a
+temporary name, fsynced and renamed; only then may the catalog record it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from xmodal.errors import UserError
+from xmodal.storage.layout import fsync_dir
+
+META_KEY = b"xmodal"
+
+
+class ShardError(UserError):
+    """A shard is unreadable or was produced by something other than what the reader expects."""
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    path: Path
+    rows: int
+    sha256: str
+    bytes: int
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def write_shard(
+    path: Path, ids: np.ndarray, vectors: np.ndarray, content_hashes: list[str], meta: dict[str, Any]
+) -> ShardInfo:
+    """Write a shard atomically at ``path`` (temp file, fsync, rename, fsync dir)."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(ids) != len(vectors) or len(content_hashes) != len(ids):
+        raise ValueError(f"shard shapes disagree: ids {ids.shape}, vectors {vectors.shape}, "
+                         f"hashes {len(content_hashes)}")
+    if not np.isfinite(vectors).all():
+        raise ValueError("refusing to write non-finite vectors to a shard")
+    dim = vectors.shape[1]
+    vector_col = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), dim)
+    table = pa.table({"item_id": pa.array(ids), "vector": vector_col, "content_hash": pa.array(content_hashes)})
+    full_meta = {**meta, "dim": dim}
+    table = table.replace_schema_metadata({META_KEY: json.dumps(full_meta, sort_keys=True).encode()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        digest = file_sha256(tmp)
+        size = tmp.stat().st_size
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fsync_dir(path.parent)
+    return ShardInfo(path=path, rows=len(ids), sha256=digest, bytes=size)
+
+
+def shard_meta(path: Path) -> dict[str, Any]:
+    try:
+        raw = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise ShardError(f"cannot read shard {path}: {exc}") from exc
+    if META_KEY not in raw:
+        raise ShardError(f"{path} is not an xmodal shard (no xmodal schema metadata)")
+    return dict(json.loads(raw[META_KEY]))
+
+
+def read_shard(path: Path, *, expect: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(ids, vectors, meta) of a shard, after checking ``expect`` against its metadata."""
+    meta = shard_meta(path)
+    for key, want in (expect or {}).items():
+        if meta.get(key) != want:
+            raise ShardError(f"shard {path} has {key}={meta.get(key)!r}, expected {want!r}")
+    table = pq.read_table(path, columns=["item_id", "vector"])
+    ids = table.column("item_id").to_numpy()
+    flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    vectors = np.asarray(flat, dtype=np.float32).reshape(len(ids), int(meta["dim"]))
+    return ids, vectors, meta

@@ -1,0 +1,27 @@
+"""Catalog URIs of local files.
+
+A local file's URI is its absolute path, kept as typed so that people can read and match it. A name
+holding bytes that are not UTF-8 (possible on Linux) becomes a percent-encoded ``file://`` URI, so
+that it can still be stored in SQL and opened again.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import quote_from_bytes, unquote_to_bytes
+
+FILE_SCHEME = "file://"
+
+
+def path_to_uri(path: str) -> str:
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return FILE_SCHEME + quote_from_bytes(os.fsencode(path))
+
+
+def uri_to_path(uri: str) -> str:
+    if uri.startswith(FILE_SCHEME):
+        return os.fsdecode(unquote_to_bytes(uri[len(FILE_SCHEME):]))
+    return uri
