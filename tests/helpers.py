@@ -65,3 +65,19 @@ def cli_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> Any:
     out = capsys.readouterr().out
     assert code == 0, out
     return json.loads(out)
+
+
+class CrashOnWidth:
+    """An image transform for decode workers that kills its process on images of one width, the way
+    a decoder segfault or the OOM killer would. Picklable, importable by spawned workers."""
+
+    def __init__(self, inner: Any, width: int) -> None:
+        self.inner = inner
+        self.width = width
+
+    def __call__(self, image: Image.Image) -> Any:
+        if image.width == self.width:
+            import os
+
+            os._exit(13)
+        return self.inner(image)

@@ -217,9 +217,12 @@ def test_unknown_format_version_refused(tmp_path: Path, parts: dict[str, BuiltIn
         read_index_dir(final)
 
 
-def test_empty_parts_rejected(tmp_path: Path) -> None:
-    with pytest.raises(ValueError):
-        write_index_dir(tmp_path / "v", {}, {})
+def test_an_empty_version_round_trips(tmp_path: Path) -> None:
+    """Every item deleted: the published version must hold nothing, not the previous vectors."""
+    written = write_index_dir(tmp_path / "v", {}, {"space": "clip"})
+    assert written["files"] == {}
+    manifest, loaded = read_index_dir(tmp_path / "v", expect={"space": "clip"})
+    assert loaded == {} and manifest["space"] == "clip"
 
 
 def test_loaded_index_is_faiss_index(tmp_path: Path, parts: dict[str, BuiltIndex]) -> None:

@@ -35,6 +35,14 @@ def live_fingerprint(live: list[tuple[int, str, int, int, str]]) -> str:
     return digest.hexdigest()
 
 
+def _next_on_disk(layout: Layout, collection: str, space: str) -> int:
+    """After a crash between writing and publishing, a version folder exists that the catalog never
+    recorded: never reuse its number (it is left for gc)."""
+    folder = layout.index_dir(collection, space)
+    numbers = [int(p.name[1:]) for p in folder.glob("v*") if p.name[1:].isdigit()] if folder.is_dir() else []
+    return max(numbers, default=0) + 1
+
+
 def build_and_publish(
     catalog: Catalog, layout: Layout, settings: Settings, collection: str, collection_id: int, space: str,
     *, progress: bool = True, force: bool = False, crash_at: Callable[[str], None] | None = None,
@@ -81,7 +89,7 @@ def build_and_publish(
         parts[modality] = built.index
         part_summary[modality] = {"recipe": built.recipe.to_dict(), "stats": built.stats}
 
-    version = catalog.next_index_version(collection_id, space)
+    version = max(catalog.next_index_version(collection_id, space), _next_on_disk(layout, collection, space))
     final = layout.version_path(collection, space, version)
     final.parent.mkdir(parents=True, exist_ok=True)
     manifest = {

@@ -86,8 +86,6 @@ def write_index_dir(
     the returned copy has ``files``, ``format_version`` and ``created_at`` set.
     """
     final_dir = Path(final_dir)
-    if not parts:
-        raise ValueError("an index folder needs at least one part")
     for name in parts:
         _check_part_name(name)
     if final_dir.exists():
@@ -205,8 +203,8 @@ def read_index_dir(
     if expect:
         _check_expect(dir, manifest, expect)
     files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise IndexFileError(f"manifest of {dir} lists no index files")
+    if not isinstance(files, dict):
+        raise IndexFileError(f"manifest of {dir} has no 'files' mapping")
 
     checked: dict[str, tuple[Path, dict[str, Any]]] = {}
     for part, entry in files.items():

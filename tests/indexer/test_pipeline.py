@@ -1,0 +1,145 @@
+"""The indexing pipeline in-process: worker deaths, crashes at each commit point, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import CrashOnWidth, photo, write_photos
+
+from xmodal.encoders import load_encoder, resolve_model
+from xmodal.indexer.decode import DecodeConfig, DecodeTask
+from xmodal.indexer.pipeline import _pooled, index_sources
+from xmodal.media.types import MediaLimits
+from xmodal.search.engine import Searcher
+from xmodal.storage.catalog import STATUS_DELETED, Catalog
+
+
+def test_a_worker_that_dies_costs_only_its_own_file(settings, tmp_path):
+    paths = write_photos(tmp_path / "m", 40)
+    poison = tmp_path / "m" / "poison.jpg"
+    photo(5, size=(133, 100)).save(poison)
+    paths.insert(17, poison)
+    record = resolve_model("open_clip", settings.clip_model, settings.clip_pretrained)
+    enc = load_encoder("open_clip", record, "cpu")
+    config = DecodeConfig(MediaLimits.from_settings(settings), CrashOnWidth(enc.image_transform(), 133), 64)
+    tasks = [DecodeTask(i, str(p), "image", None) for i, p in enumerate(paths)]
+    out = list(_pooled(tasks, config, workers=2))
+    assert [d.item_id for d in out if d.error is None] == [i for i in range(len(paths)) if i != 17]
+    (dead,) = [d for d in out if d.error is not None]
+    assert dead.item_id == 17 and "crashed" in dead.error
+    assert len(out) == len(paths)
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_once_at(point: str):
+    state = {"armed": True}
+
+    def hook(where: str) -> None:
+        if where == point and state["armed"]:
+            state["armed"] = False
+            raise Crash(where)
+
+    return hook
+
+
+def _search_all(settings, collection: str, n: int) -> list[tuple[str, float]]:
+    s = Searcher(settings, collection)
+    try:
+        res = s.search(text="anything", k=n)
+        return [(r.uri, round(r.score, 5)) for r in res]
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("point", ["after-scan", "before-shard-write", "before-shard-commit", "after-shard-commit",
+                                   "before-index-write", "before-publish"])
+def test_crash_at_any_commit_point_then_rerun_finishes_exactly_once(settings, tmp_path, point):
+    media = tmp_path / "m"
+    write_photos(media, 30)
+    settings = settings.model_copy(update={"shard_rows": 8})  # several shards: crash between them
+    with pytest.raises(Crash):
+        index_sources(settings, [media], "c", progress=False, crash_at=crash_once_at(point))
+    summary = index_sources(settings, [media], "c", progress=False)
+    assert summary.failed == 0
+
+    catalog = Catalog(settings.resolved_database_url)
+    cid = catalog.collection_id("c")
+    live = catalog.live_vectors(cid, "clip")
+    assert sorted(i for i, *_ in live) == sorted(catalog.item_states(cid)[str(p)].id for p in media.iterdir())
+    assert len({i for i, *_ in live}) == 30  # each item exactly once
+    published = catalog.published_index(cid, "clip")
+    assert published is not None and published.n_vectors == 30
+    catalog.close()
+    # the same results as a run that was never interrupted
+    clean = settings.model_copy(update={"home": tmp_path / "clean",
+                                        "database_url": f"sqlite:///{tmp_path / 'clean.sqlite'}"})
+    index_sources(clean, [media], "c", progress=False)
+    assert _search_all(settings, "c", 30) == _search_all(clean, "c", 30)
+
+
+def test_searcher_refresh_swaps_in_a_newly_published_version(settings, tmp_path):
+    media = tmp_path / "m"
+    write_photos(media, 10)
+    index_sources(settings, [media], "c", progress=False)
+    searcher = Searcher(settings, "c")
+    assert len(searcher.search(text="x", k=50)) == 10
+    write_photos(media, 5, start=10)
+    index_sources(settings, [media], "c", progress=False)
+    assert len(searcher.search(text="x", k=50)) == 10  # still the loaded version
+    assert searcher.refresh() is True and searcher.refresh() is False
+    hits = searcher.search(image=media / "photo_0012.jpg", k=1)
+    assert hits[0].uri == str(media / "photo_0012.jpg")
+    assert len(searcher.search(text="x", k=50)) == 15
+    searcher.close()
+
+
+def test_search_looks_past_many_hidden_items(settings, tmp_path):
+    media = tmp_path / "m"
+    write_photos(media, 60)
+    index_sources(settings, [media], "c", progress=False)
+    searcher = Searcher(settings, "c")
+    query = media / "photo_0000.jpg"
+    ranked = searcher.search(image=query, k=60)
+    catalog = Catalog(settings.resolved_database_url)
+    catalog.set_status([r.id for r in ranked[:40]], STATUS_DELETED)  # hide the 40 best matches
+    catalog.close()
+    after = searcher.search(image=query, k=10)
+    assert [r.id for r in after] == [r.id for r in ranked[40:50]]
+    searcher.close()
+
+
+def test_changed_content_with_same_size_and_mtime_is_caught_by_nothing_but_is_by_rehash(settings, tmp_path):
+    """Size+mtime is the fast path; a file rewritten with the same size and mtime keeps its old vector
+    until its stat changes. This documents the rsync-style trade-off and that a stat change is enough."""
+    media = tmp_path / "m"
+    (a,) = write_photos(media, 1)
+    index_sources(settings, [media], "c", progress=False)
+    st = a.stat()
+    photo(50).save(a)
+    import os
+
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    summary = index_sources(settings, [media], "c", progress=False)
+    assert summary.embedded == 1
+    s = Searcher(settings, "c")
+    vec = s.item_vector(s.search(image=a, k=1)[0].id)
+    assert np.allclose(vec, s.image_vector(Path(a)), atol=1e-5)
+    s.close()
+
+
+def test_deleting_every_file_publishes_an_empty_version(settings, tmp_path):
+    media = tmp_path / "m"
+    paths = write_photos(media, 5)
+    index_sources(settings, [media], "c", progress=False)
+    for p in paths:
+        p.unlink()
+    summary = index_sources(settings, [media], "c", progress=False)
+    assert summary.deleted == 5 and summary.index["built"] is True and summary.index["vectors"] == 0
+    s = Searcher(settings, "c")
+    assert s.search(text="anything", k=5) == []
+    s.close()
