@@ -15,7 +15,6 @@ checksum and size: FAISS deserialisation is not meant for untrusted input.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -29,13 +28,13 @@ from typing import Any
 import faiss
 
 from xmodal.errors import UserError
+from xmodal.storage.layout import file_sha256, fsync_dir, fsync_file
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 PART_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
-_HASH_CHUNK = 1 << 20
 
 
 class IndexFileError(UserError):
@@ -46,35 +45,6 @@ def _check_part_name(name: object) -> str:
     if not isinstance(name, str) or not PART_NAME_RE.fullmatch(name):
         raise ValueError(f"invalid index part name {name!r}: must match ^[a-z][a-z0-9_]{{0,31}}$")
     return name
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - some filesystems refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_index_dir(
@@ -101,10 +71,10 @@ def write_index_dir(
             fname = f"{name}.faiss"
             path = tmp / fname
             faiss.write_index(index, str(path))
-            _fsync_file(path)
+            fsync_file(path)
             files[name] = {
                 "file": fname,
-                "sha256": _sha256(path),
+                "sha256": file_sha256(path),
                 "bytes": path.stat().st_size,
                 "ntotal": int(index.ntotal),
             }
@@ -117,14 +87,14 @@ def write_index_dir(
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final_dir.exists():  # re-check: os.rename would silently replace an empty directory
             raise FileExistsError(f"index folder already exists: {final_dir}")
         os.rename(tmp, final_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(parent)
+    fsync_dir(parent)
     logger.info(
         "wrote index folder %s (%s)", final_dir, ", ".join(f"{k}={v['ntotal']}" for k, v in files.items())
     )
@@ -224,7 +194,7 @@ def read_index_dir(
             raise IndexFileError(
                 f"index file {path} has {size} bytes, manifest says {entry['bytes']}; refusing it"
             )
-        if _sha256(path) != entry["sha256"]:
+        if file_sha256(path) != entry["sha256"]:
             raise IndexFileError(f"index file {path} does not match its sha256 in the manifest; refusing it")
         checked[part] = (path, entry)
 
