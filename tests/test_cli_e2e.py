@@ -227,8 +227,13 @@ def test_ivfpq_above_the_threshold_agrees_with_exact_search(env, tmp_path, capsy
     assert agree >= 0.9 * len(queries)
 
 
-def test_eval_reports_recall_mrr_latency_and_carries_extra_keys(env, media, capsys, tmp_path):
+def test_eval_reports_recall_mrr_latency_and_carries_extra_keys(env, media, capsys, tmp_path, monkeypatch):
     index(capsys, media)
+    import xmodal.search.engine as engine
+
+    loads = []
+    real_load = engine.load_encoder
+    monkeypatch.setattr(engine, "load_encoder", lambda *a, **kw: loads.append(a) or real_load(*a, **kw))
     queries = tmp_path / "queries.jsonl"
     lines = [
         {"image": str(media / "photos" / f"photo_{i:04d}.jpg"), "expected": [str(media / "photos" / f"photo_{i:04d}.jpg")],
@@ -244,6 +249,7 @@ def test_eval_reports_recall_mrr_latency_and_carries_extra_keys(env, media, caps
     assert report["recall@1"] >= 5 / 6 and report["mrr"] >= report["recall@1"]
     assert [p["case"] for p in report["per_query"]] == [line["case"] for line in lines]
     assert all(p["rank"] == 1 for p in report["per_query"][:5])
+    assert len(loads) == 1  # one model load for all the queries
 
 
 def test_stats_reports_counts_spaces_and_index(env, media, capsys):

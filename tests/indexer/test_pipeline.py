@@ -10,7 +10,7 @@ from helpers import CrashOnWidth, photo, write_photos
 
 from xmodal.encoders import load_encoder, resolve_model
 from xmodal.indexer.decode import DecodeConfig, DecodeTask
-from xmodal.indexer.pipeline import _pooled, index_sources
+from xmodal.indexer.pipeline import DecodePool, index_sources
 from xmodal.media.types import MediaLimits
 from xmodal.search.engine import Searcher
 from xmodal.storage.catalog import STATUS_DELETED, Catalog
@@ -25,7 +25,11 @@ def test_a_worker_that_dies_costs_only_its_own_file(settings, tmp_path):
     enc = load_encoder("open_clip", record, "cpu")
     config = DecodeConfig(MediaLimits.from_settings(settings), CrashOnWidth(enc.image_transform(), 133), 64)
     tasks = [DecodeTask(i, str(p), "image", None) for i, p in enumerate(paths)]
-    out = list(_pooled(tasks, config, workers=2))
+    pool = DecodePool(2)
+    try:
+        out = list(pool.decode(tasks, config, max_inflight=4))
+    finally:
+        pool.close()
     assert [d.item_id for d in out if d.error is None] == [i for i in range(len(paths)) if i != 17]
     (dead,) = [d for d in out if d.error is not None]
     assert dead.item_id == 17 and "crashed" in dead.error

@@ -159,8 +159,12 @@ class OpenClipEncoder:
                     require_pretrained=True,
                 )
                 self._tokenizer = open_clip.get_tokenizer(name)
-        except (RuntimeError, OSError, ValueError) as exc:
+        except Exception as exc:  # a bad checkpoint fails in pickle, zip, safetensors or torch: any type
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if not isinstance(exc, (RuntimeError, OSError, ValueError)):
+                kind = type(exc)  # name it: "struct.error: unpack requires ...", "IndexError: pop from ..."
+                module = "" if kind.__module__ == "builtins" else f"{kind.__module__}."
+                first = f"{module}{kind.__qualname__}: {first}"
             if pretrained and not Path(str(pretrained)).is_file():
                 raise ModelLoadError(
                     f"cannot load open_clip weights {record['model']}/{pretrained} (no network and not in the "

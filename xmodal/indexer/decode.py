@@ -49,13 +49,8 @@ class DecodeConfig:
     min_side: int | None
 
 
-_CONFIG: DecodeConfig | None = None
-
-
-def init_worker(config: DecodeConfig) -> None:
-    """Process-pool initializer: one torch thread per worker, the config kept once per process."""
-    global _CONFIG
-    _CONFIG = config
+def init_worker() -> None:
+    """Process-pool initializer: one torch thread per worker (the cores are the pool's)."""
     try:
         import torch
 
@@ -64,9 +59,12 @@ def init_worker(config: DecodeConfig) -> None:
         pass
 
 
-def decode_many(tasks: list[DecodeTask]) -> list[Decoded]:
-    assert _CONFIG is not None, "init_worker was not called"
-    return [decode_one(task, _CONFIG) for task in tasks]
+def warm_up() -> None:
+    """A first task that makes the pool start its processes now (they import torch meanwhile)."""
+
+
+def decode_many(tasks: list[DecodeTask], config: DecodeConfig) -> list[Decoded]:
+    return [decode_one(task, config) for task in tasks]
 
 
 def decode_one(task: DecodeTask, config: DecodeConfig) -> Decoded:

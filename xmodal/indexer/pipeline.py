@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import multiprocessing
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -24,7 +25,15 @@ from tqdm.auto import tqdm
 from xmodal.config import Settings
 from xmodal.encoders import Encoder, load_encoder, resolve_model
 from xmodal.errors import ModelMismatchError
-from xmodal.indexer.decode import DecodeConfig, Decoded, DecodeTask, decode_many, decode_one, init_worker
+from xmodal.indexer.decode import (
+    DecodeConfig,
+    Decoded,
+    DecodeTask,
+    decode_many,
+    decode_one,
+    init_worker,
+    warm_up,
+)
 from xmodal.indexer.publish import build_and_publish
 from xmodal.indexer.scan import FileEntry, scan, under_roots
 from xmodal.media.types import MediaLimits
@@ -158,7 +167,7 @@ class IndexRun:
             bar.update()
         bar.close()
         summary.scanned = len(entries)
-        roots = [str(Path(s).absolute()) for s in sources]
+        roots = [os.path.abspath(s) for s in sources]
 
         states = self.catalog.item_states(self.collection_id)
         new = [(e.uri, e.modality) for e in entries if e.uri not in states]
@@ -210,7 +219,16 @@ class IndexRun:
     # ------------------------------------------------------------------------------------------
 
     def _embed(self, tasks: list[DecodeTask], summary: RunSummary) -> None:
-        encoder = self.encoder  # load the model before starting workers: a bad model fails fast
+        workers = self.settings.resolved_workers
+        pool = DecodePool(workers) if len(tasks) >= POOL_MIN_ITEMS and workers > 0 else None
+        try:
+            self._embed_with(tasks, summary, pool)
+        finally:
+            if pool is not None:
+                pool.close()
+
+    def _embed_with(self, tasks: list[DecodeTask], summary: RunSummary, pool: DecodePool | None) -> None:
+        encoder = self.encoder
         config = DecodeConfig(self.limits, encoder.image_transform(), encoder.image_min_side())
         batch = self.settings.batch_size
         pending = _Pending()
@@ -254,7 +272,11 @@ class IndexRun:
             outcomes.clear()
             pending = _Pending()
 
-        for d in self._decoded(tasks, config):
+        if pool is not None:  # keep two batches in flight so the workers never wait on the encoder
+            decoded = pool.decode(tasks, config, max_inflight=max(4 * pool.workers, -(-2 * batch // CHUNK_FILES)))
+        else:
+            decoded = (decode_one(task, config) for task in tasks)
+        for d in decoded:
             bar.update()
             if d.error is not None:
                 outcomes.append(self._failed(d, d.error))
@@ -298,36 +320,41 @@ class IndexRun:
                                   info.sha256, info.bytes, pending.items)
         self._hook("after-shard-commit")
 
-    def _decoded(self, tasks: list[DecodeTask], config: DecodeConfig) -> Iterator[Decoded]:
-        """Decoded items in task order; in worker processes when there is enough work."""
-        workers = self.settings.resolved_workers
-        if len(tasks) < POOL_MIN_ITEMS or workers <= 0:
-            for task in tasks:
-                yield decode_one(task, config)
-            return
-        yield from _pooled(tasks, config, workers)
 
 
-def _pooled(tasks: list[DecodeTask], config: DecodeConfig, workers: int) -> Iterator[Decoded]:
-    """Bounded in-flight decoding in spawned processes. A worker that dies (a decoder segfault, the
-    OOM killer) breaks the pool: its chunks are retried one file at a time in a fresh pool, and a
-    file that kills a worker again is recorded as failed."""
-    chunks = [tasks[i : i + CHUNK_FILES] for i in range(0, len(tasks), CHUNK_FILES)]
-    max_inflight = workers * 4
-    ctx = multiprocessing.get_context("spawn")
-    todo: deque[list[DecodeTask]] = deque(chunks)
-    retry_single = False
-    while todo:
-        pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=(config,))
-        inflight: deque[tuple[list[DecodeTask], cf.Future[list[Decoded]]]] = deque()
-        broken: list[list[DecodeTask]] = []
-        try:
+class DecodePool:
+    """Spawned decode workers with bounded in-flight work, results in task order.
+
+    Started before the model loads, so that the workers' own start-up (importing torch and PIL)
+    overlaps it. A worker that dies (a decoder segfault, the OOM killer) breaks the pool: the files
+    in flight are retried one at a time in a fresh pool, and a file that kills a worker again is
+    recorded as failed.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._ctx = multiprocessing.get_context("spawn")
+        self._pool = self._start()
+
+    def _start(self) -> cf.ProcessPoolExecutor:
+        pool = cf.ProcessPoolExecutor(self.workers, mp_context=self._ctx, initializer=init_worker)
+        for _ in range(self.workers):
+            pool.submit(warm_up)
+        return pool
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def decode(self, tasks: list[DecodeTask], config: DecodeConfig, *, max_inflight: int) -> Iterator[Decoded]:
+        todo: deque[list[DecodeTask]] = deque(tasks[i : i + CHUNK_FILES] for i in range(0, len(tasks), CHUNK_FILES))
+        retry_single = False
+        while todo:
+            inflight: deque[tuple[list[DecodeTask], cf.Future[list[Decoded]]]] = deque()
+            broken: list[list[DecodeTask]] = []
             while todo or inflight:
-                while todo and len(inflight) < max_inflight and not broken:
+                while todo and len(inflight) < max_inflight:
                     chunk = todo.popleft()
-                    inflight.append((chunk, pool.submit(decode_many, chunk)))
-                if not inflight:
-                    break
+                    inflight.append((chunk, self._pool.submit(decode_many, chunk, config)))
                 chunk, fut = inflight.popleft()
                 try:
                     yield from fut.result()
@@ -337,14 +364,13 @@ def _pooled(tasks: list[DecodeTask], config: DecodeConfig, workers: int) -> Iter
                     else:
                         broken.append(chunk)
                     broken.extend(c for c, _ in inflight)
-                    inflight.clear()
                     break
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        if broken:
-            log.warning("a decode worker died; retrying %d files one at a time", sum(len(c) for c in broken))
-            retry_single = True
-            todo.extendleft(reversed([[t] for c in broken for t in c]))
+            if broken:
+                log.warning("a decode worker died; retrying %d files one at a time", sum(len(c) for c in broken))
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = self._start()
+                retry_single = True
+                todo.extendleft(reversed([[t] for c in broken for t in c]))
 
 
 def index_sources(settings: Settings, sources: Iterable[Path], collection: str, *, progress: bool = True,

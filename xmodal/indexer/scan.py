@@ -44,42 +44,59 @@ def _entry(path: str, modality: str) -> FileEntry:
 
 
 def scan(sources: list[Path]) -> Iterator[FileEntry]:
-    """Yield an entry per media file under the sources (files or folders), in a stable order."""
+    """Yield an entry per media file under the sources (files or folders), in a stable order.
+
+    Every source is checked before the first entry is yielded, and a file reached from two
+    overlapping sources (``a`` and ``a/b``, or a folder given twice) is yielded once.
+    """
+    roots: list[str] = []
     for source in sources:
         root = os.path.abspath(os.fspath(source))
         if not os.path.exists(root):
             raise UserError(f"source {source} does not exist (nothing was changed)")
-        if not os.path.isdir(root):
-            modality = modality_for_path(root)
-            if modality is None:
-                raise UserError(f"source {source} is not a folder nor a supported media file")
-            yield _entry(root, modality)
+        if not os.path.isdir(root) and modality_for_path(root) is None:
+            raise UserError(f"source {source} is not a folder nor a supported media file")
+        roots.append(root)
+    reported: set[str] = set()
+    for root in roots:
+        for entry in _scan_root(root):
+            if entry.uri not in reported:
+                reported.add(entry.uri)
+                yield entry
+
+
+def _scan_root(root: str) -> Iterator[FileEntry]:
+    if not os.path.isdir(root):
+        modality = modality_for_path(root)
+        assert modality is not None  # checked by scan()
+        yield _entry(root, modality)
+        return
+    seen: set[tuple[int, int]] = set()
+
+    def onerror(exc: OSError) -> None:
+        log.warning("cannot list %s: %s", exc.filename, exc.strerror)
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=onerror):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
             continue
-        seen: set[tuple[int, int]] = set()
-
-        def onerror(exc: OSError) -> None:
-            log.warning("cannot list %s: %s", exc.filename, exc.strerror)
-
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=onerror):
-            try:
-                st = os.stat(dirpath)
-            except OSError:
-                dirnames[:] = []
-                continue
-            key = (st.st_dev, st.st_ino)
-            if key in seen:
-                log.info("skipping %s: already walked (symlink loop or second link)", dirpath)
-                dirnames[:] = []
-                continue
-            seen.add(key)
-            dirnames.sort()
-            for name in sorted(filenames):
-                modality = modality_for_path(name)
-                if modality is not None:
-                    yield _entry(os.path.join(dirpath, name), modality)
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            log.info("skipping %s: already walked (symlink loop or second link)", dirpath)
+            dirnames[:] = []
+            continue
+        seen.add(key)
+        dirnames.sort()
+        for name in sorted(filenames):
+            modality = modality_for_path(name)
+            if modality is not None:
+                yield _entry(os.path.join(dirpath, name), modality)
 
 
 def under_roots(uri: str, roots: list[str]) -> bool:
     """Whether a catalog URI lies under one of the scanned roots (only those may be deleted)."""
     path = uri_to_path(uri)
-    return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+    normal = [os.path.abspath(r) for r in roots]  # as scan() makes URIs: "a/../b" and "b/" name b
+    return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in normal)
