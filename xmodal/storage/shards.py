@@ -8,7 +8,6 @@ temporary name, fsynced and renamed; only then may the catalog record it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import uuid
@@ -21,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from xmodal.errors import UserError
-from xmodal.storage.layout import fsync_dir
+from xmodal.storage.layout import file_sha256, fsync_dir, fsync_file
 
 META_KEY = b"xmodal"
 
@@ -36,11 +35,6 @@ class ShardInfo:
     rows: int
     sha256: str
     bytes: int
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def write_shard(
@@ -63,11 +57,7 @@ def write_shard(
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     try:
         pq.write_table(table, tmp, compression="zstd")
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(tmp)
         digest = file_sha256(tmp)
         size = tmp.stat().st_size
         os.replace(tmp, path)
