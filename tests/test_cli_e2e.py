@@ -181,7 +181,7 @@ def test_every_kind_of_bad_file_is_recorded_and_the_run_goes_on(env, tmp_path, c
     assert stats["items"]["status"] == {"ok": 1, "failed": len(expected)}
     # an unchanged broken file is not retried; --retry-failed tries again
     again = cli_json(capsys, ["index", str(root), "--collection", "shop", "--no-progress"])
-    assert again["embedded"] == 0
+    assert again["embedded"] == 0 and again["failed"] == 0 and again["unchanged"] == len(expected) + 1
     fixed = root / "truncated.jpg"
     photo(77).save(fixed)
     third = cli_json(capsys, ["index", str(root), "--collection", "shop", "--no-progress"])

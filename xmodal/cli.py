@@ -81,6 +81,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         print(f"  failed: {uri}: {reason}")
     if len(s.failures) > 20:
         print(f"  ... and {len(s.failures) - 20} more (xmodal stats --collection {s.collection})")
+    print("collection now: " + ", ".join(f"{k} {v}" for k, v in sorted(s.totals.items())))
     if s.index:
         state = "built" if s.index.get("built") else "unchanged"
         print(f"index: version {s.index['version']} ({s.index['kind']}, {s.index['vectors']} vectors, {state})")

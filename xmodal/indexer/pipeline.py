@@ -69,6 +69,7 @@ class RunSummary:
     index: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     seconds: dict[str, float] = field(default_factory=dict)
+    totals: dict[str, int] = field(default_factory=dict)  # the collection's items by status after the run
 
     @property
     def items_per_second(self) -> float:
@@ -80,7 +81,7 @@ class RunSummary:
             "collection": self.collection, "scanned": self.scanned, "new": self.new, "embedded": self.embedded,
             "ok": self.ok, "failed": self.failed, "unchanged": self.unchanged, "deleted": self.deleted,
             "failures": [{"uri": u, "reason": r} for u, r in self.failures],
-            "index": self.index, "device": self.device, "seconds": self.seconds,
+            "index": self.index, "device": self.device, "seconds": self.seconds, "totals": self.totals,
             "items_per_second": round(self.items_per_second, 2),
         }
 
@@ -154,6 +155,7 @@ class IndexRun:
             )
         summary.seconds["build"] = round(time.monotonic() - t2, 3)
         summary.seconds["total"] = round(time.monotonic() - t0, 3)
+        summary.totals = self.catalog.counts(self.collection_id)["status"]
         if self._encoder is not None:
             summary.device = self._encoder.device
         return summary
@@ -182,37 +184,33 @@ class IndexRun:
             self.catalog.set_status(gone, STATUS_DELETED)
         summary.deleted = len(gone)
 
+        # ok items whose current content has no vector in the space yet (e.g. a space added later)
+        missing: set[int] = set()
+        if self.catalog.spaces(self.collection_id):
+            missing = set(self.catalog.items_needing_vectors(self.collection_id, "clip", ("image", "text")))
         tasks: list[DecodeTask] = []
         unreadable: list[ItemOutcome] = []
         for e in entries:
             st = states.get(e.uri)
             item_id = ids[e.uri]
-            if e.error is not None:
-                if st is None or st.status != STATUS_FAILED or st.size is not None:
+            same_stat = st is not None and st.size == e.size and st.mtime_ns == e.mtime_ns
+            if e.error is not None:  # a broken link, a pipe: nothing to read
+                if st is not None and st.status == STATUS_FAILED and st.reason == e.error:
+                    summary.unchanged += 1
+                else:
                     unreadable.append(ItemOutcome(item_id, STATUS_FAILED, e.error, None, None, None))
-                summary.failed += 1
-                summary.failures.append((e.uri, e.error))
+                    summary.failed += 1
+                    summary.failures.append((e.uri, e.error))
                 continue
-            if st is not None and st.size == e.size and st.mtime_ns == e.mtime_ns:
-                if st.status == STATUS_OK:
-                    summary.unchanged += 1
-                    continue
-                if st.status == STATUS_FAILED and not retry_failed:
-                    summary.unchanged += 1
-                    continue
+            if same_stat and st is not None and (
+                (st.status == STATUS_OK and item_id not in missing)
+                or (st.status == STATUS_FAILED and not retry_failed)
+            ):
+                summary.unchanged += 1
+                continue
             known = st.content_hash if st is not None and st.status == STATUS_OK else None
             tasks.append(DecodeTask(item_id, e.path, e.modality, known))
         self.catalog.record_outcomes(unreadable)
-        # ok items whose current content still lacks a vector in the space (a space added later)
-        if self.catalog.spaces(self.collection_id):
-            queued = {t.item_id for t in tasks}
-            missing = set(self.catalog.items_needing_vectors(self.collection_id, "clip", ("image", "text")))
-            by_id = {ids[e.uri]: e for e in entries if e.error is None}
-            for item_id in sorted(missing - queued):
-                if item_id in by_id:
-                    e = by_id[item_id]
-                    tasks.append(DecodeTask(item_id, e.path, e.modality, None))
-                    summary.unchanged = max(0, summary.unchanged - 1)
         self._entries = {ids[e.uri]: e for e in entries}
         return tasks
 

@@ -161,6 +161,7 @@ class ItemState:
     size: int | None
     mtime_ns: int | None
     content_hash: str | None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -277,14 +278,14 @@ class Catalog:
     # items ------------------------------------------------------------------------------------
 
     def item_states(self, collection_id: int) -> dict[str, ItemState]:
-        """uri -> state of every item not deleted, for the scanner to diff against."""
+        """uri -> state of every item of the collection (deleted ones too), for the scanner to diff against."""
         out: dict[str, ItemState] = {}
-        q = select(Item.id, Item.uri, Item.status, Item.size, Item.mtime_ns, Item.content_hash).where(
+        q = select(Item.id, Item.uri, Item.status, Item.size, Item.mtime_ns, Item.content_hash, Item.reason).where(
             Item.collection_id == collection_id
         )
         with self.Session() as s:
             for row in s.execute(q).yield_per(10_000):
-                out[row.uri] = ItemState(row.id, row.status, row.size, row.mtime_ns, row.content_hash)
+                out[row.uri] = ItemState(row.id, row.status, row.size, row.mtime_ns, row.content_hash, row.reason)
         return out
 
     def add_items(self, collection_id: int, entries: Iterable[tuple[str, str]]) -> dict[str, int]:
