@@ -252,7 +252,7 @@ def test_eval_reports_recall_mrr_latency_and_carries_extra_keys(env, media, caps
     assert len(loads) == 1  # one model load for all the queries
 
 
-def test_stats_reports_counts_spaces_and_index(env, media, capsys):
+def test_stats_reports_counts_spaces_and_index(env, media, capsys, monkeypatch):
     index(capsys, media)
     stats = cli_json(capsys, ["stats", "--collection", "shop"])
     assert stats["items"]["status"] == {"ok": 47}
@@ -261,6 +261,11 @@ def test_stats_reports_counts_spaces_and_index(env, media, capsys):
     (space,) = stats["spaces"]
     assert space["name"] == "clip" and space["dim"] == 64 and space["model"] == env.clip_model
     assert stats["index"]["clip"]["version"] == 1 and stats["index"]["clip"]["vectors"] == 47
+    # --home and --database-url work before the command too, and beat the environment
+    monkeypatch.setenv("XMODAL_HOME", str(env.home.parent / "elsewhere"))
+    monkeypatch.delenv("XMODAL_DATABASE_URL")
+    flags = ["--home", str(env.home), "--database-url", env.database_url]
+    assert cli_json(capsys, [*flags, "stats", "--collection", "shop"])["items"] == stats["items"]
 
 
 def test_collection_remembers_its_model(env, media, capsys, tmp_path, monkeypatch):

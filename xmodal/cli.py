@@ -40,7 +40,8 @@ def _setup_logging(verbose: int) -> None:
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
-    return load_settings(home=args.home, database_url=args.database_url, device=args.device, **extra)
+    return load_settings(home=getattr(args, "home", None), database_url=getattr(args, "database_url", None),
+                         device=getattr(args, "device", None), **extra)
 
 
 def _dump(obj: Any) -> None:
@@ -185,14 +186,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # parser --------------------------------------------------------------------------------------
 
+def _add_common(p: argparse.ArgumentParser) -> None:
+    """Options taken before or after the command; SUPPRESS keeps a subcommand from resetting them."""
+    g = p.add_argument_group("common options")
+    g.add_argument("--home", type=Path, default=argparse.SUPPRESS,
+                   help="data dir (env XMODAL_HOME; default ./xmodal-data)")
+    g.add_argument("--database-url", default=argparse.SUPPRESS,
+                   help="SQLAlchemy URL of the catalog (env XMODAL_DATABASE_URL; default SQLite in the data dir)")
+    g.add_argument("--device", default=argparse.SUPPRESS, help="auto, cpu, cuda (env XMODAL_DEVICE)")
+    g.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS)
+
+
 def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("common options")
-    g.add_argument("--home", type=Path, help="data dir (env XMODAL_HOME; default ./xmodal-data)")
-    g.add_argument("--database-url", help="SQLAlchemy URL of the catalog (env XMODAL_DATABASE_URL; "
-                                          "default SQLite in the data dir)")
-    g.add_argument("--device", help="auto, cpu, cuda (env XMODAL_DEVICE)")
-    g.add_argument("-v", "--verbose", action="count", default=0)
+    _add_common(p)
     return p
 
 
@@ -214,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(prog="xmodal", description="Cross-modal search: index, search, evaluate.")
     parser.add_argument("--version", action="version", version=f"xmodal {__version__}")
+    _add_common(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("index", parents=[common], help="index folders of images and text")
@@ -266,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(getattr(args, "verbose", 0))
     try:
         return int(args.func(args))
     except UserError as exc:
