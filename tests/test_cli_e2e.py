@@ -345,3 +345,14 @@ def test_console_script_index_and_search(tiny_clip, tmp_path):
                            env=env, capture_output=True, text=True, timeout=300)
     assert found.returncode == 0, found.stderr
     assert json.loads(found.stdout)["results"][0]["uri"] == str(media / "photo_0004.jpg")
+
+
+def test_bench_reports_both_rates_and_their_ratio(tiny_clip, capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("XMODAL_HOME", raising=False)
+    report = cli_json(capsys, ["bench", "--images", "8", "--clip-model", tiny_clip[0], "--clip-pretrained",
+                               tiny_clip[1], "--work-dir", str(tmp_path)])
+    assert report["items"] == 8 and report["failed"] == 0
+    e2e, model = report["end_to_end_items_per_s"], report["model_only_items_per_s"]
+    assert e2e > 0 and model > 0
+    assert report["ratio_end_to_end_over_model"] == pytest.approx(e2e / model, rel=0.02)
+    assert list(tmp_path.iterdir()) == []  # scratch data removed

@@ -89,7 +89,7 @@ def run_index_bench(settings: Settings, *, sources: list[Path] | None = None, n_
             "end_to_end_s": round(e2e_s, 2),
             "stage_seconds": summary.seconds,
             "model_only_items_per_s": round(model_rate, 2),
-            "ratio_end_to_end_over_model": round(e2e_rate / model_rate, 3),
+            "ratio_end_to_end_over_model": float(f"{e2e_rate / model_rate:.4g}"),
             "model": settings.clip_model,
             "device": device,
             "workers": settings.resolved_workers,
