@@ -279,8 +279,10 @@ def test_modality_accepts_path_objects() -> None:
 
 
 def test_extension_sets() -> None:
-    assert {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tiff", ".tif"} == IMAGE_EXTENSIONS
-    assert {".txt", ".md"} == TEXT_EXTENSIONS
+    assert {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tiff", ".tif"} <= IMAGE_EXTENSIONS
+    assert {".txt", ".md"} <= TEXT_EXTENSIONS
+    assert not IMAGE_EXTENSIONS & TEXT_EXTENSIONS
+    assert modality_for_path("camera.JFIF") == "image" and modality_for_path("notes.markdown") == "text"
 
 
 def test_limits_from_settings() -> None:

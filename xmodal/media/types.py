@@ -10,9 +10,9 @@ if TYPE_CHECKING:  # keep ``import xmodal.media`` free of pydantic
     from xmodal.config import Settings
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tiff", ".tif"}
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tiff", ".tif"}
 )
-TEXT_EXTENSIONS: frozenset[str] = frozenset({".txt", ".md"})
+TEXT_EXTENSIONS: frozenset[str] = frozenset({".txt", ".md", ".markdown"})
 
 
 def modality_for_path(path: str | os.PathLike[str]) -> str | None:
