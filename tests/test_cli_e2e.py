@@ -284,6 +284,18 @@ def test_collection_remembers_its_model(env, media, capsys, tmp_path, monkeypatc
                  "--no-progress"])
     assert code == 2
     assert "indexed with" in capsys.readouterr().err
+    assert main(["search", "-c", "shop", "--text", "x", "--clip-pretrained", str(other)]) == 2
+    assert "indexed with" in capsys.readouterr().err
+
+    # the checkpoint moves (a data dir copied to another machine): say so, and accept the new place
+    moved = tmp_path / "moved.pt"
+    os.rename(env.clip_pretrained, moved)
+    try:
+        assert main(["search", "-c", "shop", "--text", "kettle"]) == 2
+        assert "is missing" in capsys.readouterr().err
+        assert search(capsys, "--text", "kettle", "-k", "1", "--clip-pretrained", str(moved))
+    finally:
+        os.rename(moved, env.clip_pretrained)
 
 
 def test_user_errors_are_one_line_with_status_2(env, media, capsys, tmp_path):

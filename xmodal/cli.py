@@ -92,7 +92,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 def _open_searcher(args: argparse.Namespace) -> Any:
     from xmodal.search.engine import Searcher
 
-    return Searcher(_settings(args), args.collection)
+    return Searcher(_settings(args), args.collection, model=(args.clip_model, args.clip_pretrained))
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -203,7 +203,12 @@ def _common() -> argparse.ArgumentParser:
     return p
 
 
-def _model_flags(p: argparse.ArgumentParser) -> None:
+def _model_flags(p: argparse.ArgumentParser, *, recorded: bool = False) -> None:
+    if recorded:  # search/eval use the collection's model; these only say where its files are now
+        p.add_argument("--clip-model", help="where the collection's model config is now, if it moved")
+        p.add_argument("--clip-pretrained", help="where the collection's checkpoint is now, if it moved "
+                                                 "(must be the same weights)")
+        return
     p.add_argument("--clip-model", help="open_clip architecture, hf-hub:ID, local-dir:PATH or a config .json "
                                         "(env XMODAL_CLIP_MODEL; default ViT-B-32)")
     p.add_argument("--clip-pretrained", help="pretrained tag, hf-hub:ID or checkpoint PATH "
@@ -245,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="any", choices=["any", "image", "text"])
     p.add_argument("-k", type=_positive, default=10)
     p.add_argument("--json", action="store_true")
+    _model_flags(p, recorded=True)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("eval", parents=[common], help="measure recall and latency on labelled queries")
@@ -253,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=_positive, default=10)
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    _model_flags(p, recorded=True)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("stats", parents=[common], help="counts, failures, spaces and index of a collection")

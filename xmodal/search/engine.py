@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 
 from xmodal.config import Settings
-from xmodal.encoders import Encoder, load_encoder
-from xmodal.errors import MediaError, UserError
+from xmodal.encoders import Encoder, load_encoder, resolve_model
+from xmodal.errors import MediaError, ModelMismatchError, UserError
 from xmodal.media.image import decode_image_with_info
 from xmodal.media.read import read_file
 from xmodal.media.types import MediaLimits
 from xmodal.storage.ann import IndexRecipe
 from xmodal.storage.ann import search as ann_search
-from xmodal.storage.catalog import STATUS_OK, Catalog, Space
+from xmodal.storage.catalog import STATUS_OK, Catalog, Space, describe_model
 from xmodal.storage.indexfiles import read_index_dir
 from xmodal.storage.layout import Layout
 from xmodal.storage.shards import read_shard
@@ -70,7 +70,10 @@ class Searcher:
 
     SPACE = "clip"
 
-    def __init__(self, settings: Settings, collection: str, *, catalog: Catalog | None = None) -> None:
+    def __init__(self, settings: Settings, collection: str, *, catalog: Catalog | None = None,
+                 model: tuple[str | None, str | None] | None = None) -> None:
+        """``model``: (model, pretrained) to load instead of the recorded paths, e.g. after the checkpoint
+        moved; it must be the same model (same identity), else ``ModelMismatchError``."""
         self.settings = settings
         self.collection = collection
         self.catalog = catalog or Catalog(settings.resolved_database_url, create=False)
@@ -80,6 +83,9 @@ class Searcher:
         if self.SPACE not in spaces:
             raise UserError(f"collection {collection!r} has nothing embedded yet: run `xmodal index` first")
         self.space: Space = spaces[self.SPACE]
+        self._record = dict(self.space.model)
+        if model is not None and any(model):
+            self._record = self._same_model(*model)
         self.limits = MediaLimits.from_settings(settings)
         self._encoder: Encoder | None = None
         self._loaded: _Loaded | None = None
@@ -90,8 +96,18 @@ class Searcher:
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
-            self._encoder = load_encoder(self.space.family, self.space.model, self.settings.device)
+            self._encoder = load_encoder(self.space.family, self._record, self.settings.device)
         return self._encoder
+
+    def _same_model(self, model: str | None, pretrained: str | None) -> dict[str, Any]:
+        recorded = self.space.model
+        record = resolve_model(self.space.family, model or recorded["model"], pretrained or recorded.get("pretrained"))
+        if record.get("identity") != recorded.get("identity"):
+            raise ModelMismatchError(
+                f"collection {self.collection!r} was indexed with {describe_model(recorded)}, not "
+                f"{describe_model(record)}: search it with the same model"
+            )
+        return record
 
     def refresh(self) -> bool:
         """Load the published index version if it is not the one loaded. True when it changed."""
