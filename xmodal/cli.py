@@ -78,6 +78,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     if s.embedded:
         print(f"embedded {s.embedded} items in {s.seconds.get('embed', 0):.1f}s "
               f"({s.items_per_second:.1f} items/s on {s.device})")
+    for folder in s.unlisted:
+        print(f"  could not list {folder}: its indexed files were kept, not deleted")
     for uri, reason in s.failures[:20]:
         print(f"  failed: {uri}: {reason}")
     if len(s.failures) > 20:

@@ -147,3 +147,55 @@ def test_deleting_every_file_publishes_an_empty_version(settings, tmp_path):
     s = Searcher(settings, "c")
     assert s.search(text="anything", k=5) == []
     s.close()
+
+
+_INDEX_TWICE = """
+import os, stat, sys
+from pathlib import Path
+from xmodal.cli import main
+locked, home, argv = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+assert main(argv) == 0  # the first run also imports everything while the interpreter's files are readable
+os.chmod(locked, 0)
+if os.geteuid() == 0:  # root lists anything: become nobody, who may write the catalog but not list `locked`
+    for path in [home, *home.rglob("*")]:
+        os.chmod(path, os.stat(path).st_mode | stat.S_IRWXU | stat.S_IRWXG | stat.S_IRWXO)
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+sys.exit(main(argv))
+"""
+
+
+def test_a_folder_that_cannot_be_listed_keeps_its_items(tiny_clip):
+    """Permissions or a network mount gone away must not read as 'every file in it was deleted'."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(dir="/tmp"))
+    locked = top / "media" / "locked"
+    try:
+        os.chmod(top, 0o755)
+        write_photos(top / "media" / "open", 3)
+        write_photos(locked, 4, start=10)
+        home = top / "home"
+        (top / "model").mkdir()
+        model = [shutil.copy(src, top / "model") for src in tiny_clip]  # readable by nobody, unlike tmp_path
+        argv = ["index", str(top / "media"), "-c", "c", "--home", str(home), "--no-progress", "--json",
+                "--clip-model", model[0], "--clip-pretrained", model[1]]
+        done = subprocess.run([sys.executable, "-c", _INDEX_TWICE, str(locked), str(home), *argv],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        decoder = json.JSONDecoder()
+        first, end = decoder.raw_decode(done.stdout)
+        second, _ = decoder.raw_decode(done.stdout[end:].lstrip())
+        assert first["ok"] == 7
+        assert second["deleted"] == 0 and second["unlisted"] == [str(locked)]
+        assert second["totals"] == {"ok": 7}
+    finally:
+        if locked.exists():
+            os.chmod(locked, 0o755)
+        shutil.rmtree(top, ignore_errors=True)

@@ -152,8 +152,9 @@ class OpenClipEncoder:
         if name.endswith(".json"):
             open_clip.add_model_config(name)
             name = Path(name).stem
+        local = bool(record.get("checkpoint")) or name.startswith("local-dir:")
         try:
-            with _hub_mode():
+            with contextlib.nullcontext() if local else _hub_mode():
                 model, _, preprocess = open_clip.create_model_and_transforms(
                     name, pretrained=pretrained, device=self.device, weights_only=True,
                     require_pretrained=True,

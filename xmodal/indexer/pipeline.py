@@ -70,6 +70,7 @@ class RunSummary:
     device: str = "cpu"
     seconds: dict[str, float] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=dict)  # the collection's items by status after the run
+    unlisted: list[str] = field(default_factory=list)  # folders that could not be listed (kept as they were)
 
     @property
     def items_per_second(self) -> float:
@@ -81,7 +82,7 @@ class RunSummary:
             "collection": self.collection, "scanned": self.scanned, "new": self.new, "embedded": self.embedded,
             "ok": self.ok, "failed": self.failed, "unchanged": self.unchanged, "deleted": self.deleted,
             "failures": [{"uri": u, "reason": r} for u, r in self.failures],
-            "index": self.index, "device": self.device, "seconds": self.seconds, "totals": self.totals,
+            "index": self.index, "device": self.device, "seconds": self.seconds, "totals": self.totals, "unlisted": self.unlisted,
             "items_per_second": round(self.items_per_second, 2),
         }
 
@@ -163,8 +164,9 @@ class IndexRun:
     def _diff(self, sources: list[Path], summary: RunSummary, *, retry_failed: bool) -> list[DecodeTask]:
         """Compare the files on disk with the catalog: record new items, deletions; return the work."""
         entries: list[FileEntry] = []
+        unlisted: list[str] = []
         bar = tqdm(desc="scan", unit=" files", disable=not self.progress, leave=False)
-        for entry in scan(sources):
+        for entry in scan(sources, unlisted):
             entries.append(entry)
             bar.update()
         bar.close()
@@ -179,7 +181,9 @@ class IndexRun:
 
         seen = {e.uri for e in entries}
         gone = [st.id for uri, st in states.items()
-                if st.status != STATUS_DELETED and uri not in seen and under_roots(uri, roots)]
+                if st.status != STATUS_DELETED and uri not in seen and under_roots(uri, roots)
+                and not under_roots(uri, unlisted)]
+        summary.unlisted = unlisted
         if gone:
             self.catalog.set_status(gone, STATUS_DELETED)
         summary.deleted = len(gone)

@@ -43,11 +43,13 @@ def _entry(path: str, modality: str) -> FileEntry:
     return FileEntry(uri, path, modality, st.st_size, st.st_mtime_ns)
 
 
-def scan(sources: list[Path]) -> Iterator[FileEntry]:
+def scan(sources: list[Path], unlisted: list[str] | None = None) -> Iterator[FileEntry]:
     """Yield an entry per media file under the sources (files or folders), in a stable order.
 
     Every source is checked before the first entry is yielded, and a file reached from two
-    overlapping sources (``a`` and ``a/b``, or a folder given twice) is yielded once.
+    overlapping sources (``a`` and ``a/b``, or a folder given twice) is yielded once. Folders that
+    could not be listed (permissions, a network mount gone away) are appended to ``unlisted``: what
+    the catalog holds under them must not be taken for deleted.
     """
     roots: list[str] = []
     for source in sources:
@@ -59,13 +61,13 @@ def scan(sources: list[Path]) -> Iterator[FileEntry]:
         roots.append(root)
     reported: set[str] = set()
     for root in roots:
-        for entry in _scan_root(root):
+        for entry in _scan_root(root, unlisted if unlisted is not None else []):
             if entry.uri not in reported:
                 reported.add(entry.uri)
                 yield entry
 
 
-def _scan_root(root: str) -> Iterator[FileEntry]:
+def _scan_root(root: str, unlisted: list[str]) -> Iterator[FileEntry]:
     if not os.path.isdir(root):
         modality = modality_for_path(root)
         assert modality is not None  # checked by scan()
@@ -74,7 +76,9 @@ def _scan_root(root: str) -> Iterator[FileEntry]:
     seen: set[tuple[int, int]] = set()
 
     def onerror(exc: OSError) -> None:
-        log.warning("cannot list %s: %s", exc.filename, exc.strerror)
+        log.warning("cannot list %s: %s (its indexed files are kept)", exc.filename, exc.strerror)
+        if exc.filename is not None:
+            unlisted.append(os.path.abspath(os.fsdecode(exc.filename)))
 
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=onerror):
         try:
