@@ -212,6 +212,12 @@ def test_ivfpq_above_the_threshold_agrees_with_exact_search(env, tmp_path, capsy
     monkeypatch.setenv("XMODAL_EXACT_THRESHOLD", "100")
     approx = cli_json(capsys, ["index", str(root), "--collection", "approx", "--no-progress"])
     assert exact["index"]["kind"] == "flat" and approx["index"]["kind"] == "ivfpq"
+    # a new threshold rebuilds an unchanged collection with the recipe it now calls for
+    switched = cli_json(capsys, ["index", str(root), "--collection", "exact", "--no-progress"])
+    assert switched["embedded"] == 0 and switched["index"]["built"] and switched["index"]["kind"] == "ivfpq"
+    monkeypatch.setenv("XMODAL_EXACT_THRESHOLD", "1000")
+    assert cli_json(capsys, ["index", str(root), "--collection", "exact", "--no-progress"])["index"]["kind"] == "flat"
+    monkeypatch.setenv("XMODAL_EXACT_THRESHOLD", "100")
     stats = cli_json(capsys, ["stats", "--collection", "approx"])
     part = stats["index"]["clip"]["parts"]["image"]
     assert part["kind"] == "ivfpq" and part["nlist"] >= 2 and part["recall@10"] >= 0.9

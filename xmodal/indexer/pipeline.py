@@ -246,8 +246,10 @@ class IndexRun:
                 vecs = encoder.embed_texts([d.text or "" for d in group])
             for d, v in zip(group, vecs, strict=True):
                 if not np.isfinite(v).all() or float(np.linalg.norm(v)) < 1e-6:
-                    outcomes.append(self._failed(d, "the model produced an invalid (zero or NaN) vector"))
+                    reason = "the model produced an invalid (zero or NaN) vector"
+                    outcomes.append(self._failed(d, reason))
                     summary.failed += 1
+                    summary.failures.append((self._entries[d.item_id].uri, reason))
                     continue
                 entry = self._entries[d.item_id]
                 pending.items.append(EmbeddedItem(

@@ -28,10 +28,12 @@ from xmodal.storage.shards import read_shard
 log = logging.getLogger(__name__)
 
 
-def live_fingerprint(live: list[tuple[int, str, int, int, str]]) -> str:
+def live_fingerprint(live: list[tuple[int, str, int, int, str]], settings: Settings) -> str:
+    """What a build depends on: the live (item, shard, row) set and the settings that shape the index."""
     digest = hashlib.sha256()
     arr = np.asarray([(i, s, r) for i, _, s, r, _ in live], dtype=np.int64).reshape(-1, 3)
     digest.update(arr.tobytes())
+    digest.update(f"exact_threshold={settings.exact_threshold};recall_target={settings.recall_target}".encode())
     return digest.hexdigest()
 
 
@@ -53,7 +55,7 @@ def build_and_publish(
         return {}
     record = spaces[space]
     live = catalog.live_vectors(collection_id, space)
-    fingerprint = live_fingerprint(live)
+    fingerprint = live_fingerprint(live, settings)
     current = catalog.published_index(collection_id, space)
     if current is not None and current.fingerprint == fingerprint and not force:
         return {"version": current.version, "kind": current.kind, "vectors": current.n_vectors,
