@@ -342,3 +342,24 @@ def test_default_tag_offline_fails_fast(tmp_path: Path) -> None:
     assert result["seconds"] < 60
     downloaded = [p for p in cache.rglob("*") if p.is_file() and p.stat().st_size > 1_000_000]
     assert downloaded == []
+
+
+def test_text_encoding_over_real_tokens_equals_the_full_context(encoder: Encoder) -> None:
+    """Short queries run only their own tokens through the causal text tower: same vectors as 77."""
+    import torch
+
+    texts = ["boots", "red leather ankle boots with a low heel", "word " * 120, ""]
+    model: Any = encoder._model  # type: ignore[attr-defined]
+    tokens = encoder._tokenizer(texts)  # type: ignore[attr-defined]
+    with torch.inference_mode():
+        full = torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1).numpy()
+    np.testing.assert_allclose(encoder.embed_texts(texts), full, atol=1e-5)
+    # one short query is cut to its own length: the trimmed path really ran
+    calls: list[int] = []
+    original = model.transformer.forward
+    model.transformer.forward = lambda x, **kw: calls.append(x.shape[1]) or original(x, **kw)
+    try:
+        encoder.embed_texts(["boots"])
+    finally:
+        del model.transformer.forward
+    assert calls == [3]  # start-of-text, "boots", end-of-text

@@ -210,7 +210,34 @@ class OpenClipEncoder:
         torch = self._torch
         with torch.inference_mode(), self._autocast():
             tokens = self._tokenizer(list(texts)).to(self.device)
-            return self._finish(self._model.encode_text(tokens))
+            return self._finish(self._encode_tokens(tokens))
+
+    def _encode_tokens(self, tokens: Any) -> Any:
+        """The text tower over the real tokens only: a 3-word query costs 5 positions, not 77.
+
+        CLIP's text transformer is causal, so the positions before the longest sequence's end-of-text
+        token do not see the padding after it: cutting the padding gives the same embedding. Models
+        whose text tower is not open_clip's own causal one (``CustomTextCLIP``, HF towers) take the
+        library's full path.
+        """
+        model = self._model
+        if not all(hasattr(model, a) for a in ("token_embedding", "positional_embedding", "attn_mask")) or (
+            getattr(model, "text_pool_type", "argmax") != "argmax"
+        ):
+            return model.encode_text(tokens)
+        from open_clip.transformer import text_global_pool
+
+        nonzero = (tokens != 0).int()
+        length = int((nonzero.shape[1] - nonzero.flip(1).argmax(dim=1)).max()) if tokens.numel() else 1
+        length = max(1, min(length, tokens.shape[1]))
+        text = tokens[:, :length]
+        cast_dtype = model.transformer.get_cast_dtype()
+        x = model.token_embedding(text).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+        mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
+        x = model.ln_final(model.transformer(x, attn_mask=mask))
+        x = text_global_pool(x, text, "argmax", eos_token_id=getattr(model, "text_eos_id", None))
+        projection: Any = model.text_projection
+        return projection(x) if isinstance(projection, self._torch.nn.Linear) else x @ projection
 
 
 class _Transform:

@@ -7,6 +7,7 @@ hydration, so a deletion is visible at once, before the next build removes the v
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,14 @@ class SearchResult:
                 "metadata": self.metadata, "space": self.space, "method": self.method}
 
 
+class QueryMediaError(UserError):
+    """An uploaded or named query file that is not a usable image (the API answers 415/422)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 @dataclass
 class _Loaded:
     version: int
@@ -63,6 +72,13 @@ class Timings:
     encode_ms: float = 0.0
     ann_ms: float = 0.0
     sql_ms: float = 0.0
+
+
+@dataclass
+class SearchOutcome:
+    results: list[SearchResult]
+    timings: Timings
+    version: int  # the index version that answered
 
 
 class Searcher:
@@ -142,14 +158,26 @@ class Searcher:
             raise UserError("empty text query")
         if len(text) > MAX_QUERY_CHARS:
             raise UserError(f"text query too long: {len(text)} characters, at most {MAX_QUERY_CHARS}")
-        return self.encoder.embed_texts([text])[0]
+        return self._text_vector(text)
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one searcher per collection for the process's life
+    def _text_vector(self, text: str) -> np.ndarray:
+        vec = self.encoder.embed_texts([text])[0]
+        vec.setflags(write=False)  # shared by every request that repeats the query
+        return vec
 
     def image_vector(self, path: Path) -> np.ndarray:
         try:
             data = read_file(str(path), self.limits)
-            info = decode_image_with_info(data, self.limits, min_side=self.encoder.image_min_side())
         except MediaError as exc:
             raise UserError(f"cannot use {path} as an image query: {exc.reason}") from exc
+        return self.image_bytes_vector(data, name=str(path))
+
+    def image_bytes_vector(self, data: bytes, *, name: str = "the upload") -> np.ndarray:
+        try:
+            info = decode_image_with_info(data, self.limits, min_side=self.encoder.image_min_side())
+        except MediaError as exc:
+            raise QueryMediaError(f"cannot use {name} as an image query: {exc.reason}", exc.reason) from exc
         pixels = self.encoder.image_transform()(info.image)
         return self.encoder.embed_images(pixels[None])[0]
 
@@ -168,37 +196,53 @@ class Searcher:
 
     # search ----------------------------------------------------------------------------------
 
-    def search(self, *, text: str | None = None, image: Path | None = None, item: int | None = None,
-               target: str = "any", k: int = 10) -> list[SearchResult]:
-        given = [x is not None for x in (text, image, item)]
+    def query_vector(self, *, text: str | None = None, image: Path | None = None, image_bytes: bytes | None = None,
+                     item: int | None = None) -> np.ndarray:
+        """The query's vector in this space, from exactly one of text, an image file or bytes, an item."""
+        given = [x is not None for x in (text, image, image_bytes, item)]
         if sum(given) != 1:
             raise UserError("give exactly one query: text, image or item")
-        t0 = time.perf_counter()
         if text is not None:
-            vec = self.text_vector(text)
-        elif image is not None:
-            vec = self.image_vector(Path(image))
-        else:
-            assert item is not None
-            vec = self.item_vector(int(item))
-        encode_ms = (time.perf_counter() - t0) * 1000
-        results = self.search_vector(vec, target=target, k=k, exclude={int(item)} if item is not None else set())
-        self.last.encode_ms = encode_ms
-        return results
+            return self.text_vector(text)
+        if image is not None:
+            return self.image_vector(Path(image))
+        if image_bytes is not None:
+            return self.image_bytes_vector(image_bytes)
+        assert item is not None
+        return self.item_vector(int(item))
 
-    def search_vector(self, vec: np.ndarray, *, target: str = "any", k: int = 10,
-                      exclude: set[int] | None = None) -> list[SearchResult]:
+    def search(self, *, text: str | None = None, image: Path | None = None, item: int | None = None,
+               target: str = "any", k: int = 10) -> list[SearchResult]:
+        return self.run(text=text, image=image, item=item, target=target, k=k).results
+
+    def run(self, *, text: str | None = None, image: Path | None = None, image_bytes: bytes | None = None,
+            item: int | None = None, target: str = "any", k: int = 10, offset: int = 0,
+            where: Any = None) -> SearchOutcome:
+        """Encode the query and search: results ``offset`` to ``offset + k`` and where the time went.
+        ``where`` is a SQLAlchemy condition on catalog items (structured filters), applied at hydration."""
+        t0 = time.perf_counter()
+        vec = self.query_vector(text=text, image=image, image_bytes=image_bytes, item=item)
+        encode_ms = (time.perf_counter() - t0) * 1000
+        outcome = self.search_vector(vec, target=target, k=k, offset=offset, where=where,
+                                     exclude={int(item)} if item is not None else set())
+        outcome.timings.encode_ms = encode_ms
+        self.last = outcome.timings
+        return outcome
+
+    def search_vector(self, vec: np.ndarray, *, target: str = "any", k: int = 10, offset: int = 0,
+                      exclude: set[int] | None = None, where: Any = None) -> SearchOutcome:
         if target not in TARGETS:
             raise UserError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-        if not 1 <= k <= MAX_K:
-            raise UserError(f"k must be between 1 and {MAX_K}, not {k}")
+        if not 1 <= k + offset <= MAX_K or k < 1 or offset < 0:
+            raise UserError(f"k must be at least 1 and k + offset at most {MAX_K}, not k={k}, offset={offset}")
         exclude = exclude or set()
-        loaded = self.loaded
+        want = k + offset
+        loaded = self.loaded  # one version for the whole request, even if a newer one is swapped in meanwhile
         part_names = sorted(loaded.parts) if target == "any" else [target] if target in loaded.parts else []
         total = sum(int(loaded.parts[p].ntotal) for p in part_names)
         query = np.ascontiguousarray(vec, dtype=np.float32).reshape(1, -1)
-        fetch = min(total, k + len(exclude) + 16)
-        ann_ms = sql_ms = 0.0
+        fetch = min(total, want + len(exclude) + 16)
+        timings = Timings()
         results: list[SearchResult] = []
         while fetch > 0:
             t0 = time.perf_counter()
@@ -208,23 +252,21 @@ class Searcher:
                 candidates += [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
             candidates.sort(key=lambda c: -c[0])
             t1 = time.perf_counter()
-            ann_ms += (t1 - t0) * 1000
-            wanted = [i for _, i in candidates if i not in exclude]
-            items = self.catalog.items(wanted)
-            sql_ms += (time.perf_counter() - t1) * 1000
+            timings.ann_ms += (t1 - t0) * 1000
+            items = self.catalog.items([i for _, i in candidates if i not in exclude], where=where)
+            timings.sql_ms += (time.perf_counter() - t1) * 1000
             results = []
             for score, item_id in candidates:
                 it = items.get(item_id)
                 if it is None or item_id in exclude or it.status != STATUS_OK:
                     continue
                 results.append(SearchResult(item_id, it.uri, it.modality, score, it.meta or {}, self.SPACE, "ip"))
-                if len(results) == k:
+                if len(results) == want:
                     break
-            if len(results) >= k or fetch >= total:
+            if len(results) >= want or fetch >= total:
                 break
-            fetch = min(total, fetch * 4)  # many hidden (deleted) items: look further
-        self.last = Timings(self.last.encode_ms, ann_ms, sql_ms)
-        return results
+            fetch = min(total, fetch * 4)  # many hidden (deleted or filtered out) items: look further
+        return SearchOutcome(results[offset:], timings, loaded.version)
 
     def close(self) -> None:
         self.catalog.close()

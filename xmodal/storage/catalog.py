@@ -363,11 +363,15 @@ class Catalog:
         with self.Session() as s:
             return [int(i) for i in s.scalars(q)]
 
-    def items(self, item_ids: Sequence[int]) -> dict[int, Item]:
+    def items(self, item_ids: Sequence[int], *, where: Any = None) -> dict[int, Item]:
+        """Items by id; ``where`` (a SQLAlchemy condition, e.g. a compiled filter) narrows them."""
         out: dict[int, Item] = {}
         with self.Session() as s:
             for chunk in _chunks(list(item_ids)):
-                for item in s.scalars(select(Item).where(Item.id.in_(chunk))):
+                q = select(Item).where(Item.id.in_(chunk))
+                if where is not None:
+                    q = q.where(where)
+                for item in s.scalars(q):
                     out[int(item.id)] = item
         return out
 
