@@ -177,6 +177,20 @@ def _device_report() -> dict[str, Any]:
             "faiss_gpus": int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0}
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from xmodal.api.app import create_app
+    from xmodal.api.service import Service
+
+    service = Service(_settings(args), args.collection or None)
+    print(f"xmodal: serving {', '.join(service.names)} on http://{args.host}:{args.port} "
+          f"(docs at /docs; /readyz turns 200 once models and indexes are loaded)", file=sys.stderr)
+    uvicorn.run(create_app(service), host=args.host, port=args.port,
+                log_level="info" if getattr(args, "verbose", 0) else "warning", timeout_graceful_shutdown=10)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from xmodal.bench import run_index_bench
 
@@ -268,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collection", "-c", required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("serve", parents=[common], help="the HTTP API and web page")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--collection", "-c", action="extend", nargs="+", default=[],
+                   help="collections to serve (default: all)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", parents=[common], help="indexing throughput against model-only forward")
     p.add_argument("sources", nargs="*", type=Path, metavar="SOURCE",

@@ -57,6 +57,17 @@ class Settings(BaseSettings):
     exact_threshold: int = Field(default=50_000, ge=0, description="below this many vectors: exact search")
     recall_target: float = Field(default=0.95, gt=0, le=1.0)
 
+    # service
+    api_keys: str = Field(default="", description="comma-separated API keys; empty = no auth")
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    max_query_chars: int = Field(default=1000, ge=1, le=100_000)
+    index_poll_seconds: float = Field(default=2.0, gt=0, description="how often serve looks for new versions")
+    thumbnail_size: int = Field(default=256, ge=16, le=2048)
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
     @field_validator("home", mode="after")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:

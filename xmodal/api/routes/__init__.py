@@ -1,0 +1,1 @@
+"""One router per resource; handlers validate and call the service with keyword arguments."""

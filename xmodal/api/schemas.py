@@ -1,0 +1,84 @@
+"""Request and response bodies. Every field is bounded."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Target = Literal["any", "image", "text"]
+MAX_K = 100
+MAX_OFFSET = 900  # k + offset stays within what one search may fetch (1000)
+MAX_TEXT = 1000
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    collection: str = Field(min_length=1, max_length=64)
+    text: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT)
+    item_id: int | None = Field(default=None, ge=1, le=2**63 - 1)
+    target: Target = "any"
+    k: int = Field(default=12, ge=1, le=MAX_K)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
+    filters: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_query(self) -> SearchRequest:
+        if (self.text is None) == (self.item_id is None):
+            raise ValueError("give exactly one of text or item_id (upload a file with /v1/search/upload)")
+        if self.text is not None and not self.text.strip():
+            raise ValueError("text must not be blank")
+        return self
+
+
+class ResultOut(BaseModel):
+    id: int
+    uri: str
+    modality: str
+    score: float
+    space: str
+    method: str
+    metadata: dict[str, Any]
+    media_url: str
+    thumbnail_url: str | None
+
+
+class SearchResponse(BaseModel):
+    collection: str
+    target: str
+    k: int
+    offset: int
+    index_version: int
+    results: list[ResultOut]
+    timings_ms: dict[str, float]
+
+
+class ItemOut(BaseModel):
+    id: int
+    collection: str
+    uri: str
+    modality: str
+    metadata: dict[str, Any]
+    content_hash: str | None
+    size: int | None
+    media_url: str
+    thumbnail_url: str | None
+
+
+class CollectionOut(BaseModel):
+    name: str
+    items: dict[str, int]
+    modalities: dict[str, int]
+    metadata_fields: dict[str, str]
+    index_version: int | None
+    model: str | None
+
+
+class CollectionsOut(BaseModel):
+    collections: list[CollectionOut]
+
+
+class ErrorOut(BaseModel):
+    error: str
+    message: str

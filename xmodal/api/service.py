@@ -1,0 +1,235 @@
+"""What the HTTP routes call: served collections, readiness, live index swaps, hydration to JSON,
+media and thumbnails. Routes validate and call these methods with keyword arguments, nothing more.
+
+Loading (models and indexes) runs in a background thread so that ``/readyz`` can answer 503 until it is
+done. The same thread then polls the catalog for newly published index versions and swaps them in:
+a request holds the version it started with until it finishes, and the old version is freed when the
+last such request lets go of it (reference counting), so no request fails or stalls during a swap.
+"""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from xmodal.api.errors import ApiError
+from xmodal.api.metrics import Metrics
+from xmodal.config import Settings
+from xmodal.errors import MediaError, UserError
+from xmodal.media.image import decode_image_with_info
+from xmodal.media.read import read_file
+from xmodal.media.types import MediaLimits
+from xmodal.search.engine import QueryMediaError, Searcher, SearchOutcome
+from xmodal.search.filters import compile_filter, metadata_fields
+from xmodal.storage.catalog import STATUS_OK, Catalog, Item
+from xmodal.storage.uris import uri_to_path
+
+log = logging.getLogger(__name__)
+
+IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff"})
+
+
+class Service:
+    def __init__(self, settings: Settings, collections: list[str] | None = None) -> None:
+        self.settings = settings
+        self.catalog = Catalog(settings.resolved_database_url, create=False)
+        names = collections or self.catalog.collection_names()
+        if not names:
+            raise UserError("no collections to serve: run `xmodal index` first")
+        for name in names:
+            self.catalog.collection_id(name)  # unknown names fail now, with the list of known ones
+        self.names = list(names)
+        self.metrics = Metrics()
+        self.searchers: dict[str, Searcher] = {}
+        self.fields: dict[str, dict[str, str]] = {}
+        self._by_id: dict[int, str] = {}
+        self.ready = threading.Event()
+        self.load_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="xmodal-loader", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.catalog.close()
+
+    def _run(self) -> None:
+        try:
+            for name in self.names:
+                searcher = Searcher(self.settings, name, catalog=self.catalog)
+                searcher.warm_up()
+                self.searchers[name] = searcher
+                self._by_id[searcher.collection_id] = name
+                self._after_load(name)
+            self.ready.set()
+            log.info("serving %s", ", ".join(self.names))
+        except Exception as exc:  # readyz says why; the process stays up for healthz and logs
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("loading failed")
+            return
+        while not self._stop.wait(self.settings.index_poll_seconds):
+            for name, searcher in self.searchers.items():
+                try:
+                    if searcher.refresh():
+                        self._after_load(name)
+                        log.info("%s: now serving index version %d", name, searcher.loaded.version)
+                except Exception:  # a broken new version must not take the served one down
+                    log.exception("%s: could not load the new index version; still serving the old one", name)
+
+    def _after_load(self, name: str) -> None:
+        searcher = self.searchers[name]
+        self.fields[name] = metadata_fields(self.catalog, searcher.collection_id)
+        loaded = searcher.loaded
+        files = loaded.manifest.get("files", {})
+        self.metrics.index(name, searcher.SPACE, loaded.version,
+                           sum(int(p.ntotal) for p in loaded.parts.values()),
+                           sum(int(f.get("bytes", 0)) for f in files.values()))
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        if self.ready.is_set():
+            return True, {"status": "ready",
+                          "collections": {n: s.loaded.version for n, s in self.searchers.items()}}
+        if self.load_error:
+            return False, {"status": "failed", "message": self.load_error}
+        return False, {"status": "loading", "message": "loading models and indexes"}
+
+    def _searcher(self, collection: str) -> Searcher:
+        if not self.ready.is_set():
+            raise ApiError(503, "not_ready", "the service is still loading its models and indexes")
+        searcher = self.searchers.get(collection)
+        if searcher is None:
+            raise ApiError(404, "not_found", f"collection {collection!r} is not served (served: {', '.join(self.names)})")
+        return searcher
+
+    # collections -------------------------------------------------------------------------------
+
+    def collections(self) -> list[dict[str, Any]]:
+        out = []
+        for name in self.names:
+            counts = self.catalog.counts(self.catalog.collection_id(name))
+            searcher = self.searchers.get(name)
+            out.append({
+                "name": name, "items": counts["status"], "modalities": counts["modality"],
+                "metadata_fields": self.fields.get(name, {}),
+                "index_version": searcher.loaded.version if searcher and self.ready.is_set() else None,
+                "model": searcher.space.model.get("model") if searcher else None,
+            })
+        return out
+
+    # search ------------------------------------------------------------------------------------
+
+    def search(self, *, collection: str, text: str | None = None, item_id: int | None = None,
+               image_bytes: bytes | None = None, target: str = "any", k: int = 12, offset: int = 0,
+               filters: dict[str, Any] | None = None) -> dict[str, Any]:
+        searcher = self._searcher(collection)
+        where = compile_filter(filters, self.fields.get(collection, {})) if filters else None
+        t0 = time.perf_counter()
+        try:
+            outcome = searcher.run(text=text, item=item_id, image_bytes=image_bytes, target=target, k=k,
+                                   offset=offset, where=where)
+        except QueryMediaError as exc:
+            raise ApiError(*_media_status(exc.reason), str(exc)) from exc
+        total_ms = (time.perf_counter() - t0) * 1000
+        self.metrics.stages(outcome.timings)
+        return self._response(collection, target, k, offset, outcome, total_ms)
+
+    def similar(self, *, item_id: int, collection: str | None = None, target: str = "any", k: int = 12,
+                offset: int = 0) -> dict[str, Any]:
+        item = self._item(item_id)
+        served = self._by_id.get(item.collection_id)
+        if collection is not None and collection != served:
+            raise ApiError(404, "not_found", f"item {item_id} is not in collection {collection!r}")
+        assert served is not None
+        return self.search(collection=served, item_id=item_id, target=target, k=k, offset=offset)
+
+    def _response(self, collection: str, target: str, k: int, offset: int, outcome: SearchOutcome,
+                  total_ms: float) -> dict[str, Any]:
+        t = outcome.timings
+        return {
+            "collection": collection, "target": target, "k": k, "offset": offset,
+            "index_version": outcome.version,
+            "results": [
+                {**r.as_dict(), "media_url": f"/v1/items/{r.id}/media",
+                 "thumbnail_url": f"/v1/items/{r.id}/thumbnail" if r.modality == "image" else None}
+                for r in outcome.results
+            ],
+            "timings_ms": {"encode": round(t.encode_ms, 3), "ann": round(t.ann_ms, 3), "sql": round(t.sql_ms, 3),
+                           "total": round(total_ms, 3)},
+        }
+
+    # items -------------------------------------------------------------------------------------
+
+    def _item(self, item_id: int) -> Item:
+        if not self.ready.is_set():
+            raise ApiError(503, "not_ready", "the service is still loading its models and indexes")
+        found = self.catalog.items([item_id]).get(item_id)
+        if found is None or found.status != STATUS_OK or found.collection_id not in self._by_id:
+            raise ApiError(404, "not_found", f"no item with id {item_id}")
+        return found
+
+    def item(self, *, item_id: int) -> dict[str, Any]:
+        it = self._item(item_id)
+        return {"id": it.id, "collection": self._by_id[it.collection_id], "uri": it.uri, "modality": it.modality,
+                "metadata": it.meta or {}, "content_hash": it.content_hash, "size": it.size,
+                "media_url": f"/v1/items/{it.id}/media",
+                "thumbnail_url": f"/v1/items/{it.id}/thumbnail" if it.modality == "image" else None}
+
+    def media(self, *, item_id: int) -> tuple[Path, str]:
+        """The original file of an item (by id only: no client path ever reaches the filesystem)."""
+        it = self._item(item_id)
+        path = Path(uri_to_path(it.uri))
+        if not path.is_file():
+            raise ApiError(404, "not_found", f"the original file of item {item_id} is no longer at its path")
+        media_type = mimetypes.guess_type(path.name)[0] or (
+            "text/plain" if it.modality == "text" else "application/octet-stream")
+        if it.modality == "text" and media_type.startswith("text/"):
+            media_type += "; charset=utf-8"
+        return path, media_type
+
+    def thumbnail(self, *, item_id: int) -> Path:
+        """A JPEG thumbnail, generated once and cached under the data dir (keyed by content hash)."""
+        it = self._item(item_id)
+        if it.modality != "image":
+            raise ApiError(404, "not_found", f"item {item_id} is {it.modality}: only images have thumbnails")
+        size = self.settings.thumbnail_size
+        folder = self.settings.home / "thumbnails"
+        cached = folder / f"{it.id}-{(it.content_hash or 'x')[:16]}-{size}.jpg"
+        if cached.is_file():
+            return cached
+        limits = MediaLimits.from_settings(self.settings)
+        try:
+            info = decode_image_with_info(read_file(uri_to_path(it.uri), limits), limits, min_side=size)
+        except MediaError as exc:
+            raise ApiError(404, "not_found", f"the original of item {item_id} can't be read: {exc.reason}") from exc
+        image = info.image
+        image.thumbnail((size, size), Image.Resampling.LANCZOS)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{cached.name}.{uuid.uuid4().hex}.tmp"
+        image.save(tmp, "JPEG", quality=85)
+        os.replace(tmp, cached)
+        return cached
+
+
+def _media_status(reason: str) -> tuple[int, str]:
+    if reason.startswith("image too large") or "Mpx" in reason:
+        return 422, "too_many_pixels"  # a decompression bomb: small file, huge image
+    if reason.startswith("file too large"):
+        return 413, "too_large"
+    if "not a recognised image" in reason or "empty" in reason:
+        return 415, "unsupported_media"
+    return 422, "invalid_media"
