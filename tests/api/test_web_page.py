@@ -1,14 +1,21 @@
-"""The web page end to end in headless Debian Chromium, driven by Playwright, against `xmodal serve`."""
+"""The web page end to end in headless Debian Chromium, driven by Playwright, against `xmodal serve`.
+
+Needs /usr/bin/chromium (scripts/install-browser.sh) and the `playwright` package (no `playwright install`:
+the browser is Debian's). The server is a real subprocess on a small collection indexed with the tiny model.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -17,51 +24,87 @@ from helpers import ROOT, write_photos, write_texts
 pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = ROOT / "docs" / "screenshot.png"
+COLLECTION = "catalog"
+READY_SECONDS = 60
+PAGE_SIZE = 24  # K in xmodal/api/static/app.js
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, tiny_clip: tuple[str, str]) -> Iterator[tuple[str, Path]]:
+def indexed(tmp_path_factory: pytest.TempPathFactory, tiny_clip: tuple[str, str]) -> tuple[dict[str, str], Path]:
+    """A collection of 20 JPEGs, 3 PNGs and 2 texts indexed with the tiny model: (server env, media folder)."""
+    from xmodal.cli import main
+
     root = tmp_path_factory.mktemp("web")
     media = root / "media"
     write_photos(media / "photos", 20)
     write_photos(media / "png", 3, start=40, ext="png")
     write_texts(media / "notes", {"boots.txt": "Red leather ankle boots with a low heel.",
                                   "beach.md": "# Beach\nWaves breaking on a sandy shore."})
+    xmodal_env = {"XMODAL_HOME": str(root / "home"), "XMODAL_CLIP_MODEL": tiny_clip[0],
+                  "XMODAL_CLIP_PRETRAINED": tiny_clip[1]}
+    with pytest.MonkeyPatch.context() as mp:
+        for name in [n for n in os.environ if n.startswith("XMODAL_")]:
+            mp.delenv(name)
+        for name, value in xmodal_env.items():
+            mp.setenv(name, value)
+        assert main(["index", str(media), "--collection", COLLECTION, "--no-progress"]) == 0
     env = {k: v for k, v in os.environ.items() if not k.startswith("XMODAL_")}
-    env.update(XMODAL_HOME=str(root / "home"), XMODAL_CLIP_MODEL=tiny_clip[0], XMODAL_CLIP_PRETRAINED=tiny_clip[1])
-    xmodal = str(Path(sys.executable).with_name("xmodal"))
-    done = subprocess.run([xmodal, "index", str(media), "-c", "catalog", "--no-progress"], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    env.update(xmodal_env)
+    return env, media
+
+
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([xmodal, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def serving(env: dict[str, str], log: Path, **extra_env: str) -> Iterator[str]:
+    """`xmodal serve` as a subprocess; yields its base URL once /readyz answers 200; always stopped."""
+    port = _free_port()
+    xmodal = str(Path(sys.executable).with_name("xmodal"))
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [xmodal, "serve", "--host", "127.0.0.1", "--port", str(port), "--collection", COLLECTION],
+            env={**env, **extra_env}, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + READY_SECONDS
         while True:
-            assert proc.poll() is None, "xmodal serve exited"
+            if proc.poll() is not None:
+                pytest.fail(f"xmodal serve exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
             try:
-                if httpx.get(base + "/readyz").status_code == 200:
+                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, "server not ready in 90 s"
-            time.sleep(0.2)
-        yield base, media
+            if time.monotonic() > deadline:
+                pytest.fail(f"xmodal serve not ready in {READY_SECONDS} s:\n{log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.2)  # polling interval of the readiness probe
+        yield base
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
+def server(indexed: tuple[dict[str, str], Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    env, _ = indexed
+    with serving(env, tmp_path_factory.mktemp("log") / "serve.log") as base:
+        yield base
 
-    assert Path(CHROMIUM).exists(), "Debian chromium is missing: scripts/install-browser.sh installs it"
-    with sync_playwright() as pw:
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    import playwright.sync_api as sync_api  # in the dev extra: a missing install is a failure, not a skip
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian chromium is missing: scripts/install-browser.sh installs it")
+    with sync_api.sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
                                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         try:
@@ -70,71 +113,225 @@ def browser() -> Iterator[object]:
             b.close()
 
 
-def test_search_drop_similar_and_filter_in_the_page(site: tuple[str, Path], browser: object) -> None:
-    base, media = site
-    page = browser.new_page(viewport={"width": 1280, "height": 800})  # type: ignore[attr-defined]
-    requests: list[str] = []
-    page.on("request", lambda r: requests.append(r.url))
-    page.goto(base + "/")
-    page.wait_for_selector("#collection option[value=catalog]", state="attached")
+@pytest.fixture
+def open_page(browser: Any) -> Iterator[Callable[[str], Any]]:
+    """Opens the page at a base URL in a fresh context; any request to another origin is refused and recorded."""
+    contexts: list[Any] = []
+    foreign: list[str] = []
 
-    # type a query and see results
+    def _open(base: str) -> Any:
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        contexts.append(context)
+
+        def gate(route: Any) -> None:
+            if route.request.url.startswith(base + "/"):
+                route.continue_()
+            else:
+                foreign.append(route.request.url)
+                route.abort()
+
+        context.route("**/*", gate)
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        page.goto(base + "/")
+        return page
+
+    try:
+        yield _open
+        assert foreign == [], f"the page requested other origins: {foreign}"
+    finally:
+        for context in contexts:
+            context.close()
+
+
+def cards(page: Any) -> list[str]:
+    return [c.inner_text() for c in page.locator(".card .name").all()]
+
+
+def drop_file(page: Any, path: Path, mime: str) -> None:
+    """A real drop event on the drop zone, with a DataTransfer holding the file's bytes."""
+    page.evaluate(
+        """([bytes, name, type]) => {
+            const dt = new DataTransfer();
+            dt.items.add(new File([new Uint8Array(bytes)], name, {type}));
+            document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+        }""", [list(path.read_bytes()), path.name, mime])
+
+
+def search_bodies(page: Any) -> list[dict[str, Any]]:
+    bodies: list[dict[str, Any]] = []
+    page.on("request", lambda r: bodies.append(json.loads(r.post_data)) if r.url.endswith("/v1/search") else None)
+    return bodies
+
+
+def test_search_drop_similar_filter_and_errors(server: str, indexed: tuple[dict[str, str], Path],
+                                              open_page: Callable[[str], Any]) -> None:
+    _, media = indexed
+    page = open_page(server)
+    page.wait_for_selector(f"#collection option[value={COLLECTION}]", state="attached")
+    targets = page.eval_on_selector_all("#target option", "os => os.map(o => o.value)")
+    assert targets == ["any", "image", "text"]  # from the collection's modalities
+    fields = page.eval_on_selector_all("#filter-fields [data-field]", "es => es.map(e => e.dataset.field)")
+    assert "format" in fields and "width" in fields and "snippet" not in fields
+    sent = search_bodies(page)
+
+    # (1) type a query, press Enter: a full page of cards; then the next page, and back
     page.fill("#q", "red boots")
     page.press("#q", "Enter")
     page.wait_for_selector(".card")
-    assert page.locator(".card").count() == 24  # a full page: 25 items in the collection, 24 a page
-    assert "results for" in page.inner_text("#status")
+    assert page.locator(".card").count() == PAGE_SIZE  # 25 items, 24 a page
+    assert sent[-1] == {"collection": COLLECTION, "text": "red boots", "item_id": None, "target": "any",
+                        "k": PAGE_SIZE, "offset": 0, "filters": None}
+    assert page.locator(".card img").count() + page.locator(".card .text").count() == PAGE_SIZE  # 23 + 1 here
+    assert page.get_attribute("#results", "aria-busy") == "false"
     page.click("#next")
     page.wait_for_function("document.getElementById('page').textContent === 'page 2'")
-    assert page.locator(".card").count() == 1 and page.is_disabled("#next")
+    assert page.locator(".card").count() == 1 and page.is_disabled("#next") and not page.is_disabled("#prev")
+    assert sent[-1]["offset"] == PAGE_SIZE
     page.click("#prev")
-    page.wait_for_function("document.querySelectorAll('.card').length === 24")
+    page.wait_for_function(f"document.querySelectorAll('.card').length === {PAGE_SIZE}")
+    assert page.is_disabled("#prev")
 
-    # drop an image: it comes back first
+    # target "text": only text cards, each showing its snippet
+    page.select_option("#target", "text")
+    page.wait_for_function("document.querySelectorAll('.card').length === 2")
+    assert {c.get_attribute("data-modality") for c in page.locator(".card").all()} == {"text"}
+    assert any("Red leather ankle boots" in t for t in page.locator(".card .text").all_inner_texts())
+    page.select_option("#target", "any")
+
+    # (2) drop an image on the drop zone: that image comes back first, shown by its thumbnail
     dropped = media / "photos" / "photo_0007.jpg"
-    data = list(dropped.read_bytes())
-    page.evaluate(
-        """([bytes, name]) => {
-            const file = new File([new Uint8Array(bytes)], name, {type: "image/jpeg"});
-            const dt = new DataTransfer(); dt.items.add(file);
-            document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true}));
-        }""", [data, dropped.name])
+    drop_file(page, dropped, "image/jpeg")
     page.wait_for_function("document.getElementById('status').textContent.includes('photo_0007.jpg')")
     first = page.locator(".card").first
     assert first.locator(".name").inner_text() == "photo_0007.jpg"
     assert first.locator("img").get_attribute("src").endswith("/thumbnail")
+    assert first.locator("a.original").get_attribute("href").endswith("/media")
     page.wait_for_function("[...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)")
 
-    # more like this: the item itself is left out
+    # (3) "similar" on that card: results, without the item itself
     first_id = first.get_attribute("data-id")
-    first.locator("button.link").click()
+    first.locator("button.similar").click()
     page.wait_for_function("document.getElementById('status').textContent.includes('like photo_0007.jpg')")
-    assert first_id not in [c.get_attribute("data-id") for c in page.locator(".card").all()]
+    similar_ids = [c.get_attribute("data-id") for c in page.locator(".card").all()]
+    assert len(similar_ids) == PAGE_SIZE and first_id not in similar_ids
 
-    # a metadata filter: only PNGs
+    # (4) a metadata filter: format = PNG leaves the 3 PNGs, and the request says so
     page.fill("#q", "a photo")
     page.press("#q", "Enter")
-    page.wait_for_selector(".card")
+    page.wait_for_function(f"document.querySelectorAll('.card').length === {PAGE_SIZE}")
     page.fill("#filter-fields input[data-field=format]", "PNG")
-    page.dispatch_event("#filter-fields input[data-field=format]", "change")
+    page.click("#filters button[type=submit]")
     page.wait_for_function("document.querySelectorAll('.card').length === 3")
-    names = [c.inner_text() for c in page.locator(".card .name").all()]
-    assert sorted(names) == ["photo_0040.png", "photo_0041.png", "photo_0042.png"]
+    assert sorted(cards(page)) == ["photo_0040.png", "photo_0041.png", "photo_0042.png"]
+    assert sent[-1]["filters"] == {"and": [{"field": "format", "op": "eq", "value": "PNG"}]}
 
-    # an error from the API is shown, not swallowed: drop a text file
-    page.fill("#filter-fields input[data-field=format]", "")
-    page.evaluate(
-        """() => {
-            const dt = new DataTransfer(); dt.items.add(new File(["hello"], "notes.txt", {type: "text/plain"}));
-            document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true}));
-        }""")
+    # a range filter nothing matches (the photos are 160 px wide), combined with the format
+    page.fill("#filter-fields input[data-field=width][data-bound=gte]", "161")
+    page.press("#filter-fields input[data-field=width][data-bound=gte]", "Enter")
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('No results')")
+    assert page.locator(".card").count() == 0
+    assert sent[-1]["filters"] == {"and": [{"field": "format", "op": "eq", "value": "PNG"},
+                                           {"field": "width", "op": "range", "value": {"gte": 161}}]}
+    page.click("#clear-filters")
+    page.wait_for_function(f"document.querySelectorAll('.card').length === {PAGE_SIZE}")
+    assert sent[-1]["filters"] is None
+
+    # an error from the API is shown with its message: a text file through the file picker is a 415
+    notes = media / "notes" / "boots.txt"
+    page.set_input_files("#file", str(notes))
     page.wait_for_selector("#error:not([hidden])")
     assert "not accepted" in page.inner_text("#error")
+    assert page.get_attribute("#results", "aria-busy") == "false"
 
-    page.fill("#q", "a photo")
-    page.press("#q", "Enter")
-    page.wait_for_function("document.querySelectorAll('.card').length > 3")
-    page.screenshot(path=str(SCREENSHOT), full_page=False)
+    # the keyboard alone: Tab into the search box, type, Enter
+    page.fill("#q", "")
+    page.focus("#collection")
+    page.keyboard.press("Tab")
+    while page.evaluate("document.activeElement.id") != "q":  # past the API key summary
+        page.keyboard.press("Tab")
+    page.keyboard.type("a photo")
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"document.querySelectorAll('.card').length === {PAGE_SIZE}")
+    assert page.is_hidden("#error")
+    page.wait_for_function("[...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)")
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
     assert SCREENSHOT.stat().st_size > 10_000
-    assert all(url.startswith(base) for url in requests), [u for u in requests if not u.startswith(base)]
-    page.close()
+
+
+def test_api_key_from_the_box_is_sent_and_kept(indexed: tuple[dict[str, str], Path], tmp_path: Path,
+                                               open_page: Callable[[str], Any]) -> None:
+    env, _ = indexed
+    with serving(env, tmp_path / "serve.log", XMODAL_API_KEYS="s3cret") as base:
+        page = open_page(base)
+        page.wait_for_selector("#error:not([hidden])")
+        assert "API key is required" in page.inner_text("#error")
+        assert page.get_attribute("#apikey-box", "open") is not None  # opened to ask for it
+
+        page.fill("#apikey", "s3cret")
+        page.dispatch_event("#apikey", "change")
+        page.wait_for_selector(f"#collection option[value={COLLECTION}]", state="attached")
+        assert page.is_hidden("#error")
+        page.fill("#q", "a photo")
+        page.press("#q", "Enter")
+        page.wait_for_function(f"document.querySelectorAll('.card').length === {PAGE_SIZE}")
+        # thumbnails need the key too: fetched with it and shown from blob URLs
+        page.wait_for_function("[...document.querySelectorAll('.card img')].every("
+                               "i => i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0)")
+
+        page.reload()  # the key is kept in this browser
+        page.wait_for_selector(f"#collection option[value={COLLECTION}]", state="attached")
+        assert page.input_value("#apikey") == "s3cret" and page.is_hidden("#error")
+
+
+def test_controls_follow_the_collection_and_audio_cards(server: str, open_page: Callable[[str], Any]) -> None:
+    """Modalities and metadata types the test collection lacks (audio, booleans, numbers), from a stubbed API."""
+    listing = {"collections": [{
+        "name": "sounds", "items": {"ok": 2}, "modalities": {"audio": 1, "image": 1},
+        "metadata_fields": {"loud": "boolean", "seconds": "number", "format": "string"},
+        "index_version": 1, "model": None}]}
+    results = {"collection": "sounds", "target": "any", "k": PAGE_SIZE, "offset": 0, "index_version": 1,
+               "timings_ms": {"total": 1.0}, "results": [{
+                   "id": 7, "uri": "/data/<img src=x onerror=alert(1)>bell.wav", "modality": "audio", "score": 0.5, "space": "s",
+                   "method": "ip", "metadata": {}, "media_url": "/v1/items/7/media", "thumbnail_url": None}]}
+    page = open_page(server)
+    page.route("**/v1/collections", lambda r: r.fulfill(json=listing))
+    page.route("**/v1/search", lambda r: r.fulfill(json=results))
+    page.reload()
+    page.wait_for_selector("#collection option[value=sounds]", state="attached")
+    assert page.eval_on_selector_all("#target option", "os => os.map(o => o.value)") == ["any", "audio", "image"]
+    assert page.get_attribute("#file", "accept") == "image/*,audio/*"
+
+    # boolean: a tri-state checkbox, any -> yes -> no -> any; number: a min/max pair with decimals
+    loud = page.locator("#filter-fields input[data-field=loud]")
+    assert loud.evaluate("e => e.indeterminate")
+    page.fill("#q", "bell")
+    with page.expect_request("**/v1/search") as request:
+        page.press("#q", "Enter")
+    assert request.value.post_data_json["filters"] is None
+    page.wait_for_selector(".card audio")
+    with page.expect_request("**/v1/search") as request:
+        loud.press("Space")
+    assert request.value.post_data_json["filters"] == {"and": [{"field": "loud", "op": "eq", "value": True}]}
+    with page.expect_request("**/v1/search") as request:
+        loud.click()
+    assert request.value.post_data_json["filters"] == {"and": [{"field": "loud", "op": "eq", "value": False}]}
+    assert page.inner_text("#filter-fields .tri") == "no"
+    page.fill("#filter-fields input[data-field=seconds][data-bound=lte]", "2.5")
+    with page.expect_request("**/v1/search") as request:
+        page.click("#filters button[type=submit]")
+    assert request.value.post_data_json["filters"] == {"and": [
+        {"field": "loud", "op": "eq", "value": False}, {"field": "seconds", "op": "range", "value": {"lte": 2.5}}]}
+    page.wait_for_selector(".card audio")
+    with page.expect_request("**/v1/search") as request:
+        loud.click()
+    assert request.value.post_data_json["filters"] == {"and": [
+        {"field": "seconds", "op": "range", "value": {"lte": 2.5}}]}
+    assert not loud.evaluate("e => e.checked") and loud.evaluate("e => e.indeterminate")
+    page.wait_for_selector(".card audio")
+
+    # the audio card: a player on the media, the name as text (never markup), no thumbnail
+    card = page.locator(".card").first
+    assert card.locator("audio").get_attribute("src") == "/v1/items/7/media"
+    assert card.locator(".name").inner_text() == "<img src=x onerror=alert(1)>bell.wav"
+    assert card.locator("img").count() == 0 and card.locator("a.original").get_attribute("href") == "/v1/items/7/media"

@@ -1,133 +1,285 @@
-// xmodal web page: plain ES module, no build step, no requests beyond this server.
-const K = 24;
+// xmodal web page: a plain ES module, no build step, no requests to anything but this server.
+// Every piece of data goes into the page as text nodes or element properties, never as HTML.
+const K = 24;             // results a page
+const MAX_OFFSET = 900;   // the API's bound on offset
+const KEY_STORE = "xmodal.apikey";
+const MODALITY_LABELS = { image: "images", text: "text", audio: "audio" };
+const NOT_FILTERS = new Set(["snippet"]);  // free text made for display, not for filtering
+
 const $ = (id) => document.getElementById(id);
-const state = { collections: [], query: null, offset: 0, filtersOn: false };
+const state = {
+  collections: [],
+  query: null,          // {kind: "text", text} | {kind: "file", file} | {kind: "similar", id, label}
+  offset: 0,
+  controller: null,     // aborts the request in flight when a newer one starts
+  objectUrls: [],       // media fetched with the API key, freed when the results change
+};
 
 function el(tag, props = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(props)) {
+    if (value === undefined || value === null) continue;
     if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key === "attrs") for (const [name, v] of Object.entries(value)) node.setAttribute(name, v);
     else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else if (value !== undefined && value !== null) node[key] = value;
+    else node[key] = value;
   }
-  for (const child of children) node.append(child);  // strings become text nodes: never HTML
+  for (const child of children) if (child !== null && child !== undefined) node.append(child);  // strings: text nodes
   return node;
 }
 
+const apiKey = () => localStorage.getItem(KEY_STORE) || "";
+
 function headers(extra = {}) {
-  const key = localStorage.getItem("xmodal.apikey");
+  const key = apiKey();
   return key ? { ...extra, "X-API-Key": key } : extra;
 }
 
+class ApiError extends Error {
+  constructor(message, code) { super(message); this.code = code; }
+}
+
 async function api(path, options = {}) {
-  const response = await fetch(path, { ...options, headers: headers(options.headers || {}) });
+  let response;
+  try {
+    response = await fetch(path, { ...options, headers: headers(options.headers || {}) });
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    throw new ApiError("Could not reach the server.", "network");
+  }
   let body = null;
   try { body = await response.json(); } catch { /* not JSON */ }
   if (!response.ok) {
-    const message = body && body.message ? body.message : `HTTP ${response.status}`;
-    throw new Error(message);
+    const message = body && typeof body.message === "string" ? body.message : `HTTP ${response.status}`;
+    throw new ApiError(message, body && body.error ? String(body.error) : `http_${response.status}`);
   }
   return body;
 }
 
-function showError(message) {
+function showError(error) {
   const box = $("error");
-  box.textContent = message || "";
-  box.hidden = !message;
+  if (!error) {
+    box.hidden = true;
+    box.replaceChildren();
+    return;
+  }
+  box.replaceChildren(el("strong", {}, "Error"), `: ${error.message}`);
+  box.title = error.code || "";
+  box.hidden = false;
 }
 
-function collection() {
+function setBusy(busy) {
+  $("results").setAttribute("aria-busy", String(busy));
+  document.body.classList.toggle("busy", busy);
+  if (busy) {
+    $("prev").disabled = true;
+    $("next").disabled = true;
+  }
+}
+
+function currentCollection() {
   return state.collections.find((c) => c.name === $("collection").value);
 }
 
+// ---- controls that follow the collection: target modalities, upload types, filters ----
+
 function renderControls() {
-  const col = collection();
+  const col = currentCollection();
+  const modalities = Object.entries(col ? col.modalities : {}).filter(([, n]) => n > 0).map(([m]) => m).sort();
+
   const target = $("target");
   const previous = target.value;
-  target.replaceChildren(el("option", { value: "any", textContent: "anything" }));
-  for (const modality of Object.keys(col ? col.modalities : {}).sort()) {
-    target.append(el("option", { value: modality, textContent: `${modality}s` }));
-  }
-  if ([...target.options].some((o) => o.value === previous)) target.value = previous;
+  target.replaceChildren(el("option", { value: "any", textContent: "anything" }),
+    ...modalities.map((m) => el("option", { value: m, textContent: MODALITY_LABELS[m] || m })));
+  target.value = modalities.includes(previous) ? previous : "any";
+
+  const audio = modalities.includes("audio");
+  $("file").accept = audio ? "image/*,audio/*" : "image/*";
+  $("drop-text").replaceChildren(
+    audio ? "Drop an image or audio file here to find look-alikes, or " : "Drop an image here to find look-alikes, or ",
+    el("u", {}, "choose a file"));
 
   const box = $("filter-fields");
-  box.replaceChildren();
-  // free text made for display, not for filtering
-  const fields = col ? Object.entries(col.metadata_fields).filter(([name]) => name !== "snippet") : [];
+  const fields = col ? Object.entries(col.metadata_fields || {}).filter(([name]) => !NOT_FILTERS.has(name)) : [];
+  box.replaceChildren(...fields.map(([name, type]) => filterControl(name, type)));
   $("filters").hidden = fields.length === 0;
-  for (const [name, type] of fields) {
-    if (type === "integer" || type === "number") {
-      box.append(el("label", {}, `${name} ≥`, el("input", { type: "number", dataset: { field: name, bound: "gte", type } }),
-        "≤", el("input", { type: "number", dataset: { field: name, bound: "lte", type } })));
-    } else if (type === "boolean") {
-      const select = el("select", { dataset: { field: name, type } },
-        el("option", { value: "", textContent: "any" }), el("option", { value: "true", textContent: "yes" }),
-        el("option", { value: "false", textContent: "no" }));
-      box.append(el("label", {}, name, select));
-    } else {
-      box.append(el("label", {}, name, el("input", { type: "text", size: 10, dataset: { field: name, type } })));
-    }
+}
+
+function filterControl(name, type) {
+  if (type === "integer" || type === "number") {
+    const step = type === "integer" ? "1" : "any";
+    return el("div", { className: "field", attrs: { role: "group", "aria-label": name } },
+      el("span", { className: "field-name" }, name),
+      el("label", { className: "inline" }, "min",
+        el("input", { type: "number", step, inputMode: "decimal", dataset: { field: name, type, bound: "gte" },
+          attrs: { "aria-label": `${name} at least` } })),
+      el("label", { className: "inline" }, "max",
+        el("input", { type: "number", step, inputMode: "decimal", dataset: { field: name, type, bound: "lte" },
+          attrs: { "aria-label": `${name} at most` } })));
   }
+  if (type === "boolean") {
+    const shown = el("span", { className: "tri" }, "any");
+    const box = el("input", { type: "checkbox", indeterminate: true, dataset: { field: name, type, state: "" } });
+    // tri-state: any (indeterminate) -> yes -> no -> any; Space and click both cycle it
+    box.addEventListener("click", () => {
+      const next = { "": "true", true: "false", false: "" }[box.dataset.state];
+      setTriState(box, next);
+    });
+    box._shown = shown;
+    return el("div", { className: "field" }, el("label", { className: "inline" }, box, name, shown));
+  }
+  return el("div", { className: "field" }, el("label", { className: "inline" }, name,
+    el("input", { type: "text", size: 10, autocomplete: "off", dataset: { field: name, type } })));
+}
+
+function setTriState(box, value) {
+  box.dataset.state = value;
+  box.indeterminate = value === "";
+  box.checked = value === "true";
+  box._shown.textContent = value === "" ? "any" : value === "true" ? "yes" : "no";
 }
 
 function filterSpec() {
   const conditions = [];
-  const ranges = {};
+  const ranges = new Map();
   for (const input of $("filter-fields").querySelectorAll("[data-field]")) {
     const { field, type, bound } = input.dataset;
+    if (type === "boolean") {
+      if (input.dataset.state) conditions.push({ field, op: "eq", value: input.dataset.state === "true" });
+      continue;
+    }
     const raw = input.value.trim();
     if (raw === "") continue;
     if (bound) {
       const number = Number(raw);
-      if (Number.isNaN(number)) continue;
-      ranges[field] = { ...(ranges[field] || {}), [bound]: type === "integer" ? Math.round(number) : number };
-    } else if (type === "boolean") {
-      conditions.push({ field, op: "eq", value: raw === "true" });
+      if (!Number.isFinite(number)) continue;
+      const range = ranges.get(field) || {};
+      range[bound] = type === "integer" ? Math.round(number) : number;
+      ranges.set(field, range);
     } else {
       conditions.push({ field, op: "eq", value: raw });
     }
   }
-  for (const [field, value] of Object.entries(ranges)) conditions.push({ field, op: "range", value });
+  for (const [field, value] of ranges) conditions.push({ field, op: "range", value });
   if (conditions.length === 0) return null;
-  return conditions.length === 1 ? conditions[0] : { and: conditions };
+  return { and: conditions };
+}
+
+function clearFilters() {
+  for (const input of $("filter-fields").querySelectorAll("[data-field]")) {
+    if (input.dataset.type === "boolean") setTriState(input, "");
+    else input.value = "";
+  }
+}
+
+// ---- results ----
+
+function displayName(uri) {
+  const last = uri.split(/[\\/]/).filter(Boolean).pop() || uri;
+  if (!uri.startsWith("file://")) return last;   // plain paths are shown as they are
+  try { return decodeURIComponent(last); } catch { return last; }
+}
+
+function freeObjectUrls() {
+  for (const url of state.objectUrls) URL.revokeObjectURL(url);
+  state.objectUrls = [];
+}
+
+async function fetchObjectUrl(url) {
+  const response = await fetch(url, { headers: headers() });
+  if (!response.ok) throw new ApiError(`HTTP ${response.status}`, `http_${response.status}`);
+  const objectUrl = URL.createObjectURL(await response.blob());
+  state.objectUrls.push(objectUrl);
+  return objectUrl;
+}
+
+// <img>/<audio> can't send X-API-Key: with a key set, media is fetched with it and shown from a blob URL.
+function setMediaSource(node, url) {
+  if (!apiKey()) {
+    node.src = url;
+    return;
+  }
+  fetchObjectUrl(url).then((objectUrl) => { node.src = objectUrl; }).catch(() => node.classList.add("broken"));
+}
+
+function openOriginal(url) {
+  const tab = window.open("about:blank", "_blank");
+  if (tab) tab.opener = null;
+  fetchObjectUrl(url).then((objectUrl) => {
+    if (tab) tab.location.href = objectUrl; else window.location.href = objectUrl;
+  }).catch((error) => { if (tab) tab.close(); showError(error); });
+}
+
+// a plain link to the original; with an API key set, the click fetches it with the key instead
+function mediaLink(url, props, ...children) {
+  const link = el("a", { href: url, target: "_blank", rel: "noopener", ...props }, ...children);
+  link.addEventListener("click", (event) => {
+    if (!apiKey()) return;
+    event.preventDefault();
+    openOriginal(url);
+  });
+  return link;
 }
 
 function card(result) {
   const meta = result.metadata || {};
-  const name = decodeURIComponent(result.uri.split("/").pop() || result.uri);
+  const name = displayName(result.uri);
   let body;
   if (result.modality === "image" && result.thumbnail_url) {
-    body = el("img", { src: result.thumbnail_url, alt: name, loading: "lazy" });
+    const img = el("img", { alt: name, loading: "lazy", decoding: "async", width: 320, height: 240 });
+    setMediaSource(img, result.thumbnail_url);
+    // the thumbnail is a second way to the same link: hidden from keyboard and screen readers
+    body = mediaLink(result.media_url, { tabIndex: -1, className: "thumb", attrs: { "aria-hidden": "true" } }, img);
   } else if (result.modality === "audio") {
-    body = el("audio", { controls: true, preload: "none", src: result.media_url });
+    const audio = el("audio", { controls: true, preload: "none", attrs: { "aria-label": name } });
+    setMediaSource(audio, result.media_url);
+    body = el("div", { className: "audio" }, audio);
   } else {
-    body = el("div", { className: "text", textContent: meta.snippet || meta.title || name });
+    const title = typeof meta.title === "string" ? meta.title : "";
+    const snippet = typeof meta.snippet === "string" ? meta.snippet : "";
+    // the title above the snippet only where the snippet does not start with it already
+    const showTitle = title && snippet && !snippet.includes(title.replace(/…$/, ""));
+    body = el("div", { className: "text" }, showTitle ? el("strong", {}, title) : null, snippet || title || name);
   }
-  const similar = el("button", { type: "button", className: "link", textContent: "similar",
+  const score = typeof result.score === "number" ? result.score.toFixed(3) : String(result.score);
+  const similar = el("button", { type: "button", className: "link similar", textContent: "similar",
+    attrs: { "aria-label": `find items similar to ${name}` },
     onclick: () => run({ kind: "similar", id: result.id, label: name }, 0) });
   return el("article", { className: "card", dataset: { id: String(result.id), modality: result.modality } },
-    el("a", { href: result.media_url, target: "_blank", rel: "noopener", title: result.uri }, body),
+    body,
     el("div", { className: "meta" },
       el("span", { className: "name", title: result.uri, textContent: name }),
-      el("span", { textContent: `${result.modality} · ${result.score.toFixed(3)}` }),
-      similar));
+      el("span", { className: "score", textContent: `${result.modality} · ${score}` }),
+      el("span", { className: "actions" }, similar, mediaLink(result.media_url, { className: "original",
+        textContent: "original", attrs: { "aria-label": `open the original of ${name}` } }))));
+}
+
+function describe(query) {
+  if (query.kind === "text") return `“${query.text}”`;
+  if (query.kind === "file") return query.file.name || "the uploaded file";
+  return `items like ${query.label}`;
 }
 
 async function run(query, offset) {
   const col = $("collection").value;
-  if (!col) return;
+  if (!col || !query) return;
+  if (state.controller) state.controller.abort();
+  const controller = new AbortController();
+  state.controller = controller;
   state.query = query;
   state.offset = offset;
-  showError("");
+  showError(null);
+  setBusy(true);
   $("status").textContent = "Searching…";
   const target = $("target").value || "any";
   const filters = filterSpec();
+  const signal = controller.signal;
   try {
     let body;
     if (query.kind === "text") {
       body = await api("/v1/search", {
-        method: "POST", headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ collection: col, text: query.text, target, k: K, offset, filters }),
+        method: "POST", signal, headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ collection: col, text: query.text, item_id: null, target, k: K, offset, filters }),
       });
     } else if (query.kind === "file") {
       const form = new FormData();
@@ -137,22 +289,35 @@ async function run(query, offset) {
       form.append("k", String(K));
       form.append("offset", String(offset));
       if (filters) form.append("filters", JSON.stringify(filters));
-      body = await api("/v1/search/upload", { method: "POST", body: form });
+      body = await api("/v1/search/upload", { method: "POST", body: form, signal });
     } else {
       const params = new URLSearchParams({ collection: col, target, k: String(K), offset: String(offset) });
-      body = await api(`/v1/items/${query.id}/similar?${params}`);
+      body = await api(`/v1/items/${encodeURIComponent(query.id)}/similar?${params}`, { signal });
     }
-    $("results").replaceChildren(...body.results.map(card));
-    const what = query.kind === "text" ? `“${query.text}”` : query.kind === "file" ? query.file.name : `like ${query.label}`;
-    $("status").textContent = body.results.length
-      ? `${body.results.length} results for ${what} (${Math.round(body.timings_ms.total)} ms)`
-      : `No results for ${what}.`;
+    if (signal.aborted) return;
+    freeObjectUrls();
+    const results = Array.isArray(body.results) ? body.results : [];
+    $("results").replaceChildren(...results.map(card));
+    const total = body.timings_ms && typeof body.timings_ms.total === "number"
+      ? ` (${Math.round(body.timings_ms.total)} ms)` : "";
+    const first = offset + 1;
+    $("status").textContent = results.length
+      ? `Results ${first}–${offset + results.length} for ${describe(query)}${filters ? ", filtered" : ""}${total}`
+      : `No results for ${describe(query)}${filters ? " with these filters" : ""}.`;
     $("page").textContent = `page ${Math.floor(offset / K) + 1}`;
+    setBusy(false);
     $("prev").disabled = offset === 0;
-    $("next").disabled = body.results.length < K || offset + K > 900;
+    $("next").disabled = results.length < K || offset + K > MAX_OFFSET;
   } catch (error) {
+    if (error.name === "AbortError" || signal.aborted) return;
+    setBusy(false);
+    freeObjectUrls();
+    $("results").replaceChildren();  // results of an earlier query under this error would mislead
     $("status").textContent = "";
-    showError(error.message);
+    $("page").textContent = "";
+    showError(error);
+  } finally {
+    if (state.controller === controller) state.controller = null;
   }
 }
 
@@ -162,46 +327,93 @@ function useFile(file) {
   run({ kind: "file", file }, 0);
 }
 
-async function init() {
-  const key = $("apikey");
-  key.value = localStorage.getItem("xmodal.apikey") || "";
-  key.addEventListener("change", () => {
-    if (key.value) localStorage.setItem("xmodal.apikey", key.value);
-    else localStorage.removeItem("xmodal.apikey");
-    init();
-  });
-  try {
-    state.collections = (await api("/v1/collections")).collections;
-    showError("");
-  } catch (error) {
-    showError(error.message);
-    return;
-  }
-  const select = $("collection");
-  select.replaceChildren(...state.collections.map((c) => el("option", { value: c.name, textContent: c.name })));
-  renderControls();
+function resetResults() {
+  if (state.controller) state.controller.abort();
+  state.query = null;
+  state.offset = 0;
+  freeObjectUrls();
+  $("results").replaceChildren();
+  $("status").textContent = "";
+  $("page").textContent = "";
+  setBusy(false);
 }
 
-$("collection").addEventListener("change", () => { renderControls(); $("results").replaceChildren(); });
-$("search-form").addEventListener("submit", (event) => {
-  event.preventDefault();
-  const text = $("q").value.trim();
-  if (text) run({ kind: "text", text }, 0);
-});
-$("target").addEventListener("change", () => state.query && run(state.query, 0));
-$("filter-fields").addEventListener("change", () => state.query && run(state.query, 0));
-$("prev").addEventListener("click", () => run(state.query, Math.max(0, state.offset - K)));
-$("next").addEventListener("click", () => run(state.query, state.offset + K));
-const drop = $("drop");
-drop.addEventListener("click", () => $("file").click());
-drop.addEventListener("keydown", (event) => { if (event.key === "Enter" || event.key === " ") $("file").click(); });
-$("file").addEventListener("change", (event) => useFile(event.target.files[0]));
-for (const name of ["dragenter", "dragover"]) {
-  drop.addEventListener(name, (event) => { event.preventDefault(); drop.classList.add("over"); });
+async function loadCollections() {
+  const select = $("collection");
+  const previous = select.value;
+  try {
+    state.collections = (await api("/v1/collections")).collections || [];
+    showError(null);
+  } catch (error) {
+    state.collections = [];
+    select.replaceChildren();
+    renderControls();
+    showError(error);
+    if (error.code === "unauthorized") $("apikey-box").open = true;
+    return;
+  }
+  select.replaceChildren(...state.collections.map((c) => el("option", { value: c.name, textContent: c.name })));
+  if (state.collections.some((c) => c.name === previous)) select.value = previous;
+  renderControls();
+  if (state.collections.length === 0) $("status").textContent = "No collections are being served.";
 }
-for (const name of ["dragleave", "drop"]) drop.addEventListener(name, () => drop.classList.remove("over"));
-drop.addEventListener("drop", (event) => {
-  event.preventDefault();
-  useFile(event.dataTransfer.files[0]);
-});
-init();
+
+function wire() {
+  const key = $("apikey");
+  key.value = apiKey();
+  const saveKey = () => {
+    const value = key.value.trim();
+    if (value === apiKey()) return;
+    if (value) localStorage.setItem(KEY_STORE, value);
+    else localStorage.removeItem(KEY_STORE);
+    loadCollections();
+  };
+  key.addEventListener("change", saveKey);
+  $("apikey-form").addEventListener("submit", (event) => { event.preventDefault(); saveKey(); });
+
+  $("collection").addEventListener("change", () => { renderControls(); resetResults(); });
+  $("search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("q").value.trim();
+    if (text) run({ kind: "text", text }, 0);
+    else $("q").focus();
+  });
+  $("target").addEventListener("change", () => state.query && run(state.query, 0));
+  $("filters").addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (state.query) run(state.query, 0);
+  });
+  $("filter-fields").addEventListener("change", () => state.query && run(state.query, 0));
+  $("clear-filters").addEventListener("click", () => { clearFilters(); if (state.query) run(state.query, 0); });
+  $("prev").addEventListener("click", () => run(state.query, Math.max(0, state.offset - K)));
+  $("next").addEventListener("click", () => run(state.query, state.offset + K));
+
+  const drop = $("drop");
+  const file = $("file");
+  drop.addEventListener("click", () => file.click());
+  drop.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      file.click();
+    }
+  });
+  file.addEventListener("change", () => {
+    useFile(file.files[0]);
+    file.value = "";  // choosing the same file again searches again
+  });
+  for (const name of ["dragenter", "dragover"]) {
+    drop.addEventListener(name, (event) => { event.preventDefault(); drop.classList.add("over"); });
+  }
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    useFile(event.dataTransfer && event.dataTransfer.files[0]);
+  });
+  // a file dropped beside the zone must not make the browser navigate away to it
+  window.addEventListener("dragover", (event) => event.preventDefault());
+  window.addEventListener("drop", (event) => event.preventDefault());
+}
+
+wire();
+loadCollections();
