@@ -38,3 +38,5 @@ echo "\$ xmodal search --collection $collection --text \"$query\" -k 5"
 echo
 echo "\$ xmodal stats --collection $collection"
 "$xmodal" stats --collection "$collection"
+echo
+echo "next: $xmodal serve --collection $collection   # web page and API on http://127.0.0.1:8000"
