@@ -374,3 +374,16 @@ def test_bench_reports_both_rates_and_their_ratio(tiny_clip, capsys, tmp_path, m
     assert e2e > 0 and model > 0
     assert report["ratio_end_to_end_over_model"] == pytest.approx(e2e / model, rel=0.02)
     assert list(tmp_path.iterdir()) == []  # scratch data removed
+
+
+def test_run_report_for_schedulers(env, media, capsys, tmp_path):
+    report = tmp_path / "reports" / "run.json"
+    assert main(["index", str(media), "-c", "shop", "--no-progress", "--report", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["status"] == "ok" and data["ok"] == 47 and data["failed"] == 0
+    assert data["seconds"]["total"] > 0 and data["items_per_second"] > 0 and data["totals"] == {"ok": 47}
+    assert data["finished_at"] >= data["started_at"]
+    assert main(["index", str(tmp_path / "gone"), "-c", "shop", "--report", str(report)]) == 2
+    failed = json.loads(report.read_text())
+    assert failed["status"] == "error" and "does not exist" in failed["message"]
+    assert [p.name for p in report.parent.iterdir()] == ["run.json"]  # no temp file left

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,14 @@ def _short(meta: dict[str, Any]) -> str:
 
 # commands ------------------------------------------------------------------------------------
 
+def _write_report(path: Path, report: dict[str, Any]) -> None:
+    """The run report for schedulers, written atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from xmodal.indexer.pipeline import index_sources
 
@@ -67,8 +77,18 @@ def cmd_index(args: argparse.Namespace) -> int:
         args, clip_model=args.clip_model, clip_pretrained=args.clip_pretrained, batch_size=args.batch_size,
         workers=args.workers, exact_threshold=args.exact_threshold,
     )
-    summary = index_sources(settings, args.sources, args.collection, progress=not args.no_progress,
-                            retry_failed=args.retry_failed)
+    started = time.time()
+    try:
+        summary = index_sources(settings, args.sources, args.collection, progress=not args.no_progress,
+                                retry_failed=args.retry_failed)
+    except UserError as exc:
+        if args.report:
+            _write_report(args.report, {"status": "error", "collection": args.collection, "message": str(exc),
+                                        "started_at": started, "finished_at": time.time()})
+        raise
+    if args.report:
+        _write_report(args.report, {"status": "ok", **summary.as_dict(), "started_at": started,
+                                    "finished_at": time.time()})
     if args.json:
         _dump(summary.as_dict())
         return 0
@@ -255,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="try failed files again even if unchanged")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    p.add_argument("--report", type=Path, metavar="FILE.json",
+                   help="write a machine-readable run report (counts, failures, durations, throughput)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", parents=[common], help="search a collection")

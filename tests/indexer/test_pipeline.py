@@ -199,3 +199,30 @@ def test_a_folder_that_cannot_be_listed_keeps_its_items(tiny_clip):
         if locked.exists():
             os.chmod(locked, 0o755)
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_two_runs_on_one_collection_never_interleave(settings, tmp_path):
+    import subprocess
+    import sys
+
+    from xmodal.errors import UserError
+    from xmodal.indexer.lock import CollectionBusy, collection_lock
+
+    media = tmp_path / "m"
+    write_photos(media, 3)
+    holder = subprocess.Popen(  # another process holds the lock, as a running indexer would
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from xmodal.indexer.lock import "
+         "collection_lock\nwith collection_lock(Path(sys.argv[1]), 'c'):\n print('held', flush=True); time.sleep(60)",
+         str(settings.home)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(CollectionBusy, match=rf"pid {holder.pid}"):
+            index_sources(settings, [media], "c", progress=False)
+        index_sources(settings, [media], "other", progress=False)  # another collection is free
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops the lock, no stale lock remains
+        holder.wait()
+    assert index_sources(settings, [media], "c", progress=False).embedded == 3
+    with pytest.raises(UserError, match="invalid collection name"), collection_lock(settings.home, "../escape"):
+        pass
+    assert not (settings.home / "escape.lock").exists()

@@ -34,6 +34,7 @@ from xmodal.indexer.decode import (
     init_worker,
     warm_up,
 )
+from xmodal.indexer.lock import collection_lock
 from xmodal.indexer.publish import build_and_publish
 from xmodal.indexer.scan import FileEntry, scan, under_roots
 from xmodal.media.types import MediaLimits
@@ -379,8 +380,9 @@ class DecodePool:
 
 def index_sources(settings: Settings, sources: Iterable[Path], collection: str, *, progress: bool = True,
                   retry_failed: bool = False, crash_at: Callable[[str], None] | None = None) -> RunSummary:
-    run = IndexRun(settings, collection, progress=progress, crash_at=crash_at)
-    try:
-        return run.run(list(sources), retry_failed=retry_failed)
-    finally:
-        run.catalog.close()
+    with collection_lock(settings.home, collection):
+        run = IndexRun(settings, collection, progress=progress, crash_at=crash_at)
+        try:
+            return run.run(list(sources), retry_failed=retry_failed)
+        finally:
+            run.catalog.close()
