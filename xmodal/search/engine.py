@@ -105,7 +105,6 @@ class Searcher:
         self.limits = MediaLimits.from_settings(settings)
         self._encoder: Encoder | None = None
         self._loaded: _Loaded | None = None
-        self.last = Timings()
 
     # loading ---------------------------------------------------------------------------------
 
@@ -226,7 +225,6 @@ class Searcher:
         outcome = self.search_vector(vec, target=target, k=k, offset=offset, where=where,
                                      exclude={int(item)} if item is not None else set())
         outcome.timings.encode_ms = encode_ms
-        self.last = outcome.timings
         return outcome
 
     def search_vector(self, vec: np.ndarray, *, target: str = "any", k: int = 10, offset: int = 0,
