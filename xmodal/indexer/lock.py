@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from xmodal.errors import UserError
-from xmodal.storage.catalog import COLLECTION_NAME_RE
+from xmodal.storage.catalog import check_collection_name
 
 
 class CollectionBusy(UserError):
@@ -23,9 +23,7 @@ class CollectionBusy(UserError):
 
 @contextlib.contextmanager
 def collection_lock(home: Path, collection: str) -> Iterator[None]:
-    if not COLLECTION_NAME_RE.match(collection):  # it becomes a file name: check before any path is made
-        raise UserError(f"invalid collection name {collection!r}: use 1-64 letters, digits, '_', '-' or '.', "
-                        "starting with a letter or digit")
+    check_collection_name(collection)  # it becomes a file name: check before any path is made
     folder = home / "locks"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{collection}.lock"

@@ -45,7 +45,7 @@ from xmodal.storage.catalog import (
     Catalog,
     EmbeddedItem,
     ItemOutcome,
-    describe_model,
+    check_same_model,
 )
 from xmodal.storage.layout import Layout
 from xmodal.storage.shards import write_shard
@@ -121,11 +121,8 @@ class IndexRun:
 
     def _check_model(self) -> None:
         for space in self.catalog.spaces(self.collection_id):
-            if space.name == "clip" and space.model.get("identity") != self._record.get("identity"):
-                raise ModelMismatchError(
-                    f"collection {self.collection!r} was indexed with {describe_model(space.model)}, not "
-                    f"{describe_model(self._record)}: use the same model, or index into a new collection"
-                )
+            if space.name == "clip":  # before any scan or model load: a wrong model fails at once
+                check_same_model({**space.model, "family": space.family}, self._record, collection=self.collection)
 
     @property
     def encoder(self) -> Encoder:
@@ -332,8 +329,8 @@ class DecodePool:
 
     Started before the model loads, so that the workers' own start-up (importing torch and PIL)
     overlaps it. A worker that dies (a decoder segfault, the OOM killer) breaks the pool: the files
-    in flight are retried one at a time in a fresh pool, and a file that kills a worker again is
-    recorded as failed.
+    in flight are retried one at a time in a fresh pool, and a file that kills a worker again, alone,
+    is recorded as failed; results keep task order.
     """
 
     def __init__(self, workers: int) -> None:
@@ -352,10 +349,17 @@ class DecodePool:
 
     def decode(self, tasks: list[DecodeTask], config: DecodeConfig, *, max_inflight: int) -> Iterator[Decoded]:
         todo: deque[list[DecodeTask]] = deque(tasks[i : i + CHUNK_FILES] for i in range(0, len(tasks), CHUNK_FILES))
-        retry_single = False
-        while todo:
+        suspects: deque[DecodeTask] = deque()
+        while todo or suspects:
+            if suspects:  # in flight when a worker died: one at a time, so that a crash names its own file
+                task = suspects.popleft()
+                try:
+                    yield from self._pool.submit(decode_many, [task], config).result()
+                except cf.process.BrokenProcessPool:
+                    yield Decoded(task.item_id, error="the decoder crashed on this file")
+                    self._restart()
+                continue
             inflight: deque[tuple[list[DecodeTask], cf.Future[list[Decoded]]]] = deque()
-            broken: list[list[DecodeTask]] = []
             while todo or inflight:
                 while todo and len(inflight) < max_inflight:
                     chunk = todo.popleft()
@@ -364,18 +368,16 @@ class DecodePool:
                 try:
                     yield from fut.result()
                 except cf.process.BrokenProcessPool:
-                    if retry_single and len(chunk) == 1:
-                        yield Decoded(chunk[0].item_id, error="the decoder crashed on this file")
-                    else:
-                        broken.append(chunk)
-                    broken.extend(c for c, _ in inflight)
+                    broken = [chunk, *(c for c, _ in inflight)]  # all earlier than what is left in todo
+                    log.warning("a decode worker died; retrying %d files one at a time",
+                                sum(len(c) for c in broken))
+                    self._restart()
+                    suspects.extend(t for c in broken for t in c)
                     break
-            if broken:
-                log.warning("a decode worker died; retrying %d files one at a time", sum(len(c) for c in broken))
-                self._pool.shutdown(wait=True, cancel_futures=True)
-                self._pool = self._start()
-                retry_single = True
-                todo.extendleft(reversed([[t] for c in broken for t in c]))
+
+    def _restart(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = self._start()
 
 
 def index_sources(settings: Settings, sources: Iterable[Path], collection: str, *, progress: bool = True,

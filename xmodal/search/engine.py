@@ -18,13 +18,13 @@ import numpy as np
 
 from xmodal.config import Settings
 from xmodal.encoders import Encoder, load_encoder, resolve_model
-from xmodal.errors import MediaError, ModelMismatchError, UserError
+from xmodal.errors import MediaError, UserError
 from xmodal.media.image import decode_image_with_info
 from xmodal.media.read import read_file
 from xmodal.media.types import MediaLimits
 from xmodal.storage.ann import IndexRecipe
 from xmodal.storage.ann import search as ann_search
-from xmodal.storage.catalog import STATUS_OK, Catalog, Space, describe_model
+from xmodal.storage.catalog import STATUS_OK, Catalog, Space, check_same_model
 from xmodal.storage.indexfiles import read_index_dir
 from xmodal.storage.layout import Layout
 from xmodal.storage.shards import read_shard
@@ -117,11 +117,7 @@ class Searcher:
     def _same_model(self, model: str | None, pretrained: str | None) -> dict[str, Any]:
         recorded = self.space.model
         record = resolve_model(self.space.family, model or recorded["model"], pretrained or recorded.get("pretrained"))
-        if record.get("identity") != recorded.get("identity"):
-            raise ModelMismatchError(
-                f"collection {self.collection!r} was indexed with {describe_model(recorded)}, not "
-                f"{describe_model(record)}: search it with the same model"
-            )
+        check_same_model(recorded, record, collection=self.collection)
         return record
 
     def refresh(self) -> bool:
@@ -181,9 +177,17 @@ class Searcher:
         return self.encoder.embed_images(pixels[None])[0]
 
     def item_vector(self, item_id: int) -> np.ndarray:
+        """The item's vector as the served version holds it (exact: flat and refine-flat keep the
+        vectors; a lookup in memory, not a shard read per request), else from its Parquet shard."""
         item = self.catalog.item_by_id(self.collection_id, item_id)
         if item.status != STATUS_OK:
             raise UserError(f"item {item_id} has no vector (status {item.status}: {item.reason or 'not embedded'})")
+        part = self.loaded.parts.get(item.modality)
+        if part is not None:
+            try:
+                return np.asarray(part.reconstruct(int(item_id)), dtype=np.float32)
+            except RuntimeError:  # not in this version (embedded after it), or an index without the vectors
+                pass
         where = self.catalog.vector_location(item_id, self.SPACE)
         if where is None:
             raise UserError(f"item {item_id} has no vector in space {self.SPACE!r}")

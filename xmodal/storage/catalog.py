@@ -229,11 +229,7 @@ class Catalog:
     # collections and spaces -------------------------------------------------------------------
 
     def collection_id(self, name: str, *, create: bool = False) -> int:
-        if not COLLECTION_NAME_RE.match(name):
-            raise UserError(
-                f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
-                "starting with a letter or digit"
-            )
+        check_collection_name(name)
         try:
             with self.Session.begin() as s:
                 found = s.scalar(select(Collection.id).where(Collection.name == name))
@@ -268,11 +264,7 @@ class Catalog:
                 space = Space(collection_id=collection_id, name=name, family=family, model=model, dim=dim)
                 s.add(space)
                 return space
-            if space.family != family or space.model.get("identity") != model.get("identity"):
-                raise ModelMismatchError(
-                    f"collection was indexed with {describe_model(space.model)} in space {name!r}, "
-                    f"not {describe_model(model)}: use the same model, or index into a new collection"
-                )
+            check_same_model({**space.model, "family": space.family}, {**model, "family": family})
             return space
 
     # items ------------------------------------------------------------------------------------
@@ -482,6 +474,29 @@ class Catalog:
             q = q.limit(limit)
         with self.Session() as s:
             return [(r[0], r[1] or "") for r in s.execute(q)]
+
+
+def check_collection_name(name: str) -> str:
+    """Collection names become file and folder names: letters, digits, '_', '-', '.', nothing else."""
+    if not COLLECTION_NAME_RE.match(name):
+        raise UserError(
+            f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def check_same_model(recorded: dict[str, Any], given: dict[str, Any], *, collection: str | None = None) -> None:
+    """A collection is only ever used with the model it was indexed with (family and identity)."""
+    if recorded.get("family", given.get("family")) == given.get("family", recorded.get("family")) and (
+        recorded.get("identity") == given.get("identity")
+    ):
+        return
+    which = f"collection {collection!r}" if collection else "this collection"
+    raise ModelMismatchError(
+        f"{which} was indexed with {describe_model(recorded)}, not {describe_model(given)}: "
+        "use the same model, or index into a new collection"
+    )
 
 
 def describe_model(model: dict[str, Any]) -> str:
