@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -81,3 +88,43 @@ class CrashOnWidth:
 
             os._exit(13)
         return self.inner(image)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def serving(env: dict[str, str], log: Path, collection: str, *, ready_seconds: float = 60,
+            **extra_env: str) -> Iterator[str]:
+    """`xmodal serve` as a subprocess; yields its base URL once /readyz answers 200; always stopped."""
+    port = free_port()
+    xmodal = str(Path(sys.executable).with_name("xmodal"))
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [xmodal, "serve", "--host", "127.0.0.1", "--port", str(port), "--collection", collection],
+            env={**env, **extra_env}, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_seconds
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"xmodal serve exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+            try:
+                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"xmodal serve not ready in {ready_seconds} s:\n{log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.2)  # polling interval of the readiness probe
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)

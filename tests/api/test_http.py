@@ -5,17 +5,17 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from helpers import photo, write_photos, write_texts
+from helpers import photo, serving, write_photos, write_texts
 from PIL import Image
 
 from xmodal.cli import main
@@ -24,39 +24,13 @@ KEY = "s3cret-key"
 MAX_UPLOAD = 300_000
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
+@dataclass
 class Server:
-    def __init__(self, env: dict[str, str], media: Path, home: Path) -> None:
-        self.env, self.media, self.home = env, media, home
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        xmodal = str(Path(sys.executable).with_name("xmodal"))
-        self.proc = subprocess.Popen([xmodal, "serve", "--port", str(self.port), "-c", "shop"], env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.client = httpx.Client(base_url=self.base, headers={"X-API-Key": KEY}, timeout=30)
-        deadline = time.monotonic() + 90
-        while True:
-            assert self.proc.poll() is None, self.proc.stdout.read() if self.proc.stdout else ""
-            try:
-                if self.client.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server not ready in 90 s"
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        self.client.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+    env: dict[str, str]
+    media: Path
+    home: Path
+    base: str
+    client: httpx.Client
 
 
 def index(env: dict[str, str], media: Path) -> None:
@@ -77,11 +51,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_clip: tuple[str, str])
                XMODAL_API_KEYS=f"other-key,{KEY}", XMODAL_MAX_UPLOAD_BYTES=str(MAX_UPLOAD),
                XMODAL_MAX_IMAGE_PIXELS="4000000", XMODAL_INDEX_POLL_SECONDS="0.3")
     index(env, media)
-    srv = Server(env, media, root / "home")
-    try:
-        yield srv
-    finally:
-        srv.stop()
+    with serving(env, root / "serve.log", "shop", ready_seconds=90) as base, \
+            httpx.Client(base_url=base, headers={"X-API-Key": KEY}, timeout=30) as client:
+        yield Server(env, media, root / "home", base, client)
 
 
 def ok(response: httpx.Response) -> dict:

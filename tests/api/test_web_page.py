@@ -8,24 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from helpers import ROOT, write_photos, write_texts
+from helpers import ROOT, serving, write_photos, write_texts
 
 pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = ROOT / "docs" / "screenshot.png"
 COLLECTION = "catalog"
-READY_SECONDS = 60
 PAGE_SIZE = 24  # K in xmodal/api/static/app.js
 
 
@@ -53,49 +46,10 @@ def indexed(tmp_path_factory: pytest.TempPathFactory, tiny_clip: tuple[str, str]
     return env, media
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def serving(env: dict[str, str], log: Path, **extra_env: str) -> Iterator[str]:
-    """`xmodal serve` as a subprocess; yields its base URL once /readyz answers 200; always stopped."""
-    port = _free_port()
-    xmodal = str(Path(sys.executable).with_name("xmodal"))
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [xmodal, "serve", "--host", "127.0.0.1", "--port", str(port), "--collection", COLLECTION],
-            env={**env, **extra_env}, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + READY_SECONDS
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"xmodal serve exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-            try:
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"xmodal serve not ready in {READY_SECONDS} s:\n{log.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.2)  # polling interval of the readiness probe
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def server(indexed: tuple[dict[str, str], Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env, _ = indexed
-    with serving(env, tmp_path_factory.mktemp("log") / "serve.log") as base:
+    with serving(env, tmp_path_factory.mktemp("log") / "serve.log", COLLECTION) as base:
         yield base
 
 
@@ -262,7 +216,7 @@ def test_search_drop_similar_filter_and_errors(server: str, indexed: tuple[dict[
 def test_api_key_from_the_box_is_sent_and_kept(indexed: tuple[dict[str, str], Path], tmp_path: Path,
                                                open_page: Callable[[str], Any]) -> None:
     env, _ = indexed
-    with serving(env, tmp_path / "serve.log", XMODAL_API_KEYS="s3cret") as base:
+    with serving(env, tmp_path / "serve.log", COLLECTION, XMODAL_API_KEYS="s3cret") as base:
         page = open_page(base)
         page.wait_for_selector("#error:not([hidden])")
         assert "API key is required" in page.inner_text("#error")
