@@ -23,7 +23,8 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 
 
-def _make_clip(arch: str) -> tuple[str, str]:
+def make_clip_checkpoint(arch: str) -> tuple[str, str]:
+    """(model, checkpoint) of a random-weights open_clip model under benchmarks/out/, made once."""
     spec = importlib.util.spec_from_file_location("make_tiny_clip", HERE.parent / "scripts" / "make_tiny_clip.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -50,11 +51,11 @@ def main() -> None:
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if args.tiny:
-        model, ckpt = _make_clip("tiny")
+        model, ckpt = make_clip_checkpoint("tiny")
     elif args.clip_pretrained:
         model, ckpt = args.clip_model, args.clip_pretrained
     else:
-        model, ckpt = _make_clip(args.clip_model)
+        model, ckpt = make_clip_checkpoint(args.clip_model)
     settings = load_settings(clip_model=model, clip_pretrained=ckpt, batch_size=args.batch_size,
                              workers=args.workers or None, home=OUT / "home")
     report = run_index_bench(settings, sources=args.sources or None, n_images=args.images, work_dir=OUT)

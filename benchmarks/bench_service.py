@@ -45,16 +45,9 @@ WORDS = tuple(_WORD_TEXT.split())
 
 
 def _model() -> tuple[str, str]:
-    ckpt = OUT / "model-ViT-B-32" / "ViT-B-32.pt"
-    if not ckpt.exists():
-        import importlib.util
+    from bench_index import make_clip_checkpoint  # this folder is on sys.path when run as a script
 
-        spec = importlib.util.spec_from_file_location("m", HERE.parent / "scripts" / "make_tiny_clip.py")
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        module.make_clip(ckpt.parent, arch="ViT-B-32")
-    return "ViT-B-32", str(ckpt)
+    return make_clip_checkpoint("ViT-B-32")
 
 
 def _vectors(n: int, dim: int, seed: int) -> np.ndarray:
