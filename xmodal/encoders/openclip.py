@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import socket
@@ -265,6 +264,3 @@ def load(record: dict[str, Any], device: str = "auto") -> OpenClipEncoder:
             raise UserError(f"checkpoint {path} changed since the collection was indexed (sha256 differs)")
     return OpenClipEncoder(record, device)
 
-
-def describe(record: dict[str, Any]) -> str:
-    return json.dumps({k: record.get(k) for k in ("model", "pretrained")})
