@@ -55,7 +55,7 @@ def search(capsys, *args: str) -> list[dict]:
 def test_index_then_search_by_image_text_and_item(env, media, capsys):
     summary = index(capsys, media)
     assert summary["scanned"] == 47 and summary["ok"] == 47 and summary["failed"] == 0
-    assert summary["index"]["vectors"] == 47 and summary["index"]["built"] is True
+    assert summary["index"]["clip"]["vectors"] == 47 and summary["index"]["clip"]["built"] is True
 
     target = media / "photos" / "photo_0007.jpg"
     results = search(capsys, "--image", str(target), "-k", "5")
@@ -97,7 +97,7 @@ def test_rerun_on_unchanged_sources_embeds_nothing(env, media, capsys):
     shards = sorted((env.home / "collections" / "shop" / "shards").rglob("*.parquet"))
     second = index(capsys, media)
     assert second["embedded"] == 0 and second["new"] == 0 and second["unchanged"] == 47
-    assert second["index"]["built"] is False and second["index"]["version"] == first["index"]["version"]
+    assert second["index"]["clip"]["built"] is False and second["index"]["clip"]["version"] == first["index"]["clip"]["version"]
     assert sorted((env.home / "collections" / "shop" / "shards").rglob("*.parquet")) == shards
     # touching a file (new mtime, same bytes) re-hashes it but does not re-embed it
     os.utime(media / "photos" / "photo_0001.jpg", ns=(1, 1))
@@ -115,7 +115,7 @@ def test_changed_file_is_reembedded_and_deleted_file_disappears(env, media, caps
     deleted.unlink()
 
     summary = index(capsys, media)
-    assert summary["embedded"] == 1 and summary["deleted"] == 1 and summary["index"]["built"] is True
+    assert summary["embedded"] == 1 and summary["deleted"] == 1 and summary["index"]["clip"]["built"] is True
     after = search(capsys, "--image", str(changed), "-k", "1")[0]
     assert after["uri"] == str(changed) and after["id"] == before["id"]  # ids are stable
     assert after["score"] == pytest.approx(1.0, abs=1e-4)
@@ -211,12 +211,12 @@ def test_ivfpq_above_the_threshold_agrees_with_exact_search(env, tmp_path, capsy
     exact = cli_json(capsys, ["index", str(root), "--collection", "exact", "--no-progress"])
     monkeypatch.setenv("XMODAL_EXACT_THRESHOLD", "100")
     approx = cli_json(capsys, ["index", str(root), "--collection", "approx", "--no-progress"])
-    assert exact["index"]["kind"] == "flat" and approx["index"]["kind"] == "ivfpq"
+    assert exact["index"]["clip"]["kind"] == "flat" and approx["index"]["clip"]["kind"] == "ivfpq"
     # a new threshold rebuilds an unchanged collection with the recipe it now calls for
     switched = cli_json(capsys, ["index", str(root), "--collection", "exact", "--no-progress"])
-    assert switched["embedded"] == 0 and switched["index"]["built"] and switched["index"]["kind"] == "ivfpq"
+    assert switched["embedded"] == 0 and switched["index"]["clip"]["built"] and switched["index"]["clip"]["kind"] == "ivfpq"
     monkeypatch.setenv("XMODAL_EXACT_THRESHOLD", "1000")
-    assert cli_json(capsys, ["index", str(root), "--collection", "exact", "--no-progress"])["index"]["kind"] == "flat"
+    assert cli_json(capsys, ["index", str(root), "--collection", "exact", "--no-progress"])["index"]["clip"]["kind"] == "flat"
     monkeypatch.setenv("XMODAL_EXACT_THRESHOLD", "100")
     stats = cli_json(capsys, ["stats", "--collection", "approx"])
     part = stats["index"]["clip"]["parts"]["image"]
@@ -358,7 +358,7 @@ def test_console_script_index_and_search(tiny_clip, tmp_path):
     run = subprocess.run([xmodal, "index", str(media), "-c", "demo"], env=env, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr
-    assert "ok 6" in run.stdout and "index: version 1" in run.stdout
+    assert "ok 6" in run.stdout and "index clip: version 1" in run.stdout
     found = subprocess.run([xmodal, "search", "-c", "demo", "--image", str(media / "photo_0004.jpg"), "--json"],
                            env=env, capture_output=True, text=True, timeout=300)
     assert found.returncode == 0, found.stderr

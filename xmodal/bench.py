@@ -13,12 +13,13 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from xmodal.config import Settings
 from xmodal.encoders import load_encoder, resolve_model
+from xmodal.encoders.base import ImageEncoder
 from xmodal.indexer.decode import DecodeConfig, DecodeTask, decode_one
 from xmodal.indexer.pipeline import index_sources
 from xmodal.indexer.scan import scan
@@ -50,7 +51,7 @@ def generate_photos(folder: Path, n: int, *, size: tuple[int, int] = (1024, 768)
 def model_only_rate(settings: Settings, sources: list[Path], *, repeats: int = 1) -> tuple[float, int, str]:
     """Images/s of the encoder's forward pass alone, on the same files, decoded beforehand."""
     record = resolve_model("open_clip", settings.clip_model, settings.clip_pretrained)
-    encoder = load_encoder("open_clip", record, settings.device)
+    encoder = cast(ImageEncoder, load_encoder("open_clip", record, settings.device))
     config = DecodeConfig(MediaLimits.from_settings(settings), encoder.image_transform(), encoder.image_min_side())
     pixels = []
     for i, entry in enumerate(e for e in scan(sources) if e.modality == "image" and e.error is None):

@@ -56,7 +56,7 @@ def _dump(obj: Any) -> None:
 
 
 def _short(meta: dict[str, Any]) -> str:
-    keep = {k: v for k, v in meta.items() if k in ("title", "width", "height", "format")}
+    keep = {k: v for k, v in meta.items() if k in ("title", "width", "height", "format", "duration_s")}
     return json.dumps(keep, ensure_ascii=False) if keep else ""
 
 
@@ -74,8 +74,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     from xmodal.indexer.pipeline import index_sources
 
     settings = _settings(
-        args, clip_model=args.clip_model, clip_pretrained=args.clip_pretrained, batch_size=args.batch_size,
-        workers=args.workers, exact_threshold=args.exact_threshold,
+        args, clip_model=args.clip_model, clip_pretrained=args.clip_pretrained, audio_model=args.audio_model,
+        batch_size=args.batch_size, workers=args.workers, exact_threshold=args.exact_threshold,
     )
     started = time.time()
     try:
@@ -104,35 +104,52 @@ def cmd_index(args: argparse.Namespace) -> int:
         print(f"  failed: {uri}: {reason}")
     if len(s.failures) > 20:
         print(f"  ... and {len(s.failures) - 20} more (xmodal stats --collection {s.collection})")
+    for warning in s.warnings:
+        print(f"  warning: {warning}")
     print("collection now: " + ", ".join(f"{k} {v}" for k, v in sorted(s.totals.items())))
-    if s.index:
-        state = "built" if s.index.get("built") else "unchanged"
-        print(f"index: version {s.index['version']} ({s.index['kind']}, {s.index['vectors']} vectors, {state})")
+    for space, ix in sorted(s.index.items()):
+        if ix:
+            state = "built" if ix.get("built") else "unchanged"
+            print(f"index {space}: version {ix['version']} ({ix['kind']}, {ix['vectors']} vectors, {state})")
+    if s.alignment:
+        a = s.alignment
+        print(f"alignment clap -> clip fitted on {a['train']} bank texts; held-out ({a['held_out']}): "
+              f"cosine {a['held_out_cosine_mean']}, recall@1 {a['held_out_recall@1']}, "
+              f"recall@10 {a['held_out_recall@10']}")
     return 0
 
 
 def _open_searcher(args: argparse.Namespace) -> Any:
     from xmodal.search.engine import Searcher
 
-    return Searcher(_settings(args), args.collection, model=(args.clip_model, args.clip_pretrained))
+    return Searcher(_settings(args), args.collection, model=(args.clip_model, args.clip_pretrained),
+                    audio_model=args.audio_model)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     searcher = _open_searcher(args)
     try:
-        results = searcher.search(text=args.text, image=args.image, item=args.item, target=args.target, k=args.k)
+        outcome = searcher.run(text=args.text, image=args.image, audio=args.audio, item=args.item,
+                               target=args.target, k=args.k)
     finally:
         searcher.close()
+    results = outcome.results
     query = {"text": args.text} if args.text is not None else (
-        {"image": path_to_uri(str(args.image))} if args.image is not None else {"item": args.item})
+        {"image": path_to_uri(str(args.image))} if args.image is not None else
+        {"audio": path_to_uri(str(args.audio))} if args.audio is not None else {"item": args.item})
     if args.json:
         _dump({"collection": args.collection, "query": query, "target": args.target, "k": args.k,
-               "results": [r.as_dict() for r in results]})
+               "routes": outcome.routes, "fusion": outcome.fusion, "results": [r.as_dict() for r in results]})
         return 0
     if not results:
         print("no results")
     for rank, r in enumerate(results, 1):
-        print(f"{rank:>3}  {r.score:7.4f}  {r.id:>8}  {r.modality:<5}  {r.uri}  {_short(r.metadata)}".rstrip())
+        where = f"{r.space}/{r.method}"
+        seg = f"  [{r.segment['start_s']:.1f}-{r.segment['end_s']:.1f} s]" if r.segment else ""
+        print(f"{rank:>3}  {r.score:7.4f}  {r.id:>8}  {r.modality:<5}  {where:<15}  {r.uri}{seg}  "
+              f"{_short(r.metadata)}".rstrip())
+    if outcome.fusion:
+        print(f"(lists of different spaces merged by {outcome.fusion}: scores are fused ranks)")
     return 0
 
 
@@ -172,7 +189,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
     print("  items by status:   " + ", ".join(f"{k} {v}" for k, v in sorted(items["status"].items())))
     print("  items by modality: " + ", ".join(f"{k} {v}" for k, v in sorted(items["modality"].items())))
     for sp in stats["spaces"]:
-        print(f"  space {sp['name']}: {sp['family']} {sp['model']} ({sp['pretrained']}), dim {sp['dim']}")
+        print(f"  space {sp['name']}: {sp['family']} {sp['model']}"
+              f"{' (' + str(sp['pretrained']) + ')' if sp['pretrained'] else ''}, dim {sp['dim']}")
+    if stats.get("alignment"):
+        a = stats["alignment"]
+        print(f"  alignment {a['source']} -> {a['target']}: {a['method']} on {a['bank']} texts; held-out "
+              f"({a['held_out']}): cosine {a['held_out_cosine_mean']}, recall@1 {a['held_out_recall@1']} "
+              f"(chance {a['chance_recall@1']}), recall@10 {a['held_out_recall@10']}")
     for name, ix in stats["index"].items():
         print(f"  index {name}: version {ix['version']}, {ix['kind']}, {ix['vectors']} vectors, "
               f"{ix['bytes'] / 1e6:.2f} MB, built {ix['built_at']}")
@@ -239,16 +262,21 @@ def _common() -> argparse.ArgumentParser:
     return p
 
 
-def _model_flags(p: argparse.ArgumentParser, *, recorded: bool = False) -> None:
+def _model_flags(p: argparse.ArgumentParser, *, recorded: bool = False, audio: bool = True) -> None:
     if recorded:  # search/eval use the collection's model; these only say where its files are now
         p.add_argument("--clip-model", help="where the collection's model config is now, if it moved")
         p.add_argument("--clip-pretrained", help="where the collection's checkpoint is now, if it moved "
                                                  "(must be the same weights)")
+        p.add_argument("--audio-model", help="where the collection's CLAP folder is now, if it moved")
         return
     p.add_argument("--clip-model", help="open_clip architecture, hf-hub:ID, local-dir:PATH or a config .json "
                                         "(env XMODAL_CLIP_MODEL; default ViT-B-32)")
     p.add_argument("--clip-pretrained", help="pretrained tag, hf-hub:ID or checkpoint PATH "
                                              "(env XMODAL_CLIP_PRETRAINED; default laion2b_s34b_b79k)")
+    if audio:
+        p.add_argument("--audio-model", help="CLAP model for audio: Hugging Face id or a local folder (env "
+                                             "XMODAL_AUDIO_MODEL; default: the collection's, else "
+                                             "laion/clap-htsat-unfused; needs the 'audio' extra)")
 
 
 def _positive(value: str) -> int:
@@ -284,8 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--text")
     q.add_argument("--image", type=Path)
+    q.add_argument("--audio", type=Path)
     q.add_argument("--item", type=int)
-    p.add_argument("--target", default="any", choices=["any", "image", "text"])
+    p.add_argument("--target", default="any", choices=["any", "image", "text", "audio"])
     p.add_argument("-k", type=_positive, default=10)
     p.add_argument("--json", action="store_true")
     _model_flags(p, recorded=True)
@@ -315,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", parents=[common], help="indexing throughput against model-only forward")
     p.add_argument("sources", nargs="*", type=Path, metavar="SOURCE",
                    help="media to index (default: generated photos)")
-    _model_flags(p)
+    _model_flags(p, audio=False)
     p.add_argument("--images", type=_positive, default=512, help="generated images when no SOURCE is given")
     p.add_argument("--work-dir", type=Path, help="scratch dir (default: a temporary one)")
     p.add_argument("--json", action="store_true")

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
 
     clip_model: str = DEFAULT_CLIP_MODEL
     clip_pretrained: str = DEFAULT_CLIP_PRETRAINED
+    audio_model: str | None = Field(
+        default=None, description="CLAP model: Hugging Face id or local folder; default: the collection's, "
+        "else laion/clap-htsat-unfused")
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
 
     # indexing
@@ -52,6 +55,7 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(default=100_000_000, ge=1)
     max_text_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    max_audio_seconds: float = Field(default=3600.0, gt=0, le=86_400, description="longer clips are failed")
 
     # index
     exact_threshold: int = Field(default=50_000, ge=0, description="below this many vectors: exact search")

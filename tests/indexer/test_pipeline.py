@@ -143,7 +143,7 @@ def test_deleting_every_file_publishes_an_empty_version(settings, tmp_path):
     for p in paths:
         p.unlink()
     summary = index_sources(settings, [media], "c", progress=False)
-    assert summary.deleted == 5 and summary.index["built"] is True and summary.index["vectors"] == 0
+    assert summary.deleted == 5 and summary.index["clip"]["built"] is True and summary.index["clip"]["vectors"] == 0
     s = Searcher(settings, "c")
     assert s.search(text="anything", k=5) == []
     s.close()

@@ -13,7 +13,8 @@ ImageTransform = Callable[[Any], np.ndarray]
 
 @runtime_checkable
 class Encoder(Protocol):
-    """An embedding model. Output vectors are float32, L2-normalised, shape (n, dim)."""
+    """An embedding model. Output vectors are float32, L2-normalised, shape (n, dim). Every family
+    embeds text (the modality all spaces share); images and audio come with the protocols below."""
 
     family: str
     space: str
@@ -22,13 +23,25 @@ class Encoder(Protocol):
     device: str
     record: dict[str, Any]  # the exact model identity, stored with the collection
 
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@runtime_checkable
+class ImageEncoder(Encoder, Protocol):
     def image_transform(self) -> ImageTransform: ...
 
     def image_min_side(self) -> int: ...
 
     def embed_images(self, pixels: np.ndarray) -> np.ndarray: ...
 
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+@runtime_checkable
+class AudioEncoder(Encoder, Protocol):
+    def audio_spec(self) -> Any: ...  # xmodal.media.audio.AudioSpec: the rate and window the model wants
+
+    def audio_transform(self) -> Callable[[np.ndarray], np.ndarray]: ...  # one window -> model input, picklable
+
+    def embed_audio(self, features: np.ndarray) -> np.ndarray: ...  # window inputs -> window vectors
 
 
 def resolve_device(requested: str) -> str:

@@ -15,19 +15,18 @@ Hugging Face cache fails at once with a one-line error naming the flag.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
-import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 
 from xmodal.encoders.base import ImageTransform, resolve_device
+from xmodal.encoders.files import file_record, hub_mode
 from xmodal.errors import ModelLoadError, UserError
+from xmodal.storage.layout import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -36,23 +35,8 @@ SPACE = "clip"
 FLAG_HINT = "pass a local checkpoint with --clip-pretrained PATH (or env XMODAL_CLIP_PRETRAINED)"
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def _looks_like_path(value: str) -> bool:
     return os.sep in value or value.startswith(".") or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
-
-
-def _file_record(path: Path, cached: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Path, size, mtime and sha256 of a checkpoint; the hash is reused when size and mtime match."""
-    st = path.stat()
-    if cached and cached.get("size") == st.st_size and cached.get("mtime_ns") == st.st_mtime_ns and cached.get("sha256"):
-        digest = cached["sha256"]
-    else:
-        digest = _sha256(path)
-    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
 
 
 def resolve_record(model: str, pretrained: str | None) -> dict[str, Any]:
@@ -70,14 +54,14 @@ def resolve_record(model: str, pretrained: str | None) -> dict[str, Any]:
         if not config.is_file():
             raise ModelLoadError(f"--clip-model {model}: no open_clip_config.json in {folder}")
         record.update(model=f"local-dir:{folder}", pretrained=None,
-                      identity=f"local-dir:{_sha256(config)}")
+                      identity=f"local-dir:{file_sha256(config)}")
         return record
     if model.endswith(".json"):
         config = Path(model).expanduser().absolute()
         if not config.is_file():
             raise ModelLoadError(f"--clip-model {model}: config file not found")
         record["model"] = str(config)
-        arch = f"config:{_sha256(config)}"
+        arch = f"config:{file_sha256(config)}"
     else:
         if open_clip.get_model_config(model) is None:
             raise ModelLoadError(
@@ -90,7 +74,7 @@ def resolve_record(model: str, pretrained: str | None) -> dict[str, Any]:
         raise ModelLoadError(f"--clip-model {model}: no weights given; {FLAG_HINT}")
     candidate = Path(pretrained).expanduser()
     if candidate.is_file():
-        ckpt = _file_record(candidate.absolute())
+        ckpt = file_record(candidate.absolute())
         record.update(pretrained=ckpt["path"], checkpoint=ckpt, identity=f"{arch}|sha256:{ckpt['sha256']}")
         return record
     if _looks_like_path(pretrained):
@@ -105,34 +89,6 @@ def resolve_record(model: str, pretrained: str | None) -> dict[str, Any]:
         )
     record["identity"] = f"{model}|{pretrained}"
     return record
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    host = urlparse(endpoint).hostname or "huggingface.co"
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def _hub_mode() -> Iterator[None]:
-    """Use only the local Hugging Face cache when the Hub can't be reached (fail fast, not in minutes)."""
-    try:
-        from huggingface_hub import constants
-    except ImportError:  # pragma: no cover - open_clip depends on it
-        yield
-        return
-    previous = constants.HF_HUB_OFFLINE
-    if not previous and not _hub_reachable():
-        log.info("Hugging Face Hub not reachable: using the local cache only")
-        constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = previous
 
 
 class OpenClipEncoder:
@@ -153,7 +109,7 @@ class OpenClipEncoder:
             name = Path(name).stem
         local = bool(record.get("checkpoint")) or name.startswith("local-dir:")
         try:
-            with contextlib.nullcontext() if local else _hub_mode():
+            with contextlib.nullcontext() if local else hub_mode():
                 model, _, preprocess = open_clip.create_model_and_transforms(
                     name, pretrained=pretrained, device=self.device, weights_only=True,
                     require_pretrained=True,
@@ -259,7 +215,7 @@ def load(record: dict[str, Any], device: str = "auto") -> OpenClipEncoder:
                 f"the collection's checkpoint {path} is missing: restore it, or pass the same weights with "
                 "--clip-pretrained PATH"
             )
-        now = _file_record(path, cached=ckpt)
+        now = file_record(path, cached=ckpt)
         if now["sha256"] != ckpt["sha256"]:
             raise UserError(f"checkpoint {path} changed since the collection was indexed (sha256 differs)")
     return OpenClipEncoder(record, device)

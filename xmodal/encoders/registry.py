@@ -27,6 +27,10 @@ def _builtin() -> None:
         from xmodal.encoders import openclip
 
         register_family("open_clip", resolve=openclip.resolve_record, load=openclip.load)
+    if "clap" not in _LOADERS:
+        from xmodal.encoders import clap  # imports nothing of the audio extra until a model is resolved
+
+        register_family("clap", resolve=clap.resolve_record, load=clap.load)
 
 
 def families() -> list[str]:

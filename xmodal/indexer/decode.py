@@ -5,10 +5,12 @@ Only plain data crosses the process boundary: paths in, arrays or text and metad
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +20,9 @@ from xmodal.media.image import decode_image_with_info
 from xmodal.media.read import read_file
 from xmodal.media.text import decode_text, text_metadata
 from xmodal.media.types import MediaLimits
+
+if TYPE_CHECKING:
+    from xmodal.media.audio import AudioSpec
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,8 @@ class Decoded:
     unchanged: bool = False
     pixels: np.ndarray | None = None
     text: str | None = None
+    audio: np.ndarray | None = None  # per window: the model's input features
+    spans: list[tuple[float, float]] | None = None  # per window: (start, end) seconds
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -47,6 +54,8 @@ class DecodeConfig:
     limits: MediaLimits
     transform: ImageTransform | None
     min_side: int | None
+    audio_spec: AudioSpec | None = None
+    audio_transform: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 def init_worker() -> None:
@@ -85,6 +94,15 @@ def decode_one(task: DecodeTask, config: DecodeConfig) -> Decoded:
         elif task.modality == "text":
             out.text = decode_text(data, config.limits)
             out.meta = text_metadata(out.text)
+        elif task.modality == "audio":
+            if config.audio_spec is None or config.audio_transform is None:
+                raise MediaError("no audio encoder in this collection")
+            from xmodal.media.audio import audio_metadata, decode_audio
+
+            spec = dataclasses.replace(config.audio_spec, max_seconds=config.limits.max_audio_seconds)
+            audio = decode_audio(data, spec, config.audio_transform)
+            out.audio, out.spans = audio.windows, audio.spans
+            out.meta = audio_metadata(audio)
         else:
             raise MediaError(f"unsupported modality {task.modality!r}")
     except MediaError as exc:

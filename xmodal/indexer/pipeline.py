@@ -13,18 +13,20 @@ import logging
 import multiprocessing
 import os
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from xmodal.config import Settings
-from xmodal.encoders import Encoder, load_encoder, resolve_model
-from xmodal.errors import ModelMismatchError
+from xmodal.encoders import Encoder, align, load_encoder, resolve_model
+from xmodal.encoders.align import LoadedAlignment
+from xmodal.encoders.base import AudioEncoder, ImageEncoder
+from xmodal.errors import ModelLoadError, ModelMismatchError
 from xmodal.indexer.decode import (
     DecodeConfig,
     Decoded,
@@ -45,15 +47,23 @@ from xmodal.storage.catalog import (
     Catalog,
     EmbeddedItem,
     ItemOutcome,
+    ItemState,
     check_same_model,
 )
 from xmodal.storage.layout import Layout
-from xmodal.storage.shards import write_shard
+from xmodal.storage.shards import Windows, write_shard
 
 log = logging.getLogger(__name__)
 
 CHUNK_FILES = 8  # files per task sent to a decode worker
 POOL_MIN_ITEMS = 32  # fewer items than this decode in-process: starting workers would cost more
+
+
+#: the modalities each space embeds natively (DESIGN.md, "Embedding spaces")
+SPACE_MODALITIES: dict[str, tuple[str, ...]] = {"clip": ("image", "text"), "clap": ("audio", "text")}
+SPACE_FAMILIES = {"clip": "open_clip", "clap": "clap"}
+#: failure reasons that start with this are retried as soon as a run can embed audio again
+AUDIO_UNAVAILABLE = "audio unavailable: "
 
 
 @dataclass
@@ -67,11 +77,13 @@ class RunSummary:
     unchanged: int = 0
     deleted: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
-    index: dict[str, Any] = field(default_factory=dict)
+    index: dict[str, Any] = field(default_factory=dict)  # space -> its published version
+    alignment: dict[str, Any] = field(default_factory=dict)  # the clap -> clip map's fit, when (re)fitted
     device: str = "cpu"
     seconds: dict[str, float] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=dict)  # the collection's items by status after the run
     unlisted: list[str] = field(default_factory=list)  # folders that could not be listed (kept as they were)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def items_per_second(self) -> float:
@@ -83,18 +95,20 @@ class RunSummary:
             "collection": self.collection, "scanned": self.scanned, "new": self.new, "embedded": self.embedded,
             "ok": self.ok, "failed": self.failed, "unchanged": self.unchanged, "deleted": self.deleted,
             "failures": [{"uri": u, "reason": r} for u, r in self.failures],
-            "index": self.index, "device": self.device, "seconds": self.seconds, "totals": self.totals, "unlisted": self.unlisted,
+            "index": self.index, "alignment": self.alignment, "device": self.device, "seconds": self.seconds,
+            "totals": self.totals, "unlisted": self.unlisted, "warnings": self.warnings,
             "items_per_second": round(self.items_per_second, 2),
         }
 
 
 @dataclass
 class _Pending:
-    """Vectors waiting to be written as one shard."""
+    """Vectors of one space waiting to be written as one shard."""
 
     ids: list[int] = field(default_factory=list)
     vectors: list[np.ndarray] = field(default_factory=list)
     items: list[EmbeddedItem] = field(default_factory=list)
+    windows: list[Windows | None] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -111,28 +125,54 @@ class IndexRun:
         self.collection_id = self.catalog.collection_id(collection, create=True)
         self.limits = MediaLimits.from_settings(settings)
         self._crash_at = crash_at
-        self._encoder: Encoder | None = None
-        self._record = resolve_model("open_clip", settings.clip_model, settings.clip_pretrained)
-        self._check_model()
+        self._encoders: dict[str, Encoder] = {}
+        self._records: dict[str, dict[str, Any]] = {
+            "clip": resolve_model("open_clip", settings.clip_model, settings.clip_pretrained)}
+        self._audio_error: str | None = None  # why this run can't embed audio, once it is known
+        self._needs: dict[int, tuple[str, ...]] = {}  # item -> the spaces it gets a new vector in
+        self._check_models()
 
     def _hook(self, point: str) -> None:
         if self._crash_at is not None:
             self._crash_at(point)
 
-    def _check_model(self) -> None:
+    def _check_models(self) -> None:
+        """Before any scan or model load: a wrong model fails at once."""
         for space in self.catalog.spaces(self.collection_id):
-            if space.name == "clip":  # before any scan or model load: a wrong model fails at once
-                check_same_model({**space.model, "family": space.family}, self._record, collection=self.collection)
+            recorded = {**space.model, "family": space.family}
+            if space.name == "clip":
+                check_same_model(recorded, self._records["clip"], collection=self.collection)
+            elif space.name == "clap":
+                if self.settings.audio_model:
+                    given = resolve_model("clap", self.settings.audio_model, None)
+                    check_same_model(recorded, given, collection=self.collection)
+                    self._records["clap"] = given
+                else:
+                    self._records["clap"] = recorded  # loading checks that a local folder is unchanged
 
-    @property
-    def encoder(self) -> Encoder:
-        if self._encoder is None:
-            enc = load_encoder("open_clip", self._record, self.settings.device)
-            space = self.catalog.ensure_space(self.collection_id, enc.space, enc.family, enc.record, enc.dim)
-            if space.dim != enc.dim:
-                raise ModelMismatchError(f"space {space.name} has dimension {space.dim}, model gives {enc.dim}")
-            self._encoder = enc
-        return self._encoder
+    def _audio_ready(self) -> bool:
+        """Whether this run can embed audio, resolving the CLAP model the first time it is asked."""
+        if "clap" in self._records:
+            return True
+        if self._audio_error is None:
+            from xmodal.encoders.clap import DEFAULT_AUDIO_MODEL
+
+            try:
+                self._records["clap"] = resolve_model("clap", self.settings.audio_model or DEFAULT_AUDIO_MODEL, None)
+            except ModelLoadError as exc:
+                if self.settings.audio_model:  # named by the user: a mistake to fix, not a file to skip
+                    raise
+                self._audio_error = f"{AUDIO_UNAVAILABLE}{exc}"
+        return "clap" in self._records
+
+    def encoder(self, space: str) -> Encoder:
+        if space not in self._encoders:
+            enc = load_encoder(SPACE_FAMILIES[space], self._records[space], self.settings.device)
+            recorded = self.catalog.ensure_space(self.collection_id, enc.space, enc.family, enc.record, enc.dim)
+            if recorded.dim != enc.dim:
+                raise ModelMismatchError(f"space {recorded.name} has dimension {recorded.dim}, model gives {enc.dim}")
+            self._encoders[space] = enc
+        return self._encoders[space]
 
     # ------------------------------------------------------------------------------------------
 
@@ -147,17 +187,35 @@ class IndexRun:
             self._embed(tasks, summary)
         summary.seconds["embed"] = round(time.monotonic() - t1, 3)
         t2 = time.monotonic()
-        if self._encoder is not None or self.catalog.spaces(self.collection_id):
-            summary.index = build_and_publish(
-                self.catalog, self.layout, self.settings, self.collection, self.collection_id, "clip",
-                progress=self.progress, crash_at=self._crash_at,
+        alignment = self._align(summary)
+        for space in sorted(s.name for s in self.catalog.spaces(self.collection_id)):
+            summary.index[space] = build_and_publish(
+                self.catalog, self.layout, self.settings, self.collection, self.collection_id, space,
+                alignment=alignment if space == "clip" else None, progress=self.progress, crash_at=self._crash_at,
             )
         summary.seconds["build"] = round(time.monotonic() - t2, 3)
         summary.seconds["total"] = round(time.monotonic() - t0, 3)
         summary.totals = self.catalog.counts(self.collection_id)["status"]
-        if self._encoder is not None:
-            summary.device = self._encoder.device
+        if self._encoders:
+            summary.device = next(iter(self._encoders.values())).device
+        if self._audio_error:
+            summary.warnings.append(self._audio_error)
         return summary
+
+    def _align(self, summary: RunSummary) -> LoadedAlignment | None:
+        """The clap -> clip alignment, refitted when either model or the bank changed."""
+        spaces = {s.name: s for s in self.catalog.spaces(self.collection_id)}
+        if not {"clip", "clap"} <= spaces.keys():
+            return None
+        key = align.alignment_key(spaces["clap"].model["identity"], spaces["clip"].model["identity"])
+        row = self.catalog.alignment(self.collection_id, align.SOURCE, align.TARGET)
+        if row is not None and row.key == key:
+            return align.from_row(row)
+        fitted = align.fit_models(self.encoder("clap").embed_texts, self.encoder("clip").embed_texts)
+        self.catalog.save_alignment(self.collection_id, align.SOURCE, align.TARGET, key, fitted.matrix, fitted.metrics)
+        summary.alignment = fitted.metrics
+        log.info("fitted the clap -> clip alignment: %s", fitted.metrics)
+        return align.LoadedAlignment(key, fitted.matrix, fitted.metrics)
 
     def _diff(self, sources: list[Path], summary: RunSummary, *, retry_failed: bool) -> list[DecodeTask]:
         """Compare the files on disk with the catalog: record new items, deletions; return the work."""
@@ -186,31 +244,49 @@ class IndexRun:
             self.catalog.set_status(gone, STATUS_DELETED)
         summary.deleted = len(gone)
 
-        # ok items whose current content has no vector in the space yet (e.g. a space added later)
-        missing: set[int] = set()
-        if self.catalog.spaces(self.collection_id):
-            missing = set(self.catalog.items_needing_vectors(self.collection_id, "clip", ("image", "text")))
+        audio = any(e.modality == "audio" for e in entries) or "clap" in self._records
+        active = ["clip", "clap"] if audio and self._audio_ready() else ["clip"]
+        # ok items whose current content has no vector in a space yet (a space added later, a crash
+        # between the shards of a text's two spaces)
+        missing: dict[int, list[str]] = {}
+        for space in active:
+            for item_id in self.catalog.items_needing_vectors(self.collection_id, space, SPACE_MODALITIES[space]):
+                missing.setdefault(item_id, []).append(space)
         tasks: list[DecodeTask] = []
         unreadable: list[ItemOutcome] = []
+
+        def fail(e: FileEntry, st: ItemState | None, item_id: int, reason: str) -> None:
+            if st is not None and st.status == STATUS_FAILED and st.reason == reason and (
+                    st.size == e.size and st.mtime_ns == e.mtime_ns):
+                summary.unchanged += 1
+                return
+            unreadable.append(ItemOutcome(item_id, STATUS_FAILED, reason, None, e.size, e.mtime_ns))
+            summary.failed += 1
+            summary.failures.append((e.uri, reason))
+
         for e in entries:
             st = states.get(e.uri)
             item_id = ids[e.uri]
             same_stat = st is not None and st.size == e.size and st.mtime_ns == e.mtime_ns
             if e.error is not None:  # a broken link, a pipe: nothing to read
-                if st is not None and st.status == STATUS_FAILED and st.reason == e.error:
-                    summary.unchanged += 1
-                else:
-                    unreadable.append(ItemOutcome(item_id, STATUS_FAILED, e.error, None, None, None))
-                    summary.failed += 1
-                    summary.failures.append((e.uri, e.error))
+                fail(e, st, item_id, e.error)
+                continue
+            spaces = tuple(sp for sp in active if e.modality in SPACE_MODALITIES[sp])
+            if not spaces:  # audio, and no CLAP model this run
+                fail(e, st, item_id, self._audio_error or f"{AUDIO_UNAVAILABLE}no audio model")
+                continue
+            retry = retry_failed or (st is not None and (st.reason or "").startswith(AUDIO_UNAVAILABLE))
+            if same_stat and st is not None and st.status == STATUS_OK and item_id in missing:
+                self._needs[item_id] = tuple(missing[item_id])  # only the spaces it lacks; decode again
+                tasks.append(DecodeTask(item_id, e.path, e.modality, None))
                 continue
             if same_stat and st is not None and (
-                (st.status == STATUS_OK and item_id not in missing)
-                or (st.status == STATUS_FAILED and not retry_failed)
+                st.status == STATUS_OK or (st.status == STATUS_FAILED and not retry)
             ):
                 summary.unchanged += 1
                 continue
-            known = st.content_hash if st is not None and st.status == STATUS_OK else None
+            known = st.content_hash if st is not None and st.status == STATUS_OK and item_id not in missing else None
+            self._needs[item_id] = spaces
             tasks.append(DecodeTask(item_id, e.path, e.modality, known))
         self.catalog.record_outcomes(unreadable)
         self._entries = {ids[e.uri]: e for e in entries}
@@ -227,52 +303,79 @@ class IndexRun:
             if pool is not None:
                 pool.close()
 
+    def _decode_config(self, tasks: list[DecodeTask]) -> DecodeConfig:
+        """Load the encoders the tasks need (while the decode workers start) and their transforms."""
+        needed = {sp for t in tasks for sp in self._needs[t.item_id]}
+        for space in sorted(needed):
+            self.encoder(space)
+        clip = cast(ImageEncoder, self._encoders["clip"]) if "clip" in needed else None
+        clap = cast(AudioEncoder, self._encoders["clap"]) if "clap" in needed else None
+        return DecodeConfig(
+            self.limits, clip.image_transform() if clip else None, clip.image_min_side() if clip else None,
+            clap.audio_spec() if clap else None, clap.audio_transform() if clap else None,
+        )
+
     def _embed_with(self, tasks: list[DecodeTask], summary: RunSummary, pool: DecodePool | None) -> None:
-        encoder = self.encoder
-        config = DecodeConfig(self.limits, encoder.image_transform(), encoder.image_min_side())
+        config = self._decode_config(tasks)
         batch = self.settings.batch_size
-        pending = _Pending()
+        pending: dict[str, _Pending] = {space: _Pending() for space in self._encoders}
         outcomes: list[ItemOutcome] = []
-        images: list[Decoded] = []
-        texts: list[Decoded] = []
+        failed_ids: set[int] = set()
+        ok_ids: set[int] = set()
+        groups: dict[tuple[str, str], list[Decoded]] = defaultdict(list)  # (space, modality) -> waiting
         bar = tqdm(total=len(tasks), desc="embed", unit=" items", disable=not self.progress, smoothing=0.1)
 
-        def encode(group: list[Decoded], modality: str) -> None:
+        def invalid(d: Decoded) -> None:
+            reason = "the model produced an invalid (zero or NaN) vector"
+            if d.item_id not in failed_ids:
+                failed_ids.add(d.item_id)
+                outcomes.append(self._failed(d, reason))
+                summary.failed += 1
+                summary.failures.append((self._entries[d.item_id].uri, reason))
+
+        def encode(space: str, modality: str) -> None:
+            group = groups.pop((space, modality), [])
+            if not group:
+                return
+            encoder = self._encoders[space]
+            windows: list[Windows | None] = [None] * len(group)
             if modality == "image":
-                vecs = encoder.embed_images(np.stack([d.pixels for d in group]))  # type: ignore[misc]
+                vecs = cast(ImageEncoder, encoder).embed_images(np.stack([d.pixels for d in group]))  # type: ignore[misc]
+            elif modality == "audio":
+                vecs, windows = self._embed_audio(cast(AudioEncoder, encoder), group)
             else:
                 vecs = encoder.embed_texts([d.text or "" for d in group])
-            for d, v in zip(group, vecs, strict=True):
+            out = pending[space]
+            for d, v, w in zip(group, vecs, windows, strict=True):
                 if not np.isfinite(v).all() or float(np.linalg.norm(v)) < 1e-6:
-                    reason = "the model produced an invalid (zero or NaN) vector"
-                    outcomes.append(self._failed(d, reason))
-                    summary.failed += 1
-                    summary.failures.append((self._entries[d.item_id].uri, reason))
+                    invalid(d)
                     continue
                 entry = self._entries[d.item_id]
-                pending.items.append(EmbeddedItem(
-                    item_id=d.item_id, row=len(pending.ids), content_hash=d.content_hash or "",
+                out.items.append(EmbeddedItem(
+                    item_id=d.item_id, row=len(out.ids), content_hash=d.content_hash or "",
                     size=d.size or 0, mtime_ns=entry.mtime_ns or 0, meta=d.meta,
                 ))
-                pending.ids.append(d.item_id)
-                pending.vectors.append(v)
-                summary.embedded += 1
-                summary.ok += 1
-            group.clear()
+                out.ids.append(d.item_id)
+                out.vectors.append(v)
+                out.windows.append(w)
+                ok_ids.add(d.item_id)
+
+        def waiting(space: str, modality: str) -> int:
+            group = groups.get((space, modality), [])
+            return sum(len(d.audio) for d in group if d.audio is not None) if modality == "audio" else len(group)
 
         def flush(force: bool = False) -> None:
-            nonlocal pending
-            due = len(pending.ids) >= self.settings.shard_rows or (
-                time.monotonic() - pending.started >= self.settings.shard_seconds)
-            if not pending.ids and outcomes and (force or len(outcomes) >= 1000):
-                self.catalog.record_outcomes(outcomes)
+            wrote = False
+            for space, out in pending.items():
+                due = len(out.ids) >= self.settings.shard_rows or (
+                    time.monotonic() - out.started >= self.settings.shard_seconds)
+                if out.ids and (force or due):
+                    self._write_shard(space, out)
+                    pending[space] = _Pending()
+                    wrote = True
+            if outcomes and (wrote or force or len(outcomes) >= 1000) and not any(p.ids for p in pending.values()):
+                self.catalog.record_outcomes(outcomes)  # after the shards: a failure never hides a vector
                 outcomes.clear()
-            if not pending.ids or not (force or due):
-                return
-            self._write_shard(encoder, pending)
-            self.catalog.record_outcomes(outcomes)
-            outcomes.clear()
-            pending = _Pending()
 
         if pool is not None:  # keep two batches in flight so the workers never wait on the encoder
             decoded = pool.decode(tasks, config, max_inflight=max(4 * pool.workers, -(-2 * batch // CHUNK_FILES)))
@@ -281,6 +384,7 @@ class IndexRun:
         for d in decoded:
             bar.update()
             if d.error is not None:
+                failed_ids.add(d.item_id)
                 outcomes.append(self._failed(d, d.error))
                 summary.failed += 1
                 summary.failures.append((self._entries[d.item_id].uri, d.error))
@@ -288,40 +392,55 @@ class IndexRun:
                 e = self._entries[d.item_id]
                 outcomes.append(ItemOutcome(d.item_id, STATUS_OK, None, d.content_hash, d.size, e.mtime_ns))
                 summary.unchanged += 1
-            elif d.pixels is not None:
-                images.append(d)
-                if len(images) >= batch:
-                    encode(images, "image")
             else:
-                texts.append(d)
-                if len(texts) >= batch:
-                    encode(texts, "text")
+                modality = "image" if d.pixels is not None else "audio" if d.audio is not None else "text"
+                for space in self._needs[d.item_id]:
+                    groups[(space, modality)].append(d)
+                    if waiting(space, modality) >= batch:
+                        encode(space, modality)
             flush()
-        if images:
-            encode(images, "image")
-        if texts:
-            encode(texts, "text")
+        for space, modality in list(groups):
+            encode(space, modality)
         flush(force=True)
         self.catalog.record_outcomes(outcomes)
+        summary.embedded = summary.ok = len(ok_ids - failed_ids)
         bar.close()
+
+    def _embed_audio(self, encoder: AudioEncoder, group: list[Decoded]) -> tuple[np.ndarray, list[Windows | None]]:
+        """Every window of every clip in the group, in batches; an item's vector pools its windows."""
+        from xmodal.encoders.clap import pool_windows
+
+        feats = np.concatenate([d.audio for d in group if d.audio is not None])
+        batch = self.settings.batch_size
+        window_vecs = np.concatenate([encoder.embed_audio(feats[i : i + batch]) for i in range(0, len(feats), batch)])
+        vecs: list[np.ndarray] = []
+        windows: list[Windows | None] = []
+        at = 0
+        for d in group:
+            n = len(d.audio) if d.audio is not None else 0
+            own = window_vecs[at : at + n]
+            at += n
+            vecs.append(pool_windows(own))
+            windows.append(Windows(own, np.asarray(d.spans, dtype=np.float32).reshape(-1, 2)) if n > 1 else None)
+        return np.stack(vecs), windows
 
     def _failed(self, d: Decoded, reason: str) -> ItemOutcome:
         e = self._entries[d.item_id]  # the scanned stat, so an unchanged failed file is not retried
         return ItemOutcome(d.item_id, STATUS_FAILED, reason, d.content_hash, e.size, e.mtime_ns)
 
-    def _write_shard(self, encoder: Encoder, pending: _Pending) -> None:
-        path = self.layout.new_shard_path(self.collection, encoder.space)
-        meta = {"space": encoder.space, "family": encoder.family, "identity": encoder.record.get("identity"),
+    def _write_shard(self, space: str, pending: _Pending) -> None:
+        encoder = self._encoders[space]
+        path = self.layout.new_shard_path(self.collection, space)
+        meta = {"space": space, "family": encoder.family, "identity": encoder.record.get("identity"),
                 "model": encoder.record.get("model"), "pretrained": encoder.record.get("pretrained"),
                 "normalized": True}
         self._hook("before-shard-write")
         info = write_shard(path, np.asarray(pending.ids, dtype=np.int64), np.stack(pending.vectors),
-                           [i.content_hash for i in pending.items], meta)
+                           [i.content_hash for i in pending.items], meta, windows=pending.windows)
         self._hook("before-shard-commit")
-        self.catalog.commit_shard(self.collection_id, encoder.space, self.layout.relative(path), info.rows,
+        self.catalog.commit_shard(self.collection_id, space, self.layout.relative(path), info.rows,
                                   info.sha256, info.bytes, pending.items)
         self._hook("after-shard-commit")
-
 
 
 class DecodePool:

@@ -18,9 +18,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from xmodal.config import Settings
+from xmodal.encoders.align import LoadedAlignment
 from xmodal.indexer.build import build_index
 from xmodal.indexer.recipe import choose_recipe
-from xmodal.storage.catalog import Catalog
+from xmodal.storage.catalog import Catalog, Space
 from xmodal.storage.indexfiles import write_index_dir
 from xmodal.storage.layout import Layout
 from xmodal.storage.shards import read_shard
@@ -28,11 +29,17 @@ from xmodal.storage.shards import read_shard
 log = logging.getLogger(__name__)
 
 
-def live_fingerprint(live: list[tuple[int, str, int, int, str]], settings: Settings) -> str:
-    """What a build depends on: the live (item, shard, row) set and the settings that shape the index."""
+def live_fingerprint(live: list[tuple[int, str, int, int, str]], settings: Settings,
+                     aligned: list[tuple[int, str, int, int, str]] | None = None,
+                     alignment: LoadedAlignment | None = None) -> str:
+    """What a build depends on: the live (item, shard, row) set, the aligned items and their map, and
+    the settings that shape the index."""
     digest = hashlib.sha256()
-    arr = np.asarray([(i, s, r) for i, _, s, r, _ in live], dtype=np.int64).reshape(-1, 3)
-    digest.update(arr.tobytes())
+    for rows in (live, aligned or []):
+        arr = np.asarray([(i, s, r) for i, _, s, r, _ in rows], dtype=np.int64).reshape(-1, 3)
+        digest.update(arr.tobytes())
+    if alignment is not None and aligned:
+        digest.update(alignment.digest.encode())
     digest.update(f"exact_threshold={settings.exact_threshold};recall_target={settings.recall_target}".encode())
     return digest.hexdigest()
 
@@ -45,31 +52,17 @@ def _next_on_disk(layout: Layout, collection: str, space: str) -> int:
     return max(numbers, default=0) + 1
 
 
-def build_and_publish(
-    catalog: Catalog, layout: Layout, settings: Settings, collection: str, collection_id: int, space: str,
-    *, progress: bool = True, force: bool = False, crash_at: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Returns a summary of the published (or already current) version."""
-    spaces = {s.name: s for s in catalog.spaces(collection_id)}
-    if space not in spaces:
-        return {}
-    record = spaces[space]
-    live = catalog.live_vectors(collection_id, space)
-    fingerprint = live_fingerprint(live, settings)
-    current = catalog.published_index(collection_id, space)
-    if current is not None and current.fingerprint == fingerprint and not force:
-        return {"version": current.version, "kind": current.kind, "vectors": current.n_vectors,
-                "built": False}
-
-    t0 = time.monotonic()
+def _gather(layout: Layout, record: Space, live: list[tuple[int, str, int, int, str]],
+            parts_ids: dict[str, list[np.ndarray]], parts_vecs: dict[str, list[np.ndarray]], *,
+            alignment: LoadedAlignment | None = None, progress: bool = True) -> None:
+    """Read the live vectors of one space from its shards into per-modality lists (mapped into the
+    target space through ``alignment`` when given)."""
     by_shard: dict[str, list[tuple[int, str, int]]] = defaultdict(list)
     for item_id, modality, _shard_id, row, path in live:
         by_shard[path].append((item_id, modality, row))
-    parts_ids: dict[str, list[np.ndarray]] = defaultdict(list)
-    parts_vecs: dict[str, list[np.ndarray]] = defaultdict(list)
-    expect = {"space": space, "identity": record.model.get("identity"), "dim": record.dim}
-    for path, rows in tqdm(by_shard.items(), desc=f"read shards [{space}]", unit=" shards",
-                           disable=not progress, leave=False):
+    expect = {"space": record.name, "identity": record.model.get("identity"), "dim": record.dim}
+    desc = f"read shards [{record.name}{' aligned' if alignment else ''}]"
+    for path, rows in tqdm(by_shard.items(), desc=desc, unit=" shards", disable=not progress, leave=False):
         ids, vectors, _ = read_shard(layout.absolute(path), expect=expect)
         row_idx = np.asarray([r for _, _, r in rows], dtype=np.int64)
         want = np.asarray([i for i, _, _ in rows], dtype=np.int64)
@@ -78,8 +71,43 @@ def build_and_publish(
         modalities = np.asarray([m for _, m, _ in rows])
         for modality in np.unique(modalities):
             sel = modalities == modality
+            vecs = vectors[row_idx[sel]]
             parts_ids[str(modality)].append(want[sel])
-            parts_vecs[str(modality)].append(vectors[row_idx[sel]])
+            parts_vecs[str(modality)].append(alignment.apply(vecs) if alignment else vecs)
+
+
+def build_and_publish(
+    catalog: Catalog, layout: Layout, settings: Settings, collection: str, collection_id: int, space: str,
+    *, alignment: LoadedAlignment | None = None, progress: bool = True, force: bool = False,
+    crash_at: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Returns a summary of the published (or already current) version.
+
+    With ``alignment`` (for ``clip``), the audio items of the ``clap`` space join the version as an
+    ``audio`` part, their vectors carried into this space by the alignment.
+    """
+    spaces = {s.name: s for s in catalog.spaces(collection_id)}
+    if space not in spaces:
+        return {}
+    record = spaces[space]
+    live = catalog.live_vectors(collection_id, space)
+    aligned: list[tuple[int, str, int, int, str]] = []
+    if alignment is not None and alignment.source in spaces:
+        aligned = [row for row in catalog.live_vectors(collection_id, alignment.source) if row[1] == "audio"]
+    fingerprint = live_fingerprint(live, settings, aligned, alignment)
+    current = catalog.published_index(collection_id, space)
+    if current is not None and current.fingerprint == fingerprint and not force:
+        return {"version": current.version, "kind": current.kind, "vectors": current.n_vectors,
+                "built": False}
+
+    t0 = time.monotonic()
+    parts_ids: dict[str, list[np.ndarray]] = defaultdict(list)
+    parts_vecs: dict[str, list[np.ndarray]] = defaultdict(list)
+    _gather(layout, record, live, parts_ids, parts_vecs, progress=progress)
+    if aligned and alignment is not None:
+        _gather(layout, spaces[alignment.source], aligned, parts_ids, parts_vecs, alignment=alignment,
+                progress=progress)
+    live = live + aligned
 
     parts = {}
     part_summary: dict[str, Any] = {}
@@ -98,6 +126,8 @@ def build_and_publish(
         "collection": collection, "space": space, "version": version, "dim": record.dim,
         "model": record.model, "identity": record.model.get("identity"), "fingerprint": fingerprint,
         "parts": part_summary,
+        "aligned": {"source": alignment.source, "parts": ["audio"], "key": alignment.key, "digest": alignment.digest}
+        if aligned and alignment is not None else None,
     }
     if crash_at:
         crash_at("before-index-write")
@@ -109,7 +139,7 @@ def build_and_publish(
         crash_at("before-publish")
     catalog.publish_index(
         collection_id, space, version, layout.relative(final), "+".join(kinds), len(live), nbytes, fingerprint,
-        {"parts": part_summary}, build_s,
+        {"parts": part_summary, "aligned": manifest["aligned"]}, build_s,
     )
     log.info("published %s/%s v%d: %d vectors, %s", collection, space, version, len(live), kinds)
     return {"version": version, "kind": "+".join(kinds), "vectors": len(live), "bytes": nbytes,

@@ -1,4 +1,5 @@
-"""Reading and decoding media files: bytes from disk, RGB images, strict text.
+"""Reading and decoding media files: bytes from disk, RGB images, strict text (audio: ``xmodal.media.audio``,
+with the ``audio`` extra).
 
 Every decoding failure is a :class:`xmodal.errors.MediaError` whose ``reason`` is short enough to
 record in the catalog. Importing this package does not import torch.
@@ -8,6 +9,7 @@ from xmodal.media.image import SUPPORTED_FORMATS, DecodedImage, decode_image, de
 from xmodal.media.read import read_file
 from xmodal.media.text import decode_text, text_metadata
 from xmodal.media.types import (
+    AUDIO_EXTENSIONS,
     IMAGE_EXTENSIONS,
     TEXT_EXTENSIONS,
     MediaLimits,
@@ -16,6 +18,7 @@ from xmodal.media.types import (
 )
 
 __all__ = [
+    "AUDIO_EXTENSIONS",
     "IMAGE_EXTENSIONS",
     "SUPPORTED_FORMATS",
     "TEXT_EXTENSIONS",

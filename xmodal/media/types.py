@@ -13,10 +13,13 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tiff", ".tif"}
 )
 TEXT_EXTENSIONS: frozenset[str] = frozenset({".txt", ".md", ".markdown"})
+AUDIO_EXTENSIONS: frozenset[str] = frozenset(
+    {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff"}
+)
 
 
 def modality_for_path(path: str | os.PathLike[str]) -> str | None:
-    """``"image"``, ``"text"`` or ``None`` from the file extension, case-insensitively.
+    """``"image"``, ``"text"``, ``"audio"`` or ``None`` from the file extension, case-insensitively.
 
     Never raises for odd names: surrogate-escaped bytes from :func:`os.fsdecode` are fine.
     """
@@ -25,6 +28,8 @@ def modality_for_path(path: str | os.PathLike[str]) -> str | None:
         return "image"
     if ext in TEXT_EXTENSIONS:
         return "text"
+    if ext in AUDIO_EXTENSIONS:
+        return "audio"
     return None
 
 
@@ -35,8 +40,11 @@ class MediaLimits:
     max_file_bytes: int
     max_image_pixels: int
     max_text_bytes: int
+    max_audio_seconds: float = 3600.0
 
     def __post_init__(self) -> None:
+        if not 0 < self.max_audio_seconds < float("inf"):
+            raise ValueError(f"MediaLimits.max_audio_seconds must be positive, got {self.max_audio_seconds!r}")
         for name in ("max_file_bytes", "max_image_pixels", "max_text_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -49,6 +57,7 @@ class MediaLimits:
             max_file_bytes=settings.max_file_bytes,
             max_image_pixels=settings.max_image_pixels,
             max_text_bytes=settings.max_text_bytes,
+            max_audio_seconds=settings.max_audio_seconds,
         )
 
 

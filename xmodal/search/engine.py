@@ -1,7 +1,10 @@
-"""Query a collection: encode the query, search the published index version, hydrate from SQL.
+"""Query a collection: encode the query, route it to a space, search the published versions, hydrate.
 
-The searcher loads the collection's recorded model (no model flags needed) and its published index
-version; ``refresh()`` swaps in a newer published version. Deleted or failed items are dropped at
+The searcher loads each space's recorded model (no model flags needed) and its published index
+version; ``refresh()`` swaps in newer published versions. A (query modality, target modality) pair
+is searched in the space where both are native, else in ``clip`` through the clap -> clip alignment
+(:func:`route`); ``any`` searches every target modality and fuses lists of different spaces (or
+methods) by reciprocal rank fusion, since their scores are not comparable. Deleted or failed items are dropped at
 hydration, so a deletion is visible at once, before the next build removes the vector.
 """
 
@@ -12,12 +15,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from xmodal.config import Settings
-from xmodal.encoders import Encoder, load_encoder, resolve_model
+from xmodal.encoders import Encoder, align, load_encoder, resolve_model
+from xmodal.encoders.align import LoadedAlignment
 from xmodal.errors import MediaError, UserError
 from xmodal.media.image import decode_image_with_info
 from xmodal.media.read import read_file
@@ -27,13 +31,39 @@ from xmodal.storage.ann import search as ann_search
 from xmodal.storage.catalog import STATUS_OK, Catalog, Space, check_same_model
 from xmodal.storage.indexfiles import read_index_dir
 from xmodal.storage.layout import Layout
-from xmodal.storage.shards import read_shard
+from xmodal.storage.shards import Windows, read_shard, read_windows
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("any", "image", "text")
+TARGETS = ("any", "image", "text", "audio")
+MODALITIES = ("image", "text", "audio")
 MAX_K = 1000
 MAX_QUERY_CHARS = 10_000
+RRF_K = 60  # reciprocal rank fusion: score = sum over lists of 1 / (RRF_K + rank)
+#: the modalities each space embeds natively; image <-> audio goes through the clap -> clip alignment
+NATIVE = {"clip": frozenset({"image", "text"}), "clap": frozenset({"audio", "text"})}
+SPACE_ORDER = ("clip", "clap")  # where both spaces are native (text -> text), the first wins
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a (query modality, target modality) pair is searched, and how its scores come about."""
+
+    query: str
+    target: str
+    space: str
+    method: str  # "ip": inner product of native vectors; "aligned-ip": one side mapped clap -> clip
+    map_query: bool = False  # the query's clap vector is mapped into clip (audio -> image)
+
+
+def route(query: str, target: str) -> Route:
+    """The space where both modalities are native, else ``clip`` through the alignment."""
+    for space in SPACE_ORDER:
+        if query in NATIVE[space] and target in NATIVE[space]:
+            return Route(query, target, space, "ip")
+    if {query, target} == {"audio", "image"}:
+        return Route(query, target, "clip", "aligned-ip", map_query=query == "audio")
+    raise UserError(f"no route from {query} to {target}")
 
 
 @dataclass
@@ -44,15 +74,22 @@ class SearchResult:
     score: float
     metadata: dict[str, Any]
     space: str
-    method: str  # how the score was produced: "ip" (inner product within one space)
+    method: str  # how the score was produced: "ip", "aligned-ip", or "rrf" when lists of spaces were fused
+    space_score: float | None = None  # with "rrf": the inner product in its own space
+    segment: dict[str, float] | None = None  # a long audio clip's best-matching window
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "uri": self.uri, "modality": self.modality, "score": round(self.score, 6),
-                "metadata": self.metadata, "space": self.space, "method": self.method}
+        out = {"id": self.id, "uri": self.uri, "modality": self.modality, "score": round(self.score, 6),
+               "metadata": self.metadata, "space": self.space, "method": self.method}
+        if self.space_score is not None:
+            out["space_score"] = round(self.space_score, 6)
+        if self.segment is not None:
+            out["segment"] = self.segment
+        return out
 
 
 class QueryMediaError(UserError):
-    """An uploaded or named query file that is not a usable image (the API answers 415/422)."""
+    """An uploaded or named query file that is not usable media (the API answers 415/422)."""
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
@@ -78,86 +115,145 @@ class Timings:
 class SearchOutcome:
     results: list[SearchResult]
     timings: Timings
-    version: int  # the index version that answered
+    version: int  # the index version that answered (the primary space's)
+    versions: dict[str, int] = field(default_factory=dict)  # every space's served version
+    routes: list[dict[str, Any]] = field(default_factory=list)  # how each target modality was searched
+    fusion: str | None = None  # how lists of different spaces were merged, when they were
+
+
+@dataclass
+class _Query:
+    """One query: its modality and, lazily, its vector in each space."""
+
+    modality: str
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    exclude: set[int] = field(default_factory=set)
+
+
+class _SpaceState:
+    def __init__(self, space: Space, record: dict[str, Any]) -> None:
+        self.space = space
+        self.record = record
+        self.encoder: Any = None
+        self.loaded: _Loaded | None = None
 
 
 class Searcher:
-    """Searches one collection. Not thread-safe; one per worker."""
+    """Searches one collection across its spaces. Not thread-safe; one per worker."""
 
-    SPACE = "clip"
+    SPACE = "clip"  # the primary space: images and text
 
     def __init__(self, settings: Settings, collection: str, *, catalog: Catalog | None = None,
-                 model: tuple[str | None, str | None] | None = None) -> None:
+                 model: tuple[str | None, str | None] | None = None, audio_model: str | None = None) -> None:
         """``model``: (model, pretrained) to load instead of the recorded paths, e.g. after the checkpoint
-        moved; it must be the same model (same identity), else ``ModelMismatchError``."""
+        moved (``audio_model`` likewise for CLAP); it must be the same model (same identity), else
+        ``ModelMismatchError``."""
         self.settings = settings
         self.collection = collection
         self.catalog = catalog or Catalog(settings.resolved_database_url, create=False)
         self.layout = Layout(settings.home)
         self.collection_id = self.catalog.collection_id(collection)
         spaces = {s.name: s for s in self.catalog.spaces(self.collection_id)}
-        if self.SPACE not in spaces:
+        if not spaces:
             raise UserError(f"collection {collection!r} has nothing embedded yet: run `xmodal index` first")
-        self.space: Space = spaces[self.SPACE]
-        self._record = dict(self.space.model)
-        if model is not None and any(model):
-            self._record = self._same_model(*model)
+        self._spaces = {name: _SpaceState(sp, dict(sp.model)) for name, sp in spaces.items()}
+        if model is not None and any(model) and "clip" in spaces:
+            self._spaces["clip"].record = self._same_model(spaces["clip"], *model)
+        if audio_model and "clap" in spaces:
+            self._spaces["clap"].record = self._same_model(spaces["clap"], audio_model, None)
+        self.primary = self.SPACE if self.SPACE in spaces else sorted(spaces)[0]
+        self.space: Space = spaces[self.primary]
         self.limits = MediaLimits.from_settings(settings)
-        self._encoder: Encoder | None = None
-        self._loaded: _Loaded | None = None
+        self._alignment: LoadedAlignment | None = None
+        self._windows: dict[tuple[int, str], Windows | None] = {}
 
     # loading ---------------------------------------------------------------------------------
 
+    def _state(self, space: str, *, purpose: str) -> _SpaceState:
+        state = self._spaces.get(space)
+        if state is None:
+            if space == "clap":
+                raise UserError(f"collection {self.collection!r} has no audio: {purpose} needs audio indexed with a "
+                                "CLAP model (install the 'audio' extra and run `xmodal index` on audio files)")
+            raise UserError(f"collection {self.collection!r} has no images or text embedded: {purpose} needs the "
+                            "clip space (run `xmodal index` on images or text)")
+        return state
+
+    def encoder_for(self, space: str) -> Any:
+        state = self._state(space, purpose=f"a query in the {space} space")
+        if state.encoder is None:
+            state.encoder = load_encoder(state.space.family, state.record, self.settings.device)
+        return state.encoder
+
     @property
     def encoder(self) -> Encoder:
-        if self._encoder is None:
-            self._encoder = load_encoder(self.space.family, self._record, self.settings.device)
-        return self._encoder
+        return cast(Encoder, self.encoder_for(self.primary))
 
-    def _same_model(self, model: str | None, pretrained: str | None) -> dict[str, Any]:
-        recorded = self.space.model
-        record = resolve_model(self.space.family, model or recorded["model"], pretrained or recorded.get("pretrained"))
+    def _same_model(self, space: Space, model: str | None, pretrained: str | None) -> dict[str, Any]:
+        recorded = space.model
+        record = resolve_model(space.family, model or recorded["model"], pretrained or recorded.get("pretrained"))
         check_same_model(recorded, record, collection=self.collection)
         return record
 
     def refresh(self) -> bool:
-        """Load the published index version if it is not the one loaded. True when it changed."""
-        published = self.catalog.published_index(self.collection_id, self.SPACE)
-        if published is None:
-            raise UserError(f"collection {self.collection!r} has no published index: run `xmodal index` first")
-        if self._loaded is not None and self._loaded.version == published.version:
-            return False
-        expect = {"space": self.SPACE, "identity": self.space.model.get("identity"), "dim": self.space.dim}
-        manifest, parts = read_index_dir(self.layout.absolute(published.path), expect=expect)
-        recipes = {name: IndexRecipe.from_dict(info["recipe"]) for name, info in manifest["parts"].items()}
-        self._loaded = _Loaded(published.version, manifest, parts, recipes)
-        return True
+        """Load each space's published index version if it is not the one loaded. True when one changed."""
+        changed = False
+        for name, state in self._spaces.items():
+            published = self.catalog.published_index(self.collection_id, name)
+            if published is None:
+                raise UserError(f"collection {self.collection!r} has no published index: run `xmodal index` first")
+            if state.loaded is not None and state.loaded.version == published.version:
+                continue
+            sp = state.space
+            expect = {"space": name, "identity": sp.model.get("identity"), "dim": sp.dim}
+            manifest, parts = read_index_dir(self.layout.absolute(published.path), expect=expect)
+            recipes = {part: IndexRecipe.from_dict(info["recipe"]) for part, info in manifest["parts"].items()}
+            state.loaded = _Loaded(published.version, manifest, parts, recipes)
+            changed = True
+        if changed or self._alignment is None:
+            row = self.catalog.alignment(self.collection_id, align.SOURCE, align.TARGET)
+            self._alignment = align.from_row(row) if row is not None else None
+        return changed
+
+    def _loaded(self, space: str) -> _Loaded:
+        state = self._state(space, purpose=f"searching the {space} space")
+        if state.loaded is None:
+            self.refresh()
+        assert state.loaded is not None
+        return state.loaded
 
     @property
     def loaded(self) -> _Loaded:
-        if self._loaded is None:
-            self.refresh()
-        assert self._loaded is not None
-        return self._loaded
+        return self._loaded(self.primary)
+
+    @property
+    def versions(self) -> dict[str, int]:
+        return {name: self._loaded(name).version for name in sorted(self._spaces)}
+
+    @property
+    def alignment(self) -> LoadedAlignment | None:
+        _ = self.loaded
+        return self._alignment
 
     def warm_up(self) -> None:
-        """Load the model and the index now rather than on the first query."""
-        _ = self.encoder
-        _ = self.loaded
+        """Load the models and the indexes now rather than on the first query."""
+        for name in self._spaces:
+            self.encoder_for(name)
+            self._loaded(name)
 
     # query vectors ---------------------------------------------------------------------------
 
-    def text_vector(self, text: str) -> np.ndarray:
+    def text_vector(self, text: str, space: str | None = None) -> np.ndarray:
         text = text.strip()
         if not text:
             raise UserError("empty text query")
         if len(text) > MAX_QUERY_CHARS:
             raise UserError(f"text query too long: {len(text)} characters, at most {MAX_QUERY_CHARS}")
-        return self._text_vector(text)
+        return self._text_vector(text, space or self.primary)
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - one searcher per collection for the process's life
-    def _text_vector(self, text: str) -> np.ndarray:
-        vec = self.encoder.embed_texts([text])[0]
+    def _text_vector(self, text: str, space: str) -> np.ndarray:
+        vec = self.encoder_for(space).embed_texts([text])[0]
         vec.setflags(write=False)  # shared by every request that repeats the query
         return vec
 
@@ -169,28 +265,56 @@ class Searcher:
         return self.image_bytes_vector(data, name=str(path))
 
     def image_bytes_vector(self, data: bytes, *, name: str = "the upload") -> np.ndarray:
+        encoder = self.encoder_for("clip")
         try:
-            info = decode_image_with_info(data, self.limits, min_side=self.encoder.image_min_side())
+            info = decode_image_with_info(data, self.limits, min_side=encoder.image_min_side())
         except MediaError as exc:
             raise QueryMediaError(f"cannot use {name} as an image query: {exc.reason}", exc.reason) from exc
-        pixels = self.encoder.image_transform()(info.image)
-        return self.encoder.embed_images(pixels[None])[0]
+        pixels = encoder.image_transform()(info.image)
+        return np.asarray(encoder.embed_images(pixels[None])[0])
 
-    def item_vector(self, item_id: int) -> np.ndarray:
-        """The item's vector as the served version holds it (exact: flat and refine-flat keep the
-        vectors; a lookup in memory, not a shard read per request), else from its Parquet shard."""
+    def audio_vector(self, path: Path) -> np.ndarray:
+        try:
+            data = read_file(str(path), self.limits)
+        except MediaError as exc:
+            raise UserError(f"cannot use {path} as an audio query: {exc.reason}") from exc
+        return self.audio_bytes_vector(data, name=str(path))
+
+    def audio_bytes_vector(self, data: bytes, *, name: str = "the upload") -> np.ndarray:
+        """The clip's vector in the clap space: windows embedded and pooled as at indexing."""
+        import dataclasses
+
+        from xmodal.encoders.clap import pool_windows
+        from xmodal.media.audio import decode_audio
+
+        encoder = self.encoder_for("clap")
+        spec = dataclasses.replace(encoder.audio_spec(), max_seconds=self.limits.max_audio_seconds)
+        try:
+            decoded = decode_audio(data, spec, encoder.audio_transform())
+        except MediaError as exc:
+            raise QueryMediaError(f"cannot use {name} as an audio query: {exc.reason}", exc.reason) from exc
+        batch = self.settings.batch_size
+        windows = np.concatenate([encoder.embed_audio(decoded.windows[i : i + batch])
+                                  for i in range(0, len(decoded.windows), batch)])
+        return pool_windows(windows)
+
+    def item_vector(self, item_id: int, space: str | None = None) -> np.ndarray:
+        """The item's vector in a space where it is native, as the served version holds it (flat and
+        refine-flat keep the vectors: a lookup in memory, not a shard read per request), else from its
+        Parquet shard."""
         item = self.catalog.item_by_id(self.collection_id, item_id)
         if item.status != STATUS_OK:
             raise UserError(f"item {item_id} has no vector (status {item.status}: {item.reason or 'not embedded'})")
-        part = self.loaded.parts.get(item.modality)
+        space = space or next(sp for sp in SPACE_ORDER if item.modality in NATIVE[sp])
+        part = self._loaded(space).parts.get(item.modality)
         if part is not None:
             try:
                 return np.asarray(part.reconstruct(int(item_id)), dtype=np.float32)
             except RuntimeError:  # not in this version (embedded after it), or an index without the vectors
                 pass
-        where = self.catalog.vector_location(item_id, self.SPACE)
+        where = self.catalog.vector_location(item_id, space)
         if where is None:
-            raise UserError(f"item {item_id} has no vector in space {self.SPACE!r}")
+            raise UserError(f"item {item_id} has no vector in space {space!r}")
         path, row = where
         ids, vectors, _ = read_shard(self.layout.absolute(path))
         if int(ids[row]) != item_id:
@@ -199,58 +323,123 @@ class Searcher:
 
     # search ----------------------------------------------------------------------------------
 
+    def _query(self, *, text: str | None, image: Path | None, image_bytes: bytes | None, audio: Path | None,
+               audio_bytes: bytes | None, item: int | None) -> _Query:
+        given = [x is not None for x in (text, image, image_bytes, audio, audio_bytes, item)]
+        if sum(given) != 1:
+            raise UserError("give exactly one query: text, image, audio or item")
+        if text is not None:
+            return _Query("text", {})
+        if image is not None:
+            return _Query("image", {"clip": self.image_vector(Path(image))})
+        if image_bytes is not None:
+            return _Query("image", {"clip": self.image_bytes_vector(image_bytes)})
+        if audio is not None:
+            return _Query("audio", {"clap": self.audio_vector(Path(audio))})
+        if audio_bytes is not None:
+            return _Query("audio", {"clap": self.audio_bytes_vector(audio_bytes)})
+        assert item is not None
+        it = self.catalog.item_by_id(self.collection_id, int(item))
+        return _Query(it.modality, {}, {int(item)})
+
+    def _vector(self, q: _Query, space: str, *, text: str | None, item: int | None) -> np.ndarray:
+        """The query's native vector in ``space``, computed once per request."""
+        if space not in q.vectors:
+            if text is not None:
+                q.vectors[space] = self.text_vector(text, space)
+            elif item is not None:
+                q.vectors[space] = self.item_vector(int(item), space)
+            else:  # pragma: no cover - media queries carry their one native vector
+                raise UserError(f"a {q.modality} query has no vector in the {space} space")
+        return q.vectors[space]
+
     def query_vector(self, *, text: str | None = None, image: Path | None = None, image_bytes: bytes | None = None,
                      item: int | None = None) -> np.ndarray:
-        """The query's vector in this space, from exactly one of text, an image file or bytes, an item."""
-        given = [x is not None for x in (text, image, image_bytes, item)]
-        if sum(given) != 1:
-            raise UserError("give exactly one query: text, image or item")
-        if text is not None:
-            return self.text_vector(text)
-        if image is not None:
-            return self.image_vector(Path(image))
-        if image_bytes is not None:
-            return self.image_bytes_vector(image_bytes)
-        assert item is not None
-        return self.item_vector(int(item))
+        """The query's vector in the primary space, from exactly one of text, an image file or bytes, an item."""
+        q = self._query(text=text, image=image, image_bytes=image_bytes, audio=None, audio_bytes=None, item=item)
+        return self._vector(q, self.primary, text=text, item=item)
 
-    def search(self, *, text: str | None = None, image: Path | None = None, item: int | None = None,
-               target: str = "any", k: int = 10) -> list[SearchResult]:
-        return self.run(text=text, image=image, item=item, target=target, k=k).results
+    def search(self, *, text: str | None = None, image: Path | None = None, audio: Path | None = None,
+               item: int | None = None, target: str = "any", k: int = 10) -> list[SearchResult]:
+        return self.run(text=text, image=image, audio=audio, item=item, target=target, k=k).results
+
+    def routes(self, query: str, target: str) -> list[Route]:
+        """The routes a query takes: one per target modality the collection holds (``any``: all)."""
+        if target not in TARGETS:
+            raise UserError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+        targets = MODALITIES if target == "any" else (target,)
+        out = []
+        for t in targets:
+            r = route(query, t)
+            state = self._spaces.get(r.space)
+            needs_clap = "audio" in (query, t)
+            if target == "any" and (state is None or (needs_clap and "clap" not in self._spaces)):
+                continue  # a modality this collection does not hold
+            if target == "any" and t not in self._loaded(r.space).parts:
+                continue
+            out.append(r)
+        return out
 
     def run(self, *, text: str | None = None, image: Path | None = None, image_bytes: bytes | None = None,
-            item: int | None = None, target: str = "any", k: int = 10, offset: int = 0,
-            where: Any = None) -> SearchOutcome:
-        """Encode the query and search: results ``offset`` to ``offset + k`` and where the time went.
-        ``where`` is a SQLAlchemy condition on catalog items (structured filters), applied at hydration."""
-        t0 = time.perf_counter()
-        vec = self.query_vector(text=text, image=image, image_bytes=image_bytes, item=item)
-        encode_ms = (time.perf_counter() - t0) * 1000
-        outcome = self.search_vector(vec, target=target, k=k, offset=offset, where=where,
-                                     exclude={int(item)} if item is not None else set())
-        outcome.timings.encode_ms = encode_ms
-        return outcome
-
-    def search_vector(self, vec: np.ndarray, *, target: str = "any", k: int = 10, offset: int = 0,
-                      exclude: set[int] | None = None, where: Any = None) -> SearchOutcome:
+            audio: Path | None = None, audio_bytes: bytes | None = None, item: int | None = None,
+            target: str = "any", k: int = 10, offset: int = 0, where: Any = None) -> SearchOutcome:
+        """Encode the query, search every route and merge: results ``offset`` to ``offset + k`` and where
+        the time went. ``where`` is a SQLAlchemy condition on catalog items (structured filters), applied
+        at hydration."""
         if target not in TARGETS:
             raise UserError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
         if not 1 <= k + offset <= MAX_K or k < 1 or offset < 0:
             raise UserError(f"k must be at least 1 and k + offset at most {MAX_K}, not k={k}, offset={offset}")
-        exclude = exclude or set()
+        t0 = time.perf_counter()
+        q = self._query(text=text, image=image, image_bytes=image_bytes, audio=audio, audio_bytes=audio_bytes,
+                        item=item)
+        routes = self.routes(q.modality, target)
+        vectors: list[np.ndarray] = []
+        for r in routes:
+            if r.method == "aligned-ip" and self.alignment is None:
+                raise UserError(f"collection {self.collection!r} has no clap -> clip alignment yet: run `xmodal "
+                                "index` again to fit it")
+            if r.map_query:
+                assert self._alignment is not None
+                vectors.append(self._alignment.apply(self._vector(q, "clap", text=text, item=item)[None])[0])
+            else:
+                vectors.append(self._vector(q, r.space, text=text, item=item))
+        encode_ms = (time.perf_counter() - t0) * 1000
+        timings = Timings(encode_ms=encode_ms)
         want = k + offset
-        loaded = self.loaded  # one version for the whole request, even if a newer one is swapped in meanwhile
-        part_names = sorted(loaded.parts) if target == "any" else [target] if target in loaded.parts else []
-        total = sum(int(loaded.parts[p].ntotal) for p in part_names)
-        query = np.ascontiguousarray(vec, dtype=np.float32).reshape(1, -1)
+        # routes that share a space and a method give comparable scores: one list, merged by score
+        groups: dict[tuple[str, str], list[tuple[Route, np.ndarray]]] = {}
+        for r, v in zip(routes, vectors, strict=True):
+            groups.setdefault((r.space, r.method), []).append((r, v))
+        lists = [self._search_group(members, want, q.exclude, where, timings) for members in groups.values()]
+        fusion = None
+        if len(lists) <= 1:
+            results = lists[0] if lists else []
+        else:
+            fusion = f"rrf(k={RRF_K})"
+            results = _fuse(lists)
+        page = results[offset:want]
+        self._add_segments(page, q, text=text, item=item)
+        return SearchOutcome(page, timings, self._loaded(self.primary).version if self.primary in self._spaces
+                             else 0, self.versions,
+                             [{"target": r.target, "space": r.space, "method": r.method} for r in routes], fusion)
+
+    def _search_group(self, members: list[tuple[Route, np.ndarray]], want: int, exclude: set[int], where: Any,
+                      timings: Timings) -> list[SearchResult]:
+        """Search the parts of one space with their query vectors; hydrate, skipping hidden items, and
+        look further when many are hidden."""
+        space, method = members[0][0].space, members[0][0].method
+        loaded = self._loaded(space)
+        searches = [(r.target, np.ascontiguousarray(v, dtype=np.float32).reshape(1, -1)) for r, v in members
+                    if r.target in loaded.parts]
+        total = sum(int(loaded.parts[part].ntotal) for part, _ in searches)
         fetch = min(total, want + len(exclude) + 16)
-        timings = Timings()
         results: list[SearchResult] = []
         while fetch > 0:
             t0 = time.perf_counter()
             candidates: list[tuple[float, int]] = []
-            for name in part_names:
-                scores, ids = ann_search(loaded.parts[name], query, fetch, loaded.recipes.get(name))
+            for part, query in searches:
+                scores, ids = ann_search(loaded.parts[part], query, fetch, loaded.recipes.get(part))
                 candidates += [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
             candidates.sort(key=lambda c: -c[0])
             t1 = time.perf_counter()
@@ -262,13 +451,72 @@ class Searcher:
                 it = items.get(item_id)
                 if it is None or item_id in exclude or it.status != STATUS_OK:
                     continue
-                results.append(SearchResult(item_id, it.uri, it.modality, score, it.meta or {}, self.SPACE, "ip"))
+                results.append(SearchResult(item_id, it.uri, it.modality, score, it.meta or {}, space, method))
                 if len(results) == want:
                     break
             if len(results) >= want or fetch >= total:
                 break
             fetch = min(total, fetch * 4)  # many hidden (deleted or filtered out) items: look further
-        return SearchOutcome(results[offset:], timings, loaded.version)
+        return results
+
+    def search_vector(self, vec: np.ndarray, *, target: str = "any", k: int = 10, offset: int = 0,
+                      exclude: set[int] | None = None, where: Any = None) -> SearchOutcome:
+        """A vector of the primary space against its parts (``any``: all of them, merged by score)."""
+        if target not in TARGETS:
+            raise UserError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+        if not 1 <= k + offset <= MAX_K or k < 1 or offset < 0:
+            raise UserError(f"k must be at least 1 and k + offset at most {MAX_K}, not k={k}, offset={offset}")
+        loaded = self.loaded
+        parts = sorted(loaded.parts) if target == "any" else [target]
+        members = [(Route("vector", p, self.primary, "ip"), vec) for p in parts]
+        timings = Timings()
+        results = self._search_group(members, k + offset, exclude or set(), where, timings)
+        return SearchOutcome(results[offset:], timings, loaded.version, self.versions)
+
+    # long audio: the best window ---------------------------------------------------------------
+
+    def _add_segments(self, results: list[SearchResult], q: _Query, *, text: str | None, item: int | None) -> None:
+        """For audio results pooled from several windows: the window that matches the query best."""
+        for r in results:
+            if r.modality != "audio" or int(r.metadata.get("windows", 1) or 1) < 2:
+                continue
+            win = self._item_windows(r.id)
+            if win is None:
+                continue
+            if r.space == "clap":
+                scores = win.vectors @ self._vector(q, "clap", text=text, item=item)
+            elif self._alignment is not None:  # image -> audio: windows carried into clip like the item
+                scores = self._alignment.apply(win.vectors) @ self._vector(q, "clip", text=text, item=item)
+            else:
+                continue
+            best = int(np.argmax(scores))
+            r.segment = {"start_s": round(float(win.spans[best][0]), 3), "end_s": round(float(win.spans[best][1]), 3),
+                         "score": round(float(scores[best]), 6), "window": best}
+
+    def _item_windows(self, item_id: int) -> Windows | None:
+        where = self.catalog.vector_location(item_id, "clap")
+        if where is None:
+            return None
+        path, row = where
+        key = (item_id, f"{path}:{row}")
+        if key not in self._windows:
+            if len(self._windows) > 4096:
+                self._windows.clear()
+            self._windows[key] = read_windows(self.layout.absolute(path), [row]).get(row)
+        return self._windows[key]
 
     def close(self) -> None:
         self.catalog.close()
+
+
+def _fuse(lists: list[list[SearchResult]]) -> list[SearchResult]:
+    """Reciprocal rank fusion of per-space lists: scores of different spaces are not comparable, ranks are."""
+    fused: dict[int, SearchResult] = {}
+    for results in lists:
+        for rank, r in enumerate(results, 1):
+            score = 1.0 / (RRF_K + rank)
+            if r.id in fused:
+                fused[r.id].score += score
+                continue
+            fused[r.id] = SearchResult(r.id, r.uri, r.modality, score, r.metadata, r.space, "rrf", r.score)
+    return sorted(fused.values(), key=lambda r: -r.score)

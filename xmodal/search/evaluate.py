@@ -22,7 +22,7 @@ from xmodal.errors import UserError
 from xmodal.search.engine import Searcher
 from xmodal.storage.uris import path_to_uri, uri_to_path
 
-QUERY_KEYS = ("text", "image", "item")
+QUERY_KEYS = ("text", "image", "audio", "item")
 
 
 def _candidates(value: str, bases: list[Path]) -> set[str]:
@@ -77,9 +77,9 @@ def evaluate(searcher: Searcher, queries_file: Path, *, k: int = 10, progress: b
         kind = next(key for key in QUERY_KEYS if key in q)
         value = q[kind]
         kwargs: dict[str, Any] = {}
-        if kind == "image":
+        if kind in ("image", "audio"):
             options = [Path(value)] if os.path.isabs(value) else [b / value for b in bases]
-            kwargs["image"] = next((p for p in options if p.exists()), options[0])
+            kwargs[kind] = next((p for p in options if p.exists()), options[0])
         elif kind == "item":
             try:
                 kwargs["item"] = int(value)

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -152,6 +153,23 @@ class IndexVersion(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class Alignment(Base):
+    """A linear map from one space into another (``clap`` -> ``clip``), fitted on a text bank."""
+
+    __tablename__ = "alignments"
+    __table_args__ = (UniqueConstraint("collection_id", "source", "target"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
+    source: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(64))  # hash of both models' identities and the bank: refit when it moves
+    rows: Mapped[int] = mapped_column(Integer)
+    cols: Mapped[int] = mapped_column(Integer)
+    matrix: Mapped[bytes] = mapped_column(LargeBinary)  # float32, row-major (rows = source dim)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 @dataclass(frozen=True)
 class ItemState:
     """What the scanner compares a file against."""
@@ -266,6 +284,23 @@ class Catalog:
                 return space
             check_same_model({**space.model, "family": space.family}, {**model, "family": family})
             return space
+
+    def alignment(self, collection_id: int, source: str, target: str) -> Alignment | None:
+        with self.Session() as s:
+            return s.scalar(select(Alignment).where(
+                Alignment.collection_id == collection_id, Alignment.source == source, Alignment.target == target))
+
+    def save_alignment(self, collection_id: int, source: str, target: str, key: str, matrix: Any,
+                       metrics: dict[str, Any]) -> None:
+        """Replace the collection's source -> target alignment, in one transaction."""
+        import numpy as np
+
+        m = np.ascontiguousarray(matrix, dtype=np.float32)
+        with self.Session.begin() as s:
+            s.execute(delete(Alignment).where(
+                Alignment.collection_id == collection_id, Alignment.source == source, Alignment.target == target))
+            s.add(Alignment(collection_id=collection_id, source=source, target=target, key=key,
+                            rows=int(m.shape[0]), cols=int(m.shape[1]), matrix=m.tobytes(), metrics=metrics))
 
     # items ------------------------------------------------------------------------------------
 

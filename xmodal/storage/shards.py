@@ -38,9 +38,14 @@ class ShardInfo:
 
 
 def write_shard(
-    path: Path, ids: np.ndarray, vectors: np.ndarray, content_hashes: list[str], meta: dict[str, Any]
+    path: Path, ids: np.ndarray, vectors: np.ndarray, content_hashes: list[str], meta: dict[str, Any],
+    windows: list[Windows | None] | None = None,
 ) -> ShardInfo:
-    """Write a shard atomically at ``path`` (temp file, fsync, rename, fsync dir)."""
+    """Write a shard atomically at ``path`` (temp file, fsync, rename, fsync dir).
+
+    ``windows``: per row, the window vectors and (start, end) seconds an audio item's vector pools,
+    or None; stored in ``window_vectors`` / ``window_spans`` list columns (null for other rows).
+    """
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or len(ids) != len(vectors) or len(content_hashes) != len(ids):
@@ -50,7 +55,12 @@ def write_shard(
         raise ValueError("refusing to write non-finite vectors to a shard")
     dim = vectors.shape[1]
     vector_col = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), dim)
-    table = pa.table({"item_id": pa.array(ids), "vector": vector_col, "content_hash": pa.array(content_hashes)})
+    columns: dict[str, Any] = {"item_id": pa.array(ids), "vector": vector_col, "content_hash": pa.array(content_hashes)}
+    if windows is not None and any(w is not None for w in windows):
+        if len(windows) != len(ids):
+            raise ValueError(f"shard shapes disagree: ids {ids.shape}, windows {len(windows)}")
+        columns.update(_window_columns(windows, dim))
+    table = pa.table(columns)
     full_meta = {**meta, "dim": dim}
     table = table.replace_schema_metadata({META_KEY: json.dumps(full_meta, sort_keys=True).encode()})
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,6 +76,42 @@ def write_shard(
             tmp.unlink()
     fsync_dir(path.parent)
     return ShardInfo(path=path, rows=len(ids), sha256=digest, bytes=size)
+
+
+@dataclass(frozen=True)
+class Windows:
+    """The window vectors (n, dim) of one audio item and the (start, end) seconds of each window."""
+
+    vectors: np.ndarray
+    spans: np.ndarray  # (n, 2) float32
+
+
+def _window_columns(windows: list[Windows | None], dim: int) -> dict[str, pa.Array]:
+    vec_type = pa.list_(pa.list_(pa.float32(), dim))
+    span_type = pa.list_(pa.list_(pa.float32(), 2))
+    vecs = [None if w is None else np.asarray(w.vectors, dtype=np.float32).tolist() for w in windows]
+    spans = [None if w is None else np.asarray(w.spans, dtype=np.float32).tolist() for w in windows]
+    for w in windows:
+        if w is not None and (w.vectors.shape[1:] != (dim,) or len(w.spans) != len(w.vectors)
+                              or not np.isfinite(w.vectors).all()):
+            raise ValueError("window vectors must be finite, (n, dim), one span each")
+    return {"window_vectors": pa.array(vecs, type=vec_type), "window_spans": pa.array(spans, type=span_type)}
+
+
+def read_windows(path: Path, rows: list[int]) -> dict[int, Windows]:
+    """The windows of the given rows (those that have any); other rows are left out."""
+    pf = pq.ParquetFile(path)
+    if "window_vectors" not in pf.schema_arrow.names:
+        return {}
+    table = pf.read(columns=["window_vectors", "window_spans"])
+    out: dict[int, Windows] = {}
+    vec_col, span_col = table.column("window_vectors"), table.column("window_spans")
+    for row in rows:
+        vecs = vec_col[row].as_py()
+        if vecs is None:
+            continue
+        out[row] = Windows(np.asarray(vecs, dtype=np.float32), np.asarray(span_col[row].as_py(), dtype=np.float32))
+    return out
 
 
 def shard_meta(path: Path) -> dict[str, Any]:

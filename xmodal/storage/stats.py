@@ -26,9 +26,13 @@ def collection_stats(catalog: Catalog, collection: str, *, failures_limit: int |
             indexes[space.name] = {"version": published.version, "kind": published.kind,
                                    "vectors": published.n_vectors, "bytes": published.bytes,
                                    "built_at": published.created_at.isoformat(), "build_s": published.build_s,
-                                   "parts": parts}
+                                   "parts": parts, "aligned": (published.summary or {}).get("aligned")}
+    row = catalog.alignment(cid, "clap", "clip")
+    alignment = None if row is None else {
+        "source": row.source, "target": row.target, "fitted_at": row.created_at.isoformat(), **(row.metrics or {})}
     return {
         "collection": collection,
+        "alignment": alignment,
         "items": catalog.counts(cid),
         "failed": [{"uri": u, "reason": r} for u, r in catalog.failures(cid, limit=failures_limit)],
         "spaces": spaces,
