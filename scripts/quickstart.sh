@@ -3,7 +3,7 @@
 #
 #   scripts/quickstart.sh ~/Pictures ~/notes            # model from XMODAL_CLIP_* (default ViT-B-32/laion2b)
 #   XMODAL_CLIP_PRETRAINED=/models/vit-b-32.bin scripts/quickstart.sh ~/Pictures   # offline: local checkpoint
-#   scripts/quickstart.sh --demo                        # offline plumbing check: random-weights tiny model
+#   scripts/quickstart.sh --demo                        # offline plumbing check: random-weights tiny models
 #
 # Env: XMODAL_HOME (data dir, default ./xmodal-data), XMODAL_COLLECTION (default "media"),
 #      XMODAL_QUERY (the search to run at the end, default "a photo").
@@ -12,19 +12,21 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-python3}
 [ -x "$repo/.venv/bin/python" ] || "$python" -m venv "$repo/.venv"
 "$repo/.venv/bin/python" -m pip install --quiet --upgrade pip
-"$repo/.venv/bin/python" -m pip install --quiet -e "$repo"
+"$repo/.venv/bin/python" -m pip install --quiet -e "$repo[audio]"
 xmodal="$repo/.venv/bin/xmodal"
 collection=${XMODAL_COLLECTION:-media}
 query=${XMODAL_QUERY:-a photo}
 
 if [ "${1:-}" = "--demo" ]; then
   demo=${XMODAL_HOME:-$PWD/xmodal-data}/demo
-  echo "demo: a tiny open_clip model with RANDOM weights (plumbing check, not search quality) in $demo"
+  echo "demo: tiny open_clip and CLAP models with RANDOM weights (plumbing check, not search quality) in $demo"
   "$repo/.venv/bin/python" "$repo/scripts/make_tiny_clip.py" "$demo/model" >/dev/null
-  "$repo/.venv/bin/python" -c "from xmodal.bench import generate_photos; from pathlib import Path; \
-generate_photos(Path('$demo/media'), 48, size=(320, 240))"
+  "$repo/.venv/bin/python" "$repo/scripts/make_tiny_clap.py" "$demo/clap" >/dev/null 2>&1
+  "$repo/.venv/bin/python" -c "from xmodal.bench import generate_photos, generate_sounds; from pathlib import Path; \
+generate_photos(Path('$demo/media'), 48, size=(320, 240)); generate_sounds(Path('$demo/media'), 12)"
   export XMODAL_CLIP_MODEL="$demo/model/xmodal-tiny-clip.json"
   export XMODAL_CLIP_PRETRAINED="$demo/model/xmodal-tiny-clip.pt"
+  export XMODAL_AUDIO_MODEL="$demo/clap"
   set -- "$demo/media"
 fi
 if [ "$#" -eq 0 ]; then

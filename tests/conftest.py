@@ -22,6 +22,12 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     return str(model_arg), str(ckpt)
 
 
+@pytest.fixture(scope="session")
+def tiny_clap(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """--audio-model: a folder with a tiny random-weights CLAP model and its processor."""
+    return str(load_script("make_tiny_clap").make_clap(tmp_path_factory.mktemp("tiny-clap")))
+
+
 def _pg_schema_url(base: str) -> Iterator[str]:
     """A fresh schema per test on the PostgreSQL server, dropped afterwards."""
     import sqlalchemy as sa

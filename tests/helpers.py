@@ -63,6 +63,33 @@ def write_texts(folder: Path, texts: dict[str, str]) -> list[Path]:
     return out
 
 
+def sound(seed: int, seconds: float = 3.0, rate: int = 48_000) -> np.ndarray:
+    """A distinct, sound-effect-like mono clip: a few seeded tones with moving envelopes, plus noise.
+    Its character changes every few seconds, so the windows of a long clip differ from each other."""
+    rng = np.random.default_rng(1000 + seed)
+    t = np.arange(int(seconds * rate)) / rate
+    out = np.zeros_like(t)
+    for _ in range(4):
+        freq = rng.uniform(80, 6000)
+        env = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.05, 0.4) * t + rng.uniform(0, 6.3))
+        out += rng.uniform(0.05, 0.25) * env * np.sin(2 * np.pi * freq * t + rng.uniform(0, 6.3))
+    out += 0.02 * rng.standard_normal(len(t))
+    return (0.8 * out / np.max(np.abs(out))).astype(np.float32)
+
+
+def write_sounds(folder: Path, n: int, *, start: int = 0, ext: str = "wav", seconds: float = 3.0,
+                 rate: int = 48_000) -> list[Path]:
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(start, start + n):
+        p = folder / f"sound_{i:04d}.{ext}"
+        sf.write(p, sound(i, seconds, rate), rate)
+        paths.append(p)
+    return paths
+
+
 def cli_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> Any:
     """Run the CLI in-process with --json and parse what it printed."""
     from xmodal.cli import main
@@ -72,6 +99,22 @@ def cli_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> Any:
     out = capsys.readouterr().out
     assert code == 0, out
     return json.loads(out)
+
+
+class Crash(Exception):
+    """What a test's crash hook raises inside the indexer (a stand-in for SIGKILL at that point)."""
+
+
+def crash_once_at(point: str) -> Any:
+    """A ``crash_at`` hook for the indexer that raises :class:`Crash` the first time it reaches ``point``."""
+    state = {"armed": True}
+
+    def hook(where: str) -> None:
+        if where == point and state["armed"]:
+            state["armed"] = False
+            raise Crash(where)
+
+    return hook
 
 
 class CrashOnWidth:
@@ -97,14 +140,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(env: dict[str, str], log: Path, collection: str, *, ready_seconds: float = 60,
+def serving(env: dict[str, str], log: Path, *collections: str, ready_seconds: float = 60,
             **extra_env: str) -> Iterator[str]:
-    """`xmodal serve` as a subprocess; yields its base URL once /readyz answers 200; always stopped."""
+    """`xmodal serve` of some collections as a subprocess; yields its base URL once /readyz answers 200;
+    always stopped."""
     port = free_port()
     xmodal = str(Path(sys.executable).with_name("xmodal"))
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [xmodal, "serve", "--host", "127.0.0.1", "--port", str(port), "--collection", collection],
+            [xmodal, "serve", "--host", "127.0.0.1", "--port", str(port), "--collection", *collections],
             env={**env, **extra_env}, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:

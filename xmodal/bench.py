@@ -48,6 +48,25 @@ def generate_photos(folder: Path, n: int, *, size: tuple[int, int] = (1024, 768)
     return paths
 
 
+def generate_sounds(folder: Path, n: int, *, seconds: float = 5.0, rate: int = 44_100, seed: int = 0) -> list[Path]:
+    """Sound-effect-like FLAC clips: seeded tones with moving envelopes over noise (needs the audio extra)."""
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    paths = []
+    for i in range(n):
+        x = 0.02 * rng.standard_normal(len(t))
+        for _ in range(4):
+            env = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.05, 0.5) * t + rng.uniform(0, 6.3))
+            x += rng.uniform(0.05, 0.25) * env * np.sin(2 * np.pi * rng.uniform(80, 6000) * t)
+        path = folder / f"sound_{i:06d}.flac"
+        sf.write(path, (0.8 * x / np.max(np.abs(x))).astype(np.float32), rate)
+        paths.append(path)
+    return paths
+
+
 def model_only_rate(settings: Settings, sources: list[Path], *, repeats: int = 1) -> tuple[float, int, str]:
     """Images/s of the encoder's forward pass alone, on the same files, decoded beforehand."""
     record = resolve_model("open_clip", settings.clip_model, settings.clip_pretrained)

@@ -203,7 +203,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
             extra = "" if part["kind"] == "flat" else (
                 f", nlist {part['nlist']}, m {part['m']}, nprobe {part['nprobe']}, "
                 f"recall@10 {part['recall@10']}")
-            print(f"    {modality}: {part['kind']}, {part['vectors']} vectors{extra}")
+            aligned = ix.get("aligned") or {}
+            via = f" (aligned from {aligned['source']})" if modality in aligned.get("parts", []) else ""
+            print(f"    {modality}: {part['kind']}, {part['vectors']} vectors{extra}{via}")
     print(f"  device: {stats['device']}")
     if stats["failed"]:
         print(f"  failed ({len(stats['failed'])}):")

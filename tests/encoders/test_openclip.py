@@ -278,17 +278,17 @@ def test_names_resolve_without_network_or_weights() -> None:
 
 
 def test_families_and_unknown_family(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert "open_clip" in families()
-    with pytest.raises(UserError, match=r"unknown encoder family 'clap'; known: open_clip"):
-        resolve_model("clap", "x", None)
-    with pytest.raises(UserError, match="known: open_clip"):
-        load_encoder("clap", {}, "cpu")
+    assert families() == ["clap", "open_clip"]
+    with pytest.raises(UserError, match=r"unknown encoder family 'whisper'; known: clap, open_clip"):
+        resolve_model("whisper", "x", None)
+    with pytest.raises(UserError, match="known: clap, open_clip"):
+        load_encoder("whisper", {}, "cpu")
     monkeypatch.setattr(registry, "_LOADERS", dict(registry._LOADERS))
     monkeypatch.setattr(registry, "_RESOLVERS", dict(registry._RESOLVERS))
     register_family("fake", resolve=lambda m, p: {"family": "fake", "model": m}, load=lambda r, d: r)  # type: ignore[arg-type,return-value]
-    assert families() == ["fake", "open_clip"]
+    assert families() == ["clap", "fake", "open_clip"]
     assert resolve_model("fake", "m", None) == {"family": "fake", "model": "m"}
-    with pytest.raises(UserError, match="known: fake, open_clip"):
+    with pytest.raises(UserError, match="known: clap, fake, open_clip"):
         resolve_model("nope", "m", None)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import CrashOnWidth, photo, write_photos
+from helpers import Crash, CrashOnWidth, crash_once_at, photo, write_photos
 
 from xmodal.encoders import load_encoder, resolve_model
 from xmodal.indexer.decode import DecodeConfig, DecodeTask
@@ -34,21 +34,6 @@ def test_a_worker_that_dies_costs_only_its_own_file(settings, tmp_path):
     (dead,) = [d for d in out if d.error is not None]
     assert dead.item_id == 17 and "crashed" in dead.error
     assert len(out) == len(paths)
-
-
-class Crash(Exception):
-    pass
-
-
-def crash_once_at(point: str):
-    state = {"armed": True}
-
-    def hook(where: str) -> None:
-        if where == point and state["armed"]:
-            state["armed"] = False
-            raise Crash(where)
-
-    return hook
 
 
 def _search_all(settings, collection: str, n: int) -> list[tuple[str, float]]:

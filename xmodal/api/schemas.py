@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Target = Literal["any", "image", "text"]
+Target = Literal["any", "image", "text", "audio"]
 MAX_K = 100
 MAX_OFFSET = 900  # k + offset stays within what one search may fetch (1000)
 MAX_TEXT = 1000
@@ -39,6 +39,8 @@ class ResultOut(BaseModel):
     score: float
     space: str
     method: str
+    space_score: float | None = None  # with method "rrf": the inner product in its own space
+    segment: dict[str, float] | None = None  # a long audio clip's best-matching window (start_s, end_s)
     metadata: dict[str, Any]
     media_url: str
     thumbnail_url: str | None
@@ -50,6 +52,8 @@ class SearchResponse(BaseModel):
     k: int
     offset: int
     index_version: int
+    routes: list[dict[str, str]] = []  # per target modality: the space searched and how scores came about
+    fusion: str | None = None  # how lists of different spaces were merged, when they were
     results: list[ResultOut]
     timings_ms: dict[str, float]
 

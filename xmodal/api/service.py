@@ -35,6 +35,8 @@ from xmodal.storage.uris import uri_to_path
 log = logging.getLogger(__name__)
 
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff"})
+AUDIO_TYPES = frozenset({"audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave", "audio/flac", "audio/x-flac",
+                         "audio/ogg", "audio/opus", "audio/mpeg", "audio/mp3", "audio/aiff", "audio/x-aiff"})
 
 
 class Service:
@@ -134,14 +136,14 @@ class Service:
     # search ------------------------------------------------------------------------------------
 
     def search(self, *, collection: str, text: str | None = None, item_id: int | None = None,
-               image_bytes: bytes | None = None, target: str = "any", k: int = 12, offset: int = 0,
-               filters: dict[str, Any] | None = None) -> dict[str, Any]:
+               image_bytes: bytes | None = None, audio_bytes: bytes | None = None, target: str = "any",
+               k: int = 12, offset: int = 0, filters: dict[str, Any] | None = None) -> dict[str, Any]:
         searcher = self._searcher(collection)
         where = compile_filter(filters, self.fields.get(collection, {})) if filters else None
         t0 = time.perf_counter()
         try:
-            outcome = searcher.run(text=text, item=item_id, image_bytes=image_bytes, target=target, k=k,
-                                   offset=offset, where=where)
+            outcome = searcher.run(text=text, item=item_id, image_bytes=image_bytes, audio_bytes=audio_bytes,
+                                   target=target, k=k, offset=offset, where=where)
         except QueryMediaError as exc:
             raise ApiError(*_media_status(exc.reason), str(exc)) from exc
         total_ms = (time.perf_counter() - t0) * 1000
@@ -162,7 +164,7 @@ class Service:
         t = outcome.timings
         return {
             "collection": collection, "target": target, "k": k, "offset": offset,
-            "index_version": outcome.version,
+            "index_version": outcome.version, "routes": outcome.routes, "fusion": outcome.fusion,
             "results": [
                 {**r.as_dict(), "media_url": f"/v1/items/{r.id}/media",
                  "thumbnail_url": f"/v1/items/{r.id}/thumbnail" if r.modality == "image" else None}
@@ -228,8 +230,8 @@ class Service:
 def _media_status(reason: str) -> tuple[int, str]:
     if reason.startswith("image too large") or "Mpx" in reason:
         return 422, "too_many_pixels"  # a decompression bomb: small file, huge image
-    if reason.startswith("file too large"):
+    if reason.startswith(("file too large", "audio too large")):
         return 413, "too_large"
-    if "not a recognised image" in reason or "empty" in reason:
+    if any(s in reason for s in ("not a recognised", "not an audio file", "unreadable audio", "empty")):
         return 415, "unsupported_media"
     return 422, "invalid_media"

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from xmodal.api.deps import ServiceDep, require_api_key
 from xmodal.api.errors import ApiError
 from xmodal.api.schemas import MAX_K, MAX_OFFSET, SearchRequest, SearchResponse, Target
-from xmodal.api.service import IMAGE_TYPES
+from xmodal.api.service import AUDIO_TYPES, IMAGE_TYPES
 
 router = APIRouter(prefix="/v1", tags=["search"], dependencies=[Depends(require_api_key)])
 
@@ -34,7 +34,8 @@ def _filters(raw: str | None) -> dict[str, Any] | None:
 @router.post("/search/upload", response_model=SearchResponse)
 def search_upload(
     service: ServiceDep,
-    file: Annotated[UploadFile, File(description="an image (jpeg, png, webp, gif, bmp, tiff)")],
+    file: Annotated[UploadFile, File(description="an image (jpeg, png, webp, gif, bmp, tiff) or audio "
+                                                 "(wav, flac, ogg, opus, mp3, aiff)")],
     collection: Annotated[str, Form(min_length=1, max_length=64)],
     target: Annotated[Target, Form()] = "any",
     k: Annotated[int, Form(ge=1, le=MAX_K)] = 12,
@@ -42,8 +43,10 @@ def search_upload(
     filters: Annotated[str | None, Form(max_length=20_000)] = None,
 ) -> dict[str, Any]:
     declared = (file.content_type or "").split(";")[0].strip().lower()
-    if declared not in IMAGE_TYPES:
-        raise ApiError(415, "unsupported_media",
-                       f"file type {declared or 'unknown'!r} is not accepted; send one of {', '.join(sorted(IMAGE_TYPES))}")
-    return service.search(collection=collection, image_bytes=file.file.read(), target=target, k=k, offset=offset,
-                          filters=_filters(filters))
+    if declared not in IMAGE_TYPES | AUDIO_TYPES:
+        raise ApiError(415, "unsupported_media", f"file type {declared or 'unknown'!r} is not accepted; send one of "
+                                                 f"{', '.join(sorted(IMAGE_TYPES | AUDIO_TYPES))}")
+    data = file.file.read()
+    audio = declared in AUDIO_TYPES
+    return service.search(collection=collection, image_bytes=None if audio else data, audio_bytes=data if audio else None,
+                          target=target, k=k, offset=offset, filters=_filters(filters))

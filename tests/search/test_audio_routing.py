@@ -1,0 +1,202 @@
+"""Audio beside images and text: every (query, target) pair, the router's spaces, fusion, long clips,
+look-alike clips, the alignment's reload, and a collection without audio."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+from helpers import cli_json, sound, write_photos, write_sounds, write_texts
+
+from xmodal.config import Settings
+from xmodal.encoders import align
+from xmodal.errors import UserError
+from xmodal.indexer.pipeline import index_sources
+from xmodal.search.engine import Searcher, route
+from xmodal.storage.catalog import Catalog
+
+TEXTS = {"dog.txt": "a dog barking", "glass.txt": "glass shattering on a floor", "waves.txt": "waves on a beach",
+         "bike.md": "# A red bicycle\n\nleaning on a wall"}
+PAIRS = [(q, t) for q in ("text", "image", "audio") for t in ("image", "text", "audio")]
+EXPECTED_ROUTE = {
+    ("text", "image"): ("clip", "ip"), ("text", "text"): ("clip", "ip"), ("text", "audio"): ("clap", "ip"),
+    ("image", "image"): ("clip", "ip"), ("image", "text"): ("clip", "ip"), ("image", "audio"): ("clip", "aligned-ip"),
+    ("audio", "image"): ("clip", "aligned-ip"), ("audio", "text"): ("clap", "ip"), ("audio", "audio"): ("clap", "ip"),
+}
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory, tiny_clip, tiny_clap):
+    root = tmp_path_factory.mktemp("audio-collection")
+    media = root / "media"
+    write_photos(media, 5)
+    write_texts(media, TEXTS)
+    write_sounds(media, 3, ext="wav")
+    write_sounds(media, 1, start=3, ext="flac", rate=44_100)
+    write_sounds(media, 1, start=4, ext="mp3", rate=44_100)
+    write_sounds(media, 1, start=5, ext="ogg", rate=22_050)
+    sf.write(media / "long.wav", sound(9, 25.0), 48_000)  # three windows: (0,10) (10,20) (15,25)
+    settings = Settings(home=root / "home", clip_model=tiny_clip[0], clip_pretrained=tiny_clip[1],
+                        audio_model=tiny_clap, batch_size=8, exact_threshold=1000, workers=1)
+    summary = index_sources(settings, [media], "av", progress=False)
+    return settings, media, summary
+
+
+@pytest.fixture
+def searcher(indexed):
+    s = Searcher(indexed[0].model_copy(update={"audio_model": None}), "av")  # the recorded models
+    yield s
+    s.close()
+
+
+def test_indexing_puts_each_modality_in_its_spaces(indexed):
+    settings, _, summary = indexed
+    assert summary.failed == 0 and summary.ok == 5 + 4 + 7
+    assert summary.index["clip"]["vectors"] == 5 + 4 + 7  # images, texts and the aligned audio
+    assert summary.index["clap"]["vectors"] == 4 + 7  # texts and audio
+    catalog = Catalog(settings.resolved_database_url)
+    try:
+        cid = catalog.collection_id("av")
+        by_space = {sp: sorted(m for _, m, *_ in catalog.live_vectors(cid, sp)) for sp in ("clip", "clap")}
+    finally:
+        catalog.close()
+    assert by_space["clip"] == ["image"] * 5 + ["text"] * 4
+    assert by_space["clap"] == ["audio"] * 7 + ["text"] * 4
+    m = summary.alignment
+    assert m["bank"] >= 2000 and m["held_out"] > 400 and -1 <= m["held_out_cosine_mean"] <= 1
+
+
+def _query(media: Path, modality: str) -> dict:
+    return {"text": {"text": "a dog barking"}, "image": {"image": media / "photo_0002.jpg"},
+            "audio": {"audio": media / "sound_0001.wav"}}[modality]
+
+
+@pytest.mark.parametrize(("query", "target"), PAIRS)
+def test_every_pair_returns_its_target_modality_from_the_routed_space(indexed, searcher, query, target):
+    media = indexed[1]
+    assert (route(query, target).space, route(query, target).method) == EXPECTED_ROUTE[(query, target)]
+    outcome = searcher.run(**_query(media, query), target=target, k=20)
+    expected_n = {"image": 5, "text": 4, "audio": 7}[target]
+    assert len(outcome.results) == expected_n
+    assert {r.modality for r in outcome.results} == {target}
+    space, method = EXPECTED_ROUTE[(query, target)]
+    assert {(r.space, r.method) for r in outcome.results} == {(space, method)}
+    assert outcome.routes == [{"target": target, "space": space, "method": method}] and outcome.fusion is None
+    scores = [r.score for r in outcome.results]
+    assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize(("query", "target"), PAIRS)
+def test_every_pair_works_from_the_cli(indexed, capsys, query, target):
+    settings, media, _ = indexed
+    q = _query(media, query)
+    flag, value = next(iter(q.items()))
+    out = cli_json(capsys, ["search", "--home", str(settings.home), "-c", "av", f"--{flag}", str(value),
+                            "--target", target, "-k", "3"])
+    assert len(out["results"]) == 3 and {r["modality"] for r in out["results"]} == {target}
+    assert {r["space"] for r in out["results"]} == {EXPECTED_ROUTE[(query, target)][0]}
+
+
+def test_any_fuses_the_spaces_by_reciprocal_rank(indexed, searcher):
+    outcome = searcher.run(text="glass shattering", target="any", k=16)
+    assert outcome.fusion == "rrf(k=60)"
+    assert {(r["target"], r["space"]) for r in outcome.routes} == {("image", "clip"), ("text", "clip"),
+                                                                    ("audio", "clap")}
+    assert {r.modality for r in outcome.results} == {"image", "text", "audio"}
+    assert all(r.method == "rrf" and r.space_score is not None for r in outcome.results)
+    # the best of each space's list shares the top fused score: ranks, not raw scores, decide
+    top = outcome.results[0].score
+    assert top == pytest.approx(2 / (60 + 1), rel=1e-6) or top == pytest.approx(1 / (60 + 1), rel=1e-6)
+    clap_only = [r for r in outcome.results if r.space == "clap"]
+    assert [r.space_score for r in clap_only] == sorted([r.space_score for r in clap_only], reverse=True)
+
+
+def test_a_resampled_or_trimmed_copy_finds_its_original_first(indexed, searcher, tmp_path):
+    media = indexed[1]
+    original = sound(2, 3.0)  # sound_0002.wav
+    resampled = soxr.resample(original, 48_000, 32_000)
+    sf.write(tmp_path / "resampled.flac", resampled, 32_000)
+    sf.write(tmp_path / "trimmed.wav", original[int(0.4 * 48_000): int(2.6 * 48_000)], 48_000)
+    sf.write(tmp_path / "quieter.mp3", 0.5 * original, 48_000)
+    for copy in ("resampled.flac", "trimmed.wav", "quieter.mp3"):
+        results = searcher.search(audio=tmp_path / copy, target="audio", k=3)
+        assert results[0].uri.endswith("sound_0002.wav"), (copy, [r.uri for r in results])
+    assert media.exists()
+
+
+def test_a_long_clip_reports_its_best_matching_window(indexed, searcher, tmp_path):
+    media = indexed[1]
+    long = sound(9, 25.0)
+    sf.write(tmp_path / "tail.wav", long[15 * 48_000:], 48_000)  # exactly the last window
+    results = searcher.search(audio=tmp_path / "tail.wav", target="audio", k=7)
+    hit = next(r for r in results if r.uri.endswith("long.wav"))
+    assert hit.metadata["windows"] == 3 and hit.metadata["duration_s"] == pytest.approx(25.0, abs=0.01)
+    assert hit.segment is not None
+    assert (hit.segment["start_s"], hit.segment["end_s"]) == (15.0, 25.0) and hit.segment["score"] > 0.999
+    sf.write(tmp_path / "head.wav", long[: 10 * 48_000], 48_000)
+    hit = next(r for r in searcher.search(audio=tmp_path / "head.wav", target="audio", k=7)
+               if r.uri.endswith("long.wav"))
+    assert (hit.segment["start_s"], hit.segment["end_s"]) == (0.0, 10.0)
+    short = next(r for r in results if r.uri.endswith("sound_0000.wav"))
+    assert short.segment is None  # one window: nothing to point at
+    assert media.exists()
+
+
+def test_the_alignment_is_stored_reloaded_and_reported_not_refitted(indexed, capsys):
+    settings, media, summary = indexed
+    s = Searcher(settings, "av")
+    try:
+        stored = s.alignment
+        assert stored is not None and stored.metrics == summary.alignment
+        assert stored.key == align.alignment_key(s._spaces["clap"].space.model["identity"],
+                                                 s._spaces["clip"].space.model["identity"])
+    finally:
+        s.close()
+    again = index_sources(settings, [media], "av", progress=False)
+    assert again.alignment == {} and again.embedded == 0 and not again.index["clip"]["built"]
+    stats = cli_json(capsys, ["stats", "--home", str(settings.home), "-c", "av"])
+    assert stats["alignment"]["held_out_recall@1"] == summary.alignment["held_out_recall@1"]
+    assert stats["alignment"]["source"] == "clap" and stats["index"]["clip"]["aligned"]["source"] == "clap"
+    assert stats["index"]["clip"]["parts"]["audio"]["vectors"] == 7
+
+
+def test_eval_takes_audio_queries(indexed, capsys, tmp_path):
+    settings, media, _ = indexed
+    queries = tmp_path / "q.jsonl"
+    queries.write_text("\n".join(json.dumps(q) for q in [
+        {"audio": str(media / "sound_0001.wav"), "target": "audio", "expected": [str(media / "sound_0001.wav")]},
+        {"text": "a dog barking", "target": "text", "expected": [str(media / "dog.txt")]},
+    ]) + "\n")
+    report = cli_json(capsys, ["eval", "--home", str(settings.home), "-c", "av", "--queries", str(queries)])
+    assert report["queries"] == 2 and report["per_query"][0]["rank"] == 1
+
+
+def test_a_collection_without_audio_says_so_when_asked_for_audio(tmp_path, tiny_clip, indexed):
+    media = tmp_path / "m"
+    write_photos(media, 3)
+    settings = Settings(home=tmp_path / "home", clip_model=tiny_clip[0], clip_pretrained=tiny_clip[1],
+                        exact_threshold=1000, workers=1)
+    summary = index_sources(settings, [media], "pics", progress=False)
+    assert set(summary.index) == {"clip"} and summary.alignment == {}
+    s = Searcher(settings, "pics")
+    try:
+        assert len(s.search(text="x", target="any", k=5)) == 3  # any: just what it holds
+        with pytest.raises(UserError, match="has no audio.*CLAP"):
+            s.search(text="a dog barking", target="audio")
+        with pytest.raises(UserError, match="has no audio"):
+            s.search(audio=indexed[1] / "sound_0000.wav", target="image")
+    finally:
+        s.close()
+
+
+def test_bad_audio_queries_are_user_errors(searcher, tmp_path):
+    (tmp_path / "noise.mp3").write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(UserError, match="cannot use .*noise.mp3 as an audio query"):
+        searcher.search(audio=tmp_path / "noise.mp3")
+    sf.write(tmp_path / "silence.wav", np.zeros(48_000, dtype=np.float32), 48_000)
+    with pytest.raises(UserError, match="silent"):
+        searcher.search(audio=tmp_path / "silence.wav")
