@@ -200,3 +200,19 @@ def test_bad_audio_queries_are_user_errors(searcher, tmp_path):
     sf.write(tmp_path / "silence.wav", np.zeros(48_000, dtype=np.float32), 48_000)
     with pytest.raises(UserError, match="silent"):
         searcher.search(audio=tmp_path / "silence.wav")
+
+
+def test_an_audio_only_collection_is_reachable_from_images_and_text(tmp_path, tiny_clip, tiny_clap, indexed):
+    media = tmp_path / "sfx"
+    write_sounds(media, 3)
+    settings = Settings(home=tmp_path / "home", clip_model=tiny_clip[0], clip_pretrained=tiny_clip[1],
+                        audio_model=tiny_clap, exact_threshold=1000, workers=1)
+    summary = index_sources(settings, [media], "sfx", progress=False)
+    assert summary.alignment and summary.index["clip"]["vectors"] == 3 and summary.index["clap"]["vectors"] == 3
+    s = Searcher(settings, "sfx")
+    try:
+        hits = s.search(image=indexed[1] / "photo_0000.jpg", target="audio", k=5)
+        assert len(hits) == 3 and {(r.space, r.method) for r in hits} == {("clip", "aligned-ip")}
+        assert len(s.search(text="thunder", k=5)) == 3
+    finally:
+        s.close()

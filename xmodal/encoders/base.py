@@ -55,3 +55,22 @@ def resolve_device(requested: str) -> str:
 
         raise UserError(f"device {requested!r} requested but CUDA is not available (use --device cpu or auto)")
     return requested
+
+
+def autocast(device: str) -> Any:
+    """CUDA autocast (bf16 where supported, else fp16) on a GPU; nothing on CPU (float32)."""
+    import contextlib
+
+    import torch
+
+    if device.startswith("cuda"):
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def unit_rows(out: Any) -> np.ndarray:
+    """A model's output tensor (n, dim) as float32 numpy rows of unit length."""
+    out = out.float()
+    out = out / out.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return np.ascontiguousarray(out.cpu().numpy(), dtype=np.float32)

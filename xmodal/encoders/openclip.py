@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from xmodal.encoders.base import ImageTransform, resolve_device
+from xmodal.encoders.base import ImageTransform, autocast, resolve_device, unit_rows
 from xmodal.encoders.files import file_record, hub_mode
 from xmodal.errors import ModelLoadError, UserError
 from xmodal.storage.layout import file_sha256
@@ -144,16 +144,10 @@ class OpenClipEncoder:
         return self._image_side
 
     def _autocast(self) -> Any:
-        torch = self._torch
-        if self.device.startswith("cuda"):
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            return torch.autocast("cuda", dtype=dtype)
-        return contextlib.nullcontext()
+        return autocast(self.device)
 
     def _finish(self, out: Any) -> np.ndarray:
-        out = out.float()
-        out = out / out.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return np.ascontiguousarray(out.cpu().numpy(), dtype=np.float32)
+        return unit_rows(out)
 
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:
         torch = self._torch

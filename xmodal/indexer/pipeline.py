@@ -205,6 +205,9 @@ class IndexRun:
     def _align(self, summary: RunSummary) -> LoadedAlignment | None:
         """The clap -> clip alignment, refitted when either model or the bank changed."""
         spaces = {s.name: s for s in self.catalog.spaces(self.collection_id)}
+        if "clap" in spaces and "clip" not in spaces:  # audio alone: images and text queries still reach it
+            self.encoder("clip")
+            spaces = {s.name: s for s in self.catalog.spaces(self.collection_id)}
         if not {"clip", "clap"} <= spaces.keys():
             return None
         key = align.alignment_key(spaces["clap"].model["identity"], spaces["clip"].model["identity"])

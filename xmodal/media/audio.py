@@ -39,7 +39,7 @@ import soundfile as sf
 import soxr
 
 from xmodal.errors import MediaError
-from xmodal.media.types import AUDIO_EXTENSIONS  # noqa: F401 - re-exported: the formats decoded here
+from xmodal.media.types import AUDIO_EXTENSIONS, looks_like_text  # noqa: F401 - AUDIO_EXTENSIONS re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -414,19 +414,10 @@ def _mp3_has_length_tag(data: bytes) -> bool:
 def _open_failure(data: bytes, exc: Exception) -> str:
     if getattr(exc, "code", None) in (_SF_ERR_UNRECOGNISED_FORMAT, _SFE_BAD_FILE):
         head = data[:512]
-        if _looks_like_text(head):
+        if looks_like_text(head):
             return "not an audio file: the content looks like text"
         return f"not a recognised audio format (starts with {head[:8].hex(' ')})"
     return f"unreadable audio file: {_describe(exc)}"
-
-
-def _looks_like_text(head: bytes) -> bool:
-    if b"\x00" in head:
-        return False
-    text = head.decode("utf-8", errors="replace")
-    if text.count("\ufffd") > 1:  # allow one character cut at the end of ``head``
-        return False
-    return all(ch.isprintable() or ch in "\t\n\r\f\ufffd" for ch in text)
 
 
 def _seconds(value: float, digits: int | None = None) -> str:

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from xmodal.errors import MediaError
-from xmodal.media.types import MediaLimits
+from xmodal.media.types import MediaLimits, looks_like_text
 
 logger = logging.getLogger(__name__)
 
@@ -242,18 +242,9 @@ def _unrecognised_reason(data: bytes, detail: str | None = None) -> str:
             return f"not a recognised image: corrupt {name} header" + (f" ({detail})" if detail else "")
     if detail:
         return f"not a recognised image: {detail}"
-    if _looks_like_text(head):
+    if looks_like_text(head):
         return "not a recognised image: the content looks like text"
     return f"not a recognised image: unknown format (starts with {head[:8].hex(' ')})"
-
-
-def _looks_like_text(head: bytes) -> bool:
-    if b"\x00" in head:
-        return False
-    text = head.decode("utf-8", errors="replace")
-    if text.count("\ufffd") > 1:  # allow one character cut at the end of ``head``
-        return False
-    return all(ch.isprintable() or ch in "\t\n\r\f\ufffd" for ch in text)
 
 
 def _pixels_over_limit(pixels: int, limit: int) -> str:

@@ -61,6 +61,16 @@ class MediaLimits:
         )
 
 
+def looks_like_text(head: bytes) -> bool:
+    """Whether the first bytes of a file read as text (for "not an image/audio file: it is text" reasons)."""
+    if b"\x00" in head:
+        return False
+    text = head.decode("utf-8", errors="replace")
+    if text.count("\ufffd") > 1:  # allow one character cut at the end of ``head``
+        return False
+    return all(ch.isprintable() or ch in "\t\n\r\f\ufffd" for ch in text)
+
+
 def format_bytes(n: int) -> str:
     """A byte count for people: ``"0 bytes"``, ``"1.5 KiB"``, ``"512 MiB"``."""
     if n < 1024:

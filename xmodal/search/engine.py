@@ -257,12 +257,14 @@ class Searcher:
         vec.setflags(write=False)  # shared by every request that repeats the query
         return vec
 
-    def image_vector(self, path: Path) -> np.ndarray:
+    def _query_file(self, path: Path, kind: str) -> bytes:
         try:
-            data = read_file(str(path), self.limits)
+            return read_file(str(path), self.limits)
         except MediaError as exc:
-            raise UserError(f"cannot use {path} as an image query: {exc.reason}") from exc
-        return self.image_bytes_vector(data, name=str(path))
+            raise UserError(f"cannot use {path} as an {kind} query: {exc.reason}") from exc
+
+    def image_vector(self, path: Path) -> np.ndarray:
+        return self.image_bytes_vector(self._query_file(path, "image"), name=str(path))
 
     def image_bytes_vector(self, data: bytes, *, name: str = "the upload") -> np.ndarray:
         encoder = self.encoder_for("clip")
@@ -274,11 +276,7 @@ class Searcher:
         return np.asarray(encoder.embed_images(pixels[None])[0])
 
     def audio_vector(self, path: Path) -> np.ndarray:
-        try:
-            data = read_file(str(path), self.limits)
-        except MediaError as exc:
-            raise UserError(f"cannot use {path} as an audio query: {exc.reason}") from exc
-        return self.audio_bytes_vector(data, name=str(path))
+        return self.audio_bytes_vector(self._query_file(path, "audio"), name=str(path))
 
     def audio_bytes_vector(self, data: bytes, *, name: str = "the upload") -> np.ndarray:
         """The clip's vector in the clap space: windows embedded and pooled as at indexing."""
@@ -386,10 +384,7 @@ class Searcher:
         """Encode the query, search every route and merge: results ``offset`` to ``offset + k`` and where
         the time went. ``where`` is a SQLAlchemy condition on catalog items (structured filters), applied
         at hydration."""
-        if target not in TARGETS:
-            raise UserError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-        if not 1 <= k + offset <= MAX_K or k < 1 or offset < 0:
-            raise UserError(f"k must be at least 1 and k + offset at most {MAX_K}, not k={k}, offset={offset}")
+        _check_request(target, k, offset)
         t0 = time.perf_counter()
         q = self._query(text=text, image=image, image_bytes=image_bytes, audio=audio, audio_bytes=audio_bytes,
                         item=item)
@@ -462,10 +457,7 @@ class Searcher:
     def search_vector(self, vec: np.ndarray, *, target: str = "any", k: int = 10, offset: int = 0,
                       exclude: set[int] | None = None, where: Any = None) -> SearchOutcome:
         """A vector of the primary space against its parts (``any``: all of them, merged by score)."""
-        if target not in TARGETS:
-            raise UserError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-        if not 1 <= k + offset <= MAX_K or k < 1 or offset < 0:
-            raise UserError(f"k must be at least 1 and k + offset at most {MAX_K}, not k={k}, offset={offset}")
+        _check_request(target, k, offset)
         loaded = self.loaded
         parts = sorted(loaded.parts) if target == "any" else [target]
         members = [(Route("vector", p, self.primary, "ip"), vec) for p in parts]
@@ -507,6 +499,13 @@ class Searcher:
 
     def close(self) -> None:
         self.catalog.close()
+
+
+def _check_request(target: str, k: int, offset: int) -> None:
+    if target not in TARGETS:
+        raise UserError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if not 1 <= k + offset <= MAX_K or k < 1 or offset < 0:
+        raise UserError(f"k must be at least 1 and k + offset at most {MAX_K}, not k={k}, offset={offset}")
 
 
 def _fuse(lists: list[list[SearchResult]]) -> list[SearchResult]:
