@@ -483,19 +483,29 @@ class DecodePool:
                 continue
             inflight: deque[tuple[list[DecodeTask], cf.Future[list[Decoded]]]] = deque()
             while todo or inflight:
+                broken = False
                 while todo and len(inflight) < max_inflight:
-                    chunk = todo.popleft()
-                    inflight.append((chunk, self._pool.submit(decode_many, chunk, config)))
-                chunk, fut = inflight.popleft()
-                try:
-                    yield from fut.result()
-                except cf.process.BrokenProcessPool:
-                    broken = [chunk, *(c for c, _ in inflight)]  # all earlier than what is left in todo
-                    log.warning("a decode worker died; retrying %d files one at a time",
-                                sum(len(c) for c in broken))
-                    self._restart()
-                    suspects.extend(t for c in broken for t in c)
-                    break
+                    try:  # a worker that died meanwhile breaks the pool for submit() too
+                        fut = self._pool.submit(decode_many, todo[0], config)
+                    except cf.process.BrokenProcessPool:
+                        broken = True
+                        break
+                    inflight.append((todo.popleft(), fut))
+                if not broken:
+                    chunk, fut = inflight.popleft()
+                    try:
+                        results = fut.result()
+                    except cf.process.BrokenProcessPool:
+                        inflight.appendleft((chunk, fut))
+                        broken = True
+                    else:
+                        yield from results
+                        continue
+                in_flight = [c for c, _ in inflight]  # all earlier than what is left in todo
+                log.warning("a decode worker died; retrying %d files one at a time", sum(len(c) for c in in_flight))
+                self._restart()
+                suspects.extend(t for c in in_flight for t in c)
+                break
 
     def _restart(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
