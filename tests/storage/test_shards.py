@@ -68,12 +68,7 @@ def test_empty_shard_round_trips(tmp_path: Path) -> None:
 
 
 def test_shard_of_many_row_groups_reads_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_write = pq.write_table
-
-    def small_groups(table: pa.Table, where: object, **kwargs: object) -> None:
-        real_write(table, where, row_group_size=700, **kwargs)
-
-    monkeypatch.setattr(shards.pq, "write_table", small_groups)
+    monkeypatch.setattr(shards, "ROW_GROUP", 700)
     n = 5000
     ids = np.arange(n, dtype=np.int64) * 3
     vecs = vectors(n, 64, seed=3)
@@ -198,3 +193,26 @@ def test_missing_shard_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ShardError, match="cannot read shard"):
         read_shard(tmp_path / "nope.parquet")
     assert not os.path.exists(tmp_path / "nope.parquet")
+
+
+def test_window_columns_round_trip_across_row_groups(tmp_path: Path) -> None:
+    from xmodal.storage.shards import ROW_GROUP, Windows, read_windows
+
+    n = ROW_GROUP + 10
+    rng = np.random.default_rng(0)
+    windows: list[Windows | None] = [None] * n
+    for row, k in ((3, 3), (ROW_GROUP + 5, 2)):  # one in each row group
+        windows[row] = Windows(rng.random((k, 4), dtype=np.float32),
+                               np.asarray([[i * 5.0, i * 5.0 + 10] for i in range(k)], dtype=np.float32))
+    path = tmp_path / "w.parquet"
+    write_shard(path, np.arange(n), rng.random((n, 4), dtype=np.float32), ["h"] * n, {"space": "clap"},
+                windows=windows)
+    got = read_windows(path, [3, 4, ROW_GROUP + 5])
+    assert sorted(got) == [3, ROW_GROUP + 5]  # row 4 has none
+    for row, w in got.items():
+        expected = windows[row]
+        assert expected is not None
+        assert np.array_equal(w.vectors, expected.vectors) and np.array_equal(w.spans, expected.spans)
+    with pytest.raises(ValueError, match="finite"):
+        bad = Windows(np.full((2, 4), np.nan, dtype=np.float32), np.zeros((2, 2), dtype=np.float32))
+        write_shard(tmp_path / "bad.parquet", np.arange(1), np.ones((1, 4), dtype=np.float32), ["h"], {}, windows=[bad])

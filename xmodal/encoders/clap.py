@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xmodal.encoders.base import autocast, resolve_device, unit_rows
-from xmodal.encoders.files import file_record, hub_mode
+from xmodal.encoders.files import file_record, first_line, hub_mode
 from xmodal.errors import ModelLoadError, UserError
 from xmodal.storage.layout import file_sha256
 
@@ -81,7 +81,7 @@ def resolve_record(model: str, pretrained: str | None = None) -> dict[str, Any]:
         with hub_mode():
             path = Path(snapshot_download(model, allow_patterns=["*.json", "*.txt", *WEIGHT_FILES]))
     except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise ModelLoadError(
             f"cannot load CLAP model {model} (no network and not in the Hugging Face cache?): {FLAG_HINT}. "
             f"Detail: {first[:300]}"
@@ -108,7 +108,7 @@ class ClapEncoder:
                 model = ClapModel.from_pretrained(source)
                 processor = ClapProcessor.from_pretrained(source)
         except Exception as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            first = first_line(exc)
             raise ModelLoadError(f"cannot load CLAP model {record['model']}: {first[:300]}. {FLAG_HINT}") from exc
         self._model = model.eval().to(self.device)
         self._tokenizer = processor.tokenizer
@@ -162,6 +162,11 @@ class AudioTransform:
     def __call__(self, window: np.ndarray) -> np.ndarray:
         out = self.extractor(window, sampling_rate=self.extractor.sampling_rate, return_tensors="np")
         return np.asarray(out["input_features"][0], dtype=np.float32)
+
+
+def embed_windows(encoder: Any, features: np.ndarray, batch: int) -> np.ndarray:
+    """Window vectors of window features (from one clip or several), ``batch`` windows per forward pass."""
+    return np.concatenate([encoder.embed_audio(features[i : i + batch]) for i in range(0, len(features), batch)])
 
 
 def pool_windows(vectors: np.ndarray) -> np.ndarray:

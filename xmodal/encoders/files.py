@@ -26,6 +26,11 @@ def file_record(path: Path, cached: dict[str, Any] | None = None) -> dict[str, A
     return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for one-line errors."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     host = urlparse(endpoint).hostname or "huggingface.co"

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from xmodal.encoders.base import ImageTransform, autocast, resolve_device, unit_rows
-from xmodal.encoders.files import file_record, hub_mode
+from xmodal.encoders.files import file_record, first_line, hub_mode
 from xmodal.errors import ModelLoadError, UserError
 from xmodal.storage.layout import file_sha256
 
@@ -116,7 +116,7 @@ class OpenClipEncoder:
                 )
                 self._tokenizer = open_clip.get_tokenizer(name)
         except Exception as exc:  # a bad checkpoint fails in pickle, zip, safetensors or torch: any type
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            first = first_line(exc)
             if not isinstance(exc, (RuntimeError, OSError, ValueError)):
                 kind = type(exc)  # name it: "struct.error: unpack requires ...", "IndexError: pop from ..."
                 module = "" if kind.__module__ == "builtins" else f"{kind.__module__}."

@@ -376,9 +376,13 @@ class IndexRun:
                     self._write_shard(space, out)
                     pending[space] = _Pending()
                     wrote = True
-            if outcomes and (wrote or force or len(outcomes) >= 1000) and not any(p.ids for p in pending.values()):
-                self.catalog.record_outcomes(outcomes)  # after the shards: a failure never hides a vector
-                outcomes.clear()
+            if outcomes and (wrote or force or len(outcomes) >= 1000):
+                # an outcome waits while its item still has a vector pending in another space, so that
+                # the shard commit (which sets it ok) never comes after its failure
+                waiting_ids = {i for p in pending.values() for i in p.ids}
+                ready = [o for o in outcomes if o.item_id not in waiting_ids]
+                self.catalog.record_outcomes(ready)
+                outcomes[:] = [o for o in outcomes if o.item_id in waiting_ids]
 
         if pool is not None:  # keep two batches in flight so the workers never wait on the encoder
             decoded = pool.decode(tasks, config, max_inflight=max(4 * pool.workers, -(-2 * batch // CHUNK_FILES)))
@@ -404,18 +408,16 @@ class IndexRun:
             flush()
         for space, modality in list(groups):
             encode(space, modality)
-        flush(force=True)
-        self.catalog.record_outcomes(outcomes)
+        flush(force=True)  # writes every pending shard, then every outcome
         summary.embedded = summary.ok = len(ok_ids - failed_ids)
         bar.close()
 
     def _embed_audio(self, encoder: AudioEncoder, group: list[Decoded]) -> tuple[np.ndarray, list[Windows | None]]:
         """Every window of every clip in the group, in batches; an item's vector pools its windows."""
-        from xmodal.encoders.clap import pool_windows
+        from xmodal.encoders.clap import embed_windows, pool_windows
 
         feats = np.concatenate([d.audio for d in group if d.audio is not None])
-        batch = self.settings.batch_size
-        window_vecs = np.concatenate([encoder.embed_audio(feats[i : i + batch]) for i in range(0, len(feats), batch)])
+        window_vecs = embed_windows(encoder, feats, self.settings.batch_size)
         vecs: list[np.ndarray] = []
         windows: list[Windows | None] = []
         at = 0

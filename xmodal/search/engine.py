@@ -282,7 +282,7 @@ class Searcher:
         """The clip's vector in the clap space: windows embedded and pooled as at indexing."""
         import dataclasses
 
-        from xmodal.encoders.clap import pool_windows
+        from xmodal.encoders.clap import embed_windows, pool_windows
         from xmodal.media.audio import decode_audio
 
         encoder = self.encoder_for("clap")
@@ -291,10 +291,7 @@ class Searcher:
             decoded = decode_audio(data, spec, encoder.audio_transform())
         except MediaError as exc:
             raise QueryMediaError(f"cannot use {name} as an audio query: {exc.reason}", exc.reason) from exc
-        batch = self.settings.batch_size
-        windows = np.concatenate([encoder.embed_audio(decoded.windows[i : i + batch])
-                                  for i in range(0, len(decoded.windows), batch)])
-        return pool_windows(windows)
+        return pool_windows(embed_windows(encoder, decoded.windows, self.settings.batch_size))
 
     def item_vector(self, item_id: int, space: str | None = None) -> np.ndarray:
         """The item's vector in a space where it is native, as the served version holds it (flat and

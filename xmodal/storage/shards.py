@@ -23,6 +23,7 @@ from xmodal.errors import UserError
 from xmodal.storage.layout import file_sha256, fsync_dir, fsync_file
 
 META_KEY = b"xmodal"
+ROW_GROUP = 4096  # rows per Parquet row group: a window lookup reads one group, not the shard
 
 
 class ShardError(UserError):
@@ -66,7 +67,7 @@ def write_shard(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP)
         fsync_file(tmp)
         digest = file_sha256(tmp)
         size = tmp.stat().st_size
@@ -87,30 +88,43 @@ class Windows:
 
 
 def _window_columns(windows: list[Windows | None], dim: int) -> dict[str, pa.Array]:
-    vec_type = pa.list_(pa.list_(pa.float32(), dim))
-    span_type = pa.list_(pa.list_(pa.float32(), 2))
-    vecs = [None if w is None else np.asarray(w.vectors, dtype=np.float32).tolist() for w in windows]
-    spans = [None if w is None else np.asarray(w.spans, dtype=np.float32).tolist() for w in windows]
+    """Two list columns built from flat arrays (no per-float Python objects); null where a row has none."""
     for w in windows:
         if w is not None and (w.vectors.shape[1:] != (dim,) or len(w.spans) != len(w.vectors)
                               or not np.isfinite(w.vectors).all()):
             raise ValueError("window vectors must be finite, (n, dim), one span each")
-    return {"window_vectors": pa.array(vecs, type=vec_type), "window_spans": pa.array(spans, type=span_type)}
+    present = [w for w in windows if w is not None]
+    counts = np.asarray([0 if w is None else len(w.vectors) for w in windows], dtype=np.int32)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+    mask = pa.array([w is None for w in windows])
+    flat_vecs = np.concatenate([np.asarray(w.vectors, dtype=np.float32).reshape(-1) for w in present])
+    flat_spans = np.concatenate([np.asarray(w.spans, dtype=np.float32).reshape(-1) for w in present])
+    vecs = pa.FixedSizeListArray.from_arrays(pa.array(flat_vecs, type=pa.float32()), dim)
+    spans = pa.FixedSizeListArray.from_arrays(pa.array(flat_spans, type=pa.float32()), 2)
+    return {"window_vectors": pa.ListArray.from_arrays(offsets, vecs, mask=mask),
+            "window_spans": pa.ListArray.from_arrays(offsets, spans, mask=mask)}
 
 
 def read_windows(path: Path, rows: list[int]) -> dict[int, Windows]:
-    """The windows of the given rows (those that have any); other rows are left out."""
+    """The windows of the given rows (those that have any); other rows are left out. Reads only the
+    row groups that hold them."""
     pf = pq.ParquetFile(path)
     if "window_vectors" not in pf.schema_arrow.names:
         return {}
-    table = pf.read(columns=["window_vectors", "window_spans"])
+    starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
     out: dict[int, Windows] = {}
-    vec_col, span_col = table.column("window_vectors"), table.column("window_spans")
-    for row in rows:
-        vecs = vec_col[row].as_py()
-        if vecs is None:
-            continue
-        out[row] = Windows(np.asarray(vecs, dtype=np.float32), np.asarray(span_col[row].as_py(), dtype=np.float32))
+    for group in sorted({int(np.searchsorted(starts, r, side="right")) - 1 for r in rows}):
+        table = pf.read_row_group(group, columns=["window_vectors", "window_spans"])
+        vec_col = table.column("window_vectors").combine_chunks()
+        span_col = table.column("window_spans").combine_chunks()
+        for row in rows:
+            local = row - int(starts[group])
+            if not 0 <= local < table.num_rows or not vec_col[local].is_valid:
+                continue
+            vecs = vec_col[local].values.flatten().to_numpy(zero_copy_only=False)
+            spans = span_col[local].values.flatten().to_numpy(zero_copy_only=False)
+            out[row] = Windows(np.asarray(vecs, dtype=np.float32).reshape(-1, vec_col.type.value_type.list_size),
+                               np.asarray(spans, dtype=np.float32).reshape(-1, 2))
     return out
 
 
