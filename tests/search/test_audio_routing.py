@@ -189,6 +189,8 @@ def test_a_collection_without_audio_says_so_when_asked_for_audio(tmp_path, tiny_
             s.search(text="a dog barking", target="audio")
         with pytest.raises(UserError, match="has no audio"):
             s.search(audio=indexed[1] / "sound_0000.wav", target="image")
+        with pytest.raises(UserError, match="has no audio: searching image -> audio needs"):
+            s.search(image=media / "photo_0000.jpg", target="audio")  # aligned route: still no audio
     finally:
         s.close()
 

@@ -366,12 +366,12 @@ class Searcher:
         out = []
         for t in targets:
             r = route(query, t)
-            state = self._spaces.get(r.space)
-            needs_clap = "audio" in (query, t)
-            if target == "any" and (state is None or (needs_clap and "clap" not in self._spaces)):
+            if "audio" in (query, t) and "clap" not in self._spaces:  # no audio here, not even aligned
+                if target == "any":
+                    continue
+                self._state("clap", purpose=f"searching {query} -> {t}")  # raises, saying what to do
+            if target == "any" and (r.space not in self._spaces or t not in self._loaded(r.space).parts):
                 continue  # a modality this collection does not hold
-            if target == "any" and t not in self._loaded(r.space).parts:
-                continue
             out.append(r)
         return out
 
