@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from xmodal import __version__
-from xmodal.config import Settings, load_settings
+from xmodal.config import Settings, load_settings, parse_bytes
 from xmodal.errors import UserError
 from xmodal.storage.uris import path_to_uri
 
@@ -76,6 +76,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     settings = _settings(
         args, clip_model=args.clip_model, clip_pretrained=args.clip_pretrained, audio_model=args.audio_model,
         batch_size=args.batch_size, workers=args.workers, exact_threshold=args.exact_threshold,
+        recall_target=args.recall_target, max_index_memory=args.max_index_memory,
     )
     started = time.time()
     try:
@@ -130,7 +131,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     searcher = _open_searcher(args)
     try:
         outcome = searcher.run(text=args.text, image=args.image, audio=args.audio, item=args.item,
-                               target=args.target, k=args.k)
+                               target=args.target, k=args.k, recall=args.recall)
     finally:
         searcher.close()
     results = outcome.results
@@ -139,7 +140,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         {"audio": path_to_uri(str(args.audio))} if args.audio is not None else {"item": args.item})
     if args.json:
         _dump({"collection": args.collection, "query": query, "target": args.target, "k": args.k,
-               "routes": outcome.routes, "fusion": outcome.fusion, "results": [r.as_dict() for r in results]})
+               "routes": outcome.routes, "fusion": outcome.fusion, "ann": outcome.ann,
+               "results": [r.as_dict() for r in results]})
         return 0
     if not results:
         print("no results")
@@ -171,6 +173,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    from xmodal.indexer.publish import retrain_due
     from xmodal.storage.catalog import Catalog
     from xmodal.storage.stats import collection_stats
 
@@ -178,6 +181,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
     catalog = Catalog(settings.resolved_database_url, create=False)
     try:
         stats = collection_stats(catalog, args.collection)
+        cid = catalog.collection_id(args.collection)
+        for space in catalog.spaces(cid):
+            published = catalog.published_index(cid, space.name)
+            if published is not None:
+                due = retrain_due(catalog, settings, cid, space, published.summary or {})
+                for modality, part in stats["index"][space.name]["parts"].items():
+                    part["retrain_due"] = due.get(modality)
     finally:
         catalog.close()
     stats["device"] = _device_report()
@@ -200,12 +210,17 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(f"  index {name}: version {ix['version']}, {ix['kind']}, {ix['vectors']} vectors, "
               f"{ix['bytes'] / 1e6:.2f} MB, built {ix['built_at']}")
         for modality, part in ix["parts"].items():
-            extra = "" if part["kind"] == "flat" else (
-                f", nlist {part['nlist']}, m {part['m']}, nprobe {part['nprobe']}, "
-                f"recall@10 {part['recall@10']}")
             aligned = ix.get("aligned") or {}
             via = f" (aligned from {aligned['source']})" if modality in aligned.get("parts", []) else ""
-            print(f"    {modality}: {part['kind']}, {part['vectors']} vectors{extra}{via}")
+            print(f"    {modality}: {part['recipe']}, {part['vectors']} vectors{via}")
+            if part["kind"] != "flat":
+                grown = f", grown by {part['appended']} without retraining" if part.get("appended") else ""
+                print(f"      measured on {part['probe_queries']} probes: recall@1 {part['recall@1']}, "
+                      f"recall@10 {part['recall@10']} (target {part['recall_target']}"
+                      f"{'' if part['target_met'] else ', NOT met'}), {part['latency_ms']} ms/query, "
+                      f"{part['bytes_per_vector']} B/vector in RAM + {part['store_bytes_per_vector']} B/vector "
+                      f"re-rank store; trained for {part['trained_n']} vectors{grown}")
+            print(f"      retrain due: {part['retrain_due'] or 'no'}")
     print(f"  device: {stats['device']}")
     if stats["failed"]:
         print(f"  failed ({len(stats['failed'])}):")
@@ -288,6 +303,25 @@ def _positive(value: str) -> int:
     return n
 
 
+def _fraction(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        x = float("nan")
+    if not 0.0 < x <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], not {value!r}")
+    return x
+
+
+def _memory(value: str) -> int:
+    try:
+        n = parse_bytes(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    assert n is not None
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(prog="xmodal", description="Cross-modal search: index, search, evaluate.")
@@ -302,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive)
     p.add_argument("--workers", type=int, help="decode processes (0 = cores - 1)")
     p.add_argument("--exact-threshold", type=int, help="vectors below which the index is exact")
+    p.add_argument("--recall-target", type=_fraction, metavar="R",
+                   help="recall@10 (against exact search, on held-out probes) the index is tuned for; default 0.95")
+    p.add_argument("--max-index-memory", type=_memory, metavar="SIZE",
+                   help="RAM budget of each space's index, e.g. 2GiB or 800MB (sizes the PQ codes; the re-rank "
+                        "vectors stay in RAM only if they fit too, else they are memory-mapped)")
     p.add_argument("--retry-failed", action="store_true", help="try failed files again even if unchanged")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
@@ -318,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--item", type=int)
     p.add_argument("--target", default="any", choices=["any", "image", "text", "audio"])
     p.add_argument("-k", type=_positive, default=10)
+    p.add_argument("--recall", type=_fraction, metavar="R",
+                   help="recall@10 wanted from approximate indexes: the cheapest point measured at build time "
+                        "that reaches it (lower is faster); default: the tuned point")
     p.add_argument("--json", action="store_true")
     _model_flags(p, recorded=True)
     p.set_defaults(func=cmd_search)

@@ -7,6 +7,7 @@ Derived values (database URL from the home, worker counts) are computed here and
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,11 @@ class Settings(BaseSettings):
 
     # index
     exact_threshold: int = Field(default=50_000, ge=0, description="below this many vectors: exact search")
-    recall_target: float = Field(default=0.95, gt=0, le=1.0)
+    recall_target: float = Field(default=0.95, gt=0, le=1.0, description="recall@10 the index build tunes for")
+    max_index_memory: int | None = Field(
+        default=None, description="RAM budget of one space's index (e.g. 2GiB); sizes the PQ codes and "
+        "decides whether the re-rank vectors are held in RAM (default: codes of dim/8 bytes, re-rank "
+        "vectors memory-mapped)")
 
     # service
     api_keys: str = Field(default="", description="comma-separated API keys; empty = no auth")
@@ -71,6 +76,11 @@ class Settings(BaseSettings):
     @property
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    @field_validator("max_index_memory", mode="before")
+    @classmethod
+    def _memory_size(cls, value: Any) -> int | None:
+        return parse_bytes(value)
 
     @field_validator("home", mode="after")
     @classmethod
@@ -108,3 +118,33 @@ class Settings(BaseSettings):
 def load_settings(**overrides: Any) -> Settings:
     """Settings from env/TOML, with non-None keyword overrides (CLI flags) on top."""
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def parse_bytes(text: str | int | None) -> int | None:
+    """``"512MB"``, ``"2GiB"``, ``"1.5G"``, ``"1000000"`` -> bytes (None / "" -> None). SI units are
+    powers of 1000, IEC (KiB, MiB, GiB, TiB) and bare letters (K, M, G, T) powers of 1024."""
+    if isinstance(text, bool):
+        raise ValueError(f"cannot read {text!r} as a memory size")
+    if isinstance(text, int):
+        if text <= 0:
+            raise ValueError(f"a memory size must be > 0 bytes, not {text}")
+        return text
+    if text is None:
+        return None
+    s = str(text).strip().replace(" ", "")
+    if not s:
+        return None
+    units = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4,
+             "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+             "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+    i = len(s)
+    while i and s[i - 1].isalpha():
+        i -= 1
+    number, unit = s[:i], s[i:].lower()
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in units or not value > 0 or not math.isfinite(value):
+        raise ValueError(f"cannot read {text!r} as a memory size: use e.g. 512MB, 2GiB or a number of bytes")
+    return int(value * units[unit])

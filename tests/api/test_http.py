@@ -101,6 +101,11 @@ def test_search_by_text_with_target_and_pagination(server: Server) -> None:
     ids = [r["id"] for r in page["results"]]
     assert [r["id"] for r in first["results"]] + [r["id"] for r in second["results"]] == ids
     assert all(r["thumbnail_url"] for r in page["results"])
+    # a request may name a recall point; an exact index answers the same, and says it is exact
+    at = ok(c.post("/v1/search", json={"collection": "shop", "text": "a photo", "target": "image", "k": 8,
+                                       "recall": 0.5}))
+    assert [r["id"] for r in at["results"]] == ids
+    assert at["ann"] == {"clip/image": {"kind": "flat"}}
 
 
 def test_upload_finds_the_image_and_filters_apply(server: Server) -> None:
@@ -149,6 +154,9 @@ def test_bad_requests_are_4xx_json(server: Server) -> None:
     c = server.client
     cases = [
         ({"collection": "shop", "text": "x", "k": 0}, 422),
+        ({"collection": "shop", "text": "x", "recall": 0}, 422),
+        ({"collection": "shop", "text": "x", "recall": 1.5}, 422),
+        ({"collection": "shop", "text": "x", "recall": "most"}, 422),
         ({"collection": "shop", "text": "x", "k": 101}, 422),
         ({"collection": "shop", "text": "x" * 1001}, 422),
         ({"collection": "shop", "text": "x", "item_id": 1}, 422),

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import faiss
 import pytest
 
+from xmodal.config import parse_bytes
 from xmodal.errors import UserError
-from xmodal.indexer.recipe import RECIPE_KINDS, IndexRecipe, choose_m, choose_recipe, recipe_kind
+from xmodal.indexer.recipe import (
+    RECIPE_KINDS,
+    IndexRecipe,
+    choose_m,
+    choose_recipe,
+    estimate_bytes,
+    recipe_kind,
+    retrain_reason,
+)
 
 THRESHOLD = 1000
 SIZES = [THRESHOLD, 1000, 20_000, 10**6, 10**8]
@@ -50,8 +61,8 @@ def test_parameters_valid_for_faiss(n: int, dim: int) -> None:
     assert dim // r.m <= 16
     assert 4 <= r.nbits <= 8 and n >= 2**r.nbits
     assert 1 <= r.nprobe <= r.nlist
-    assert r.nprobe == max(1, r.nlist // 16)
-    assert r.refine
+    assert r.nprobe == max(1, r.nlist // 64)
+    assert r.rerank == "mmap" and r.opq is None  # no budget: re-rank vectors mapped; OPQ measured at build
     if n >= 256 * 39:
         assert r.nbits == 8
     # FAISS accepts the combination (constructing validates m | d and nbits)
@@ -60,9 +71,9 @@ def test_parameters_valid_for_faiss(n: int, dim: int) -> None:
 
 def test_nlist_grows_with_sqrt_n() -> None:
     r = choose_recipe(10**6, 512, exact_threshold=THRESHOLD)
-    assert 2048 <= r.nlist <= 8192  # 4*sqrt(1e6) = 4000
+    assert r.nlist == 2048  # 4*sqrt(1e6) = 4000, rounded down
     r = choose_recipe(10**8, 512, exact_threshold=THRESHOLD)
-    assert 16384 <= r.nlist <= 65536  # 4*sqrt(1e8) = 40000
+    assert r.nlist == 32768  # 4*sqrt(1e8) = 40000, rounded down
     r = choose_recipe(20_000, 512, exact_threshold=THRESHOLD)
     assert r.nlist <= 20_000 // 39
 
@@ -110,3 +121,76 @@ def test_invalid_sizes() -> None:
         choose_recipe(-1, 64, exact_threshold=10)
     with pytest.raises(ValueError):
         choose_recipe(10, 0, exact_threshold=10)
+
+
+def test_default_recipe_fits_80_bytes_per_vector_at_a_million() -> None:
+    r = choose_recipe(10**6, 512, exact_threshold=50_000)
+    assert (r.m, r.nbits, r.rerank) == (64, 8, "mmap")
+    assert estimate_bytes(r, 10**6, 512) / 10**6 <= 80
+
+
+@pytest.mark.parametrize("n", [60_000, 10**6, 10**7])
+@pytest.mark.parametrize("budget_per_vector", [20, 40, 80, 200])
+def test_budget_sizes_the_codes(n: int, budget_per_vector: int) -> None:
+    budget = n * budget_per_vector
+    unbudgeted = choose_recipe(n, 512, exact_threshold=50_000)
+    coarsest = dataclasses.replace(unbudgeted, m=8)
+    if estimate_bytes(coarsest, n, 512) > budget:
+        with pytest.raises(UserError, match="raise the budget"):
+            choose_recipe(n, 512, exact_threshold=50_000, max_memory=budget)
+        return
+    r = choose_recipe(n, 512, exact_threshold=50_000, max_memory=budget)
+    assert r.kind == "ivfpq"
+    assert estimate_bytes(r, n, 512) <= budget
+    assert 512 % r.m == 0 and 8 <= r.m <= 64
+    # the largest code within the budget, up to the default dim/8
+    for m in (16, 32, 64):
+        if m > r.m:
+            assert estimate_bytes(dataclasses.replace(r, m=m), n, 512) > budget
+
+
+def test_budget_holds_rerank_vectors_in_ram_only_when_they_fit() -> None:
+    n = 10**6
+    roomy = choose_recipe(n, 512, exact_threshold=50_000, max_memory=3 * 2**30)
+    assert roomy.rerank == "ram" and estimate_bytes(roomy, n, 512) <= 3 * 2**30
+    tight = choose_recipe(n, 512, exact_threshold=50_000, max_memory=2**30)
+    assert tight.rerank == "mmap" and tight.m == 64
+
+
+def test_budget_too_small_says_what_is_needed() -> None:
+    with pytest.raises(UserError, match="raise the budget"):
+        choose_recipe(10**6, 512, exact_threshold=50_000, max_memory=10**6)
+
+
+def test_budget_turns_a_flat_that_does_not_fit_into_ivfpq() -> None:
+    n = 40_000  # below the threshold, but flat needs ~ 40k * 2 KiB = 84 MB
+    assert choose_recipe(n, 512, exact_threshold=50_000).kind == "flat"
+    r = choose_recipe(n, 512, exact_threshold=50_000, max_memory=20 * 10**6)
+    assert r.kind == "ivfpq" and estimate_bytes(r, n, 512) <= 20 * 10**6
+
+
+def test_high_recall_target_gets_finer_codes() -> None:
+    default = choose_recipe(10**6, 512, exact_threshold=50_000)
+    strict = choose_recipe(10**6, 512, exact_threshold=50_000, recall_target=0.99)
+    assert strict.m == 2 * default.m == 128
+
+
+def test_retrain_reason_when_n_outgrows_the_recipe() -> None:
+    trained = choose_recipe(100_000, 512, exact_threshold=50_000)
+    assert retrain_reason(trained, 120_000, 512, exact_threshold=50_000, recall_target=0.95, max_memory=None) is None
+    reason = retrain_reason(trained, 1_000_000, 512, exact_threshold=50_000, recall_target=0.95, max_memory=None)
+    assert reason and "nlist" in reason
+    assert "flat" in (retrain_reason(trained, 1000, 512, exact_threshold=50_000, recall_target=0.95,
+                                     max_memory=None) or "")
+
+
+@pytest.mark.parametrize(("text", "value"), [("2GiB", 2 * 2**30), ("512MB", 512 * 10**6), ("1.5G", int(1.5 * 2**30)),
+                                             ("1000", 1000), (" 64 KiB ", 64 * 1024), ("", None)])
+def test_memory_sizes(text: str, value: int | None) -> None:
+    assert parse_bytes(text) == value
+
+
+@pytest.mark.parametrize("text", ["lots", "-1GB", "0", "2XB", "nan"])
+def test_bad_memory_sizes(text: str) -> None:
+    with pytest.raises(ValueError, match="memory size"):
+        parse_bytes(text)

@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Target = Literal["any", "image", "text", "audio"]
 MAX_K = 100
+RECALL_DOC = ("recall@10 wanted from approximate indexes: the cheapest operating point measured at build time "
+              "that reaches it (lower is faster); default: the point the build tuned for")
 MAX_OFFSET = 900  # k + offset stays within what one search may fetch (1000)
 MAX_TEXT = 1000
 
@@ -22,6 +24,7 @@ class SearchRequest(BaseModel):
     k: int = Field(default=12, ge=1, le=MAX_K)
     offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
     filters: dict[str, Any] | None = None
+    recall: float | None = Field(default=None, gt=0, le=1, description=RECALL_DOC)
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
@@ -54,6 +57,7 @@ class SearchResponse(BaseModel):
     index_version: int
     routes: list[dict[str, str]] = []  # per target modality: the space searched and how scores came about
     fusion: str | None = None  # how lists of different spaces were merged, when they were
+    ann: dict[str, dict[str, Any]] = {}  # per "space/part": index kind and the operating point used
     results: list[ResultOut]
     timings_ms: dict[str, float]
 

@@ -137,13 +137,14 @@ class Service:
 
     def search(self, *, collection: str, text: str | None = None, item_id: int | None = None,
                image_bytes: bytes | None = None, audio_bytes: bytes | None = None, target: str = "any",
-               k: int = 12, offset: int = 0, filters: dict[str, Any] | None = None) -> dict[str, Any]:
+               k: int = 12, offset: int = 0, filters: dict[str, Any] | None = None,
+               recall: float | None = None) -> dict[str, Any]:
         searcher = self._searcher(collection)
         where = compile_filter(filters, self.fields.get(collection, {})) if filters else None
         t0 = time.perf_counter()
         try:
             outcome = searcher.run(text=text, item=item_id, image_bytes=image_bytes, audio_bytes=audio_bytes,
-                                   target=target, k=k, offset=offset, where=where)
+                                   target=target, k=k, offset=offset, where=where, recall=recall)
         except QueryMediaError as exc:
             raise ApiError(*_media_status(exc.reason), str(exc)) from exc
         total_ms = (time.perf_counter() - t0) * 1000
@@ -151,20 +152,20 @@ class Service:
         return self._response(collection, target, k, offset, outcome, total_ms)
 
     def similar(self, *, item_id: int, collection: str | None = None, target: str = "any", k: int = 12,
-                offset: int = 0) -> dict[str, Any]:
+                offset: int = 0, recall: float | None = None) -> dict[str, Any]:
         item = self._item(item_id)
         served = self._by_id.get(item.collection_id)
         if collection is not None and collection != served:
             raise ApiError(404, "not_found", f"item {item_id} is not in collection {collection!r}")
         assert served is not None
-        return self.search(collection=served, item_id=item_id, target=target, k=k, offset=offset)
+        return self.search(collection=served, item_id=item_id, target=target, k=k, offset=offset, recall=recall)
 
     def _response(self, collection: str, target: str, k: int, offset: int, outcome: SearchOutcome,
                   total_ms: float) -> dict[str, Any]:
         t = outcome.timings
         return {
             "collection": collection, "target": target, "k": k, "offset": offset,
-            "index_version": outcome.version, "routes": outcome.routes, "fusion": outcome.fusion,
+            "index_version": outcome.version, "routes": outcome.routes, "fusion": outcome.fusion, "ann": outcome.ann,
             "results": [
                 {**r.as_dict(), "media_url": f"/v1/items/{r.id}/media",
                  "thumbnail_url": f"/v1/items/{r.id}/thumbnail" if r.modality == "image" else None}

@@ -1,13 +1,25 @@
-"""Build FAISS indexes from (vector, id) arrays, tune them by measurement, and search them.
+"""Build FAISS index parts from (vector, id) arrays, tune them by measurement, grow them.
 
-Vectors are L2-normalised float32 embeddings; similarity is the inner product. Every index keeps the
-caller's int64 ids (``IndexIDMap2`` outermost), so search returns ids, never row numbers.
+Vectors are L2-normalised float32 embeddings; similarity is the inner product. Every part keeps the
+caller's int64 ids, so search returns ids, never row numbers. Layouts: see :mod:`xmodal.storage.ann`.
 
-Index layouts:
+An IVF-PQ build:
 
-* ``flat``:  ``IndexIDMap2(IndexFlatIP)``
-* ``ivfpq``: ``IndexIDMap2(IndexRefineFlat(IndexIVFPQ(IndexFlatIP quantizer, METRIC_INNER_PRODUCT)))``,
-  or ``IndexIDMap2(IndexIVFPQ)`` when ``recipe.refine`` is off.
+1. trains on a seeded sample (coarse k-means on the GPU when faiss-gpu sees one), behind an OPQ
+   rotation where it pays: the parametric OPQ rotation (closed form: principal axes dealt out to
+   the sub-spaces), kept when it lowers the PQ reconstruction error of a held-out slice of the
+   sample by at least ``OPQ_GAIN`` (FAISS's iterative ``OPQMatrix.train`` costs minutes at 512-d);
+2. adds the vectors in chunks, ids kept in the inverted lists;
+3. keeps the exact vectors, sorted by id, as the re-rank store;
+4. tunes: probe queries (sampled from the collection, plus any the caller gives, e.g. vectors of
+   the space's other modality) get exact top-10 lists (on the GPU when there is one); ``nprobe``
+   and the re-rank depth ``k_factor`` go up until recall@10 meets the target, then ``nprobe`` comes
+   back down while it holds. Every measured point is kept (recall@1, recall@10, ms per query), so a
+   request can ask for another recall/speed point.
+
+Growth: given the previous part (trained, with its store), the build removes the ids that are gone
+or whose vector changed and adds the new ones, without retraining, then re-measures. It retrains
+when the re-measured recall misses the target or when the caller says the recipe no longer suits.
 """
 
 from __future__ import annotations
@@ -15,8 +27,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import faiss
@@ -24,8 +36,8 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from xmodal.indexer.recipe import RECIPE_KINDS, IndexRecipe, recipe_kind
-from xmodal.storage.ann import as_vectors, search, set_search_params
+from xmodal.indexer.recipe import IndexRecipe, recipe_kind
+from xmodal.storage.ann import AnnPart, RerankStore, as_vectors, ivf_of
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +48,9 @@ PROBE_QUERIES = 200
 RECALL_K = 10
 MAX_K_FACTOR = 64
 PLATEAU_GAIN = 0.01  # recall@10 gained by doubling nprobe below which k_factor is raised instead
+OPQ_SAMPLE = 10_000  # rows used to decide whether OPQ pays
+OPQ_GAIN = 0.05  # OPQ is kept when it lowers the PQ reconstruction error by at least this fraction
+LATENCY_QUERIES = 50
 
 FloatArray = npt.NDArray[np.float32]
 IdArray = npt.NDArray[np.int64]
@@ -43,11 +58,18 @@ IdArray = npt.NDArray[np.int64]
 
 @dataclass
 class BuiltIndex:
-    """A built index, the recipe it was built with (nprobe tuned) and build statistics."""
+    """A built part (FAISS index, recipe with the tuned point, re-rank store) and build statistics."""
 
-    index: faiss.Index
-    recipe: IndexRecipe
+    part: AnnPart
     stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def index(self) -> faiss.Index:
+        return self.part.index
+
+    @property
+    def recipe(self) -> IndexRecipe:
+        return self.part.recipe
 
 
 # --------------------------------------------------------------------------- validation
@@ -105,24 +127,38 @@ def _gpu_clustering_index(dim: int) -> tuple[faiss.Index, Any]:
     return faiss.index_cpu_to_gpu(res, 0, faiss.IndexFlatIP(dim)), res
 
 
+def _gpu_knn(queries: FloatArray, x: FloatArray, k: int) -> tuple[FloatArray, npt.NDArray[np.int64]]:
+    """Exact inner-product top-``k`` on the GPU (brute force, the data streamed from RAM)."""
+    res = faiss.StandardGpuResources()
+    return faiss.knn_gpu(res, queries, x, k, metric=faiss.METRIC_INNER_PRODUCT)
+
+
+def exact_knn(queries: FloatArray, x: FloatArray, k: int) -> tuple[npt.NDArray[np.int64], str]:
+    """Row numbers of the exact top-``k`` of each query in ``x``, and the device that computed them."""
+    if _gpu_available():
+        try:
+            return _gpu_knn(queries, x, k)[1], "gpu"
+        except Exception as exc:  # GPU present but unusable: fall back, say so
+            logger.warning("GPU exact search unavailable (%s); searching on CPU", exc)
+    return faiss.knn(queries, x, k, metric=faiss.METRIC_INNER_PRODUCT)[1], "cpu"
+
+
 # --------------------------------------------------------------------------- builders
 
 
-def _add_chunks(index: faiss.Index, x: FloatArray, ids: IdArray, progress: bool) -> None:
+def _add_chunks(index: faiss.Index, x: FloatArray, ids: IdArray, progress: bool, desc: str = "adding vectors") -> None:
     n = x.shape[0]
-    with tqdm(total=n, disable=not progress, unit="vec", desc="adding vectors") as bar:
+    with tqdm(total=n, disable=not progress or n == 0, unit="vec", desc=desc) as bar:
         for start in range(0, n, ADD_CHUNK):
             stop = min(n, start + ADD_CHUNK)
-            index.add_with_ids(x[start:stop], ids[start:stop])
+            index.add_with_ids(np.ascontiguousarray(x[start:stop]), np.ascontiguousarray(ids[start:stop]))
             bar.update(stop - start)
 
 
-def _build_flat(
-    x: FloatArray, ids: IdArray, recipe: IndexRecipe, seed: int, progress: bool
-) -> tuple[faiss.Index, dict[str, Any]]:
+def _build_flat(x: FloatArray, ids: IdArray, progress: bool) -> tuple[AnnPart, dict[str, Any]]:
     index = faiss.IndexIDMap2(faiss.IndexFlatIP(x.shape[1]))
     _add_chunks(index, x, ids, progress)
-    return index, {"device": "cpu", "train_points": 0}
+    return AnnPart(index, IndexRecipe(kind="flat")), {"device": "cpu", "train_points": 0}
 
 
 def _train_sample(x: FloatArray, nlist: int, seed: int) -> FloatArray:
@@ -130,14 +166,91 @@ def _train_sample(x: FloatArray, nlist: int, seed: int) -> FloatArray:
     want = max(256 * 39, TRAIN_PER_LIST * nlist)
     size = min(n, max(min(want, TRAIN_CAP), 39 * nlist))
     if size >= n:
-        return x
+        return np.ascontiguousarray(x)
     rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
     return np.ascontiguousarray(x[rows])
 
 
-def _build_ivfpq(
-    x: FloatArray, ids: IdArray, recipe: IndexRecipe, seed: int, progress: bool
-) -> tuple[faiss.Index, dict[str, Any]]:
+def _pq_error(train: FloatArray, held: FloatArray, m: int, nbits: int, seed: int) -> float:
+    pq: Any = faiss.ProductQuantizer(train.shape[1], m, nbits)
+    pq.cp.seed = seed
+    pq.cp.min_points_per_centroid = 1  # small samples: no FAISS warning per sub-quantizer
+    pq.train(train)
+    decoded = pq.decode(pq.compute_codes(held))
+    return float(((held - decoded) ** 2).sum(axis=1).mean())
+
+
+def _logdet(cov: npt.NDArray[np.float64]) -> float:
+    sign, value = np.linalg.slogdet(cov)
+    return float(value) if sign > 0 else -np.inf
+
+
+def opq_rotation(sample: FloatArray, m: int) -> tuple[npt.NDArray[np.float32], float]:
+    """Parametric OPQ (Ge et al., CVPR 2013): rotate onto the principal axes and deal them out to
+    the ``m`` sub-spaces so that each holds the same product of variances (eigenvalue allocation).
+
+    Returns the rotation (rows: output axes) and the distortion it saves under the paper's Gaussian
+    model, ``1 - D_opq / D_pq`` with ``D = sum over sub-spaces of det(cov)^(1/dsub)``.
+    """
+    dim = sample.shape[1]
+    dsub = dim // m
+    cov = np.cov(np.asarray(sample, dtype=np.float64), rowvar=False)
+    values, vectors = np.linalg.eigh(cov)
+    order = np.argsort(values)[::-1]
+    floor = max(float(values.max()), 1e-30) * 1e-9
+    logs = np.log(np.maximum(values[order], floor))
+    logs -= logs.mean()  # centred: the greedy compares sums of different lengths
+    buckets: list[list[int]] = [[] for _ in range(m)]
+    sums = np.zeros(m)
+    for pos in range(dim):  # largest first, into the open bucket with the smallest log-product
+        open_ = [j for j in range(m) if len(buckets[j]) < dsub]
+        j = min(open_, key=lambda b: sums[b])
+        buckets[j].append(int(order[pos]))
+        sums[j] += logs[pos]
+    rotation = np.concatenate([vectors[:, b].T for b in buckets]).astype(np.float32)
+    blocks = [cov[j * dsub:(j + 1) * dsub, j * dsub:(j + 1) * dsub] for j in range(m)]
+    d_pq = float(sum(np.exp(_logdet(b) / dsub) for b in blocks))
+    d_opq = float(np.exp((sums + dsub * np.log(np.maximum(values[order], floor)).mean()) / dsub).sum())
+    gain = 1.0 - d_opq / d_pq if d_pq > 0 and np.isfinite(d_pq) else 0.0
+    return rotation, gain
+
+
+def _decide_opq(sample: FloatArray, recipe: IndexRecipe, seed: int) -> tuple[Any, dict[str, Any]]:
+    """OPQ where it pays: the parametric rotation when the Gaussian model predicts that it saves at
+    least ``OPQ_GAIN`` of the PQ distortion and a PQ trained on part of ``sample`` confirms it on
+    the rest. Returns a FAISS ``OPQMatrix`` holding that rotation (or None) and what was measured."""
+    n, dim = sample.shape
+    if recipe.opq is False or recipe.m >= dim:
+        return None, {"opq": False, "opq_reason": "off" if recipe.opq is False else "m == dim"}
+    t0 = time.perf_counter()
+    rows = np.random.default_rng(seed + 2).permutation(n)[: min(n, OPQ_SAMPLE)]
+    part = np.ascontiguousarray(sample[rows])
+    rotation, predicted = opq_rotation(part, recipe.m)
+    info: dict[str, Any] = {"opq_predicted_gain": round(predicted, 4)}
+    gain = predicted
+    if predicted >= OPQ_GAIN or recipe.opq is True:
+        cut = max(1, int(part.shape[0] * 0.8))
+        train, held = part[:cut], (part[cut:] if cut < part.shape[0] else part)
+        plain = _pq_error(train, held, recipe.m, recipe.nbits, seed)
+        rotated = _pq_error(np.ascontiguousarray(train @ rotation.T), np.ascontiguousarray(held @ rotation.T),
+                            recipe.m, recipe.nbits, seed)
+        gain = 1.0 - rotated / plain if plain > 0 else 0.0
+        info["opq_measured_gain"] = round(gain, 4)
+    keep = recipe.opq is True or (predicted >= OPQ_GAIN and gain >= OPQ_GAIN)
+    info.update({"opq": keep, "opq_s": round(time.perf_counter() - t0, 3)})
+    logger.info("OPQ: predicted gain %.1f%%, measured %s: %s", 100 * predicted,
+                f"{100 * gain:.1f}%" if "opq_measured_gain" in info else "-", "kept" if keep else "not used")
+    if not keep:
+        return None, info
+    opq = faiss.OPQMatrix(dim, recipe.m)
+    faiss.copy_array_to_vector(rotation.ravel(), opq.A)
+    opq.is_orthonormal = True
+    opq.is_trained = True
+    return opq, info
+
+
+def _train_ivfpq(x: FloatArray, recipe: IndexRecipe, seed: int) -> tuple[faiss.Index, IndexRecipe, dict[str, Any]]:
+    """An empty trained IVF-PQ index (behind OPQ when it pays) and the recipe with ``opq`` decided."""
     n, dim = x.shape
     if dim % recipe.m:
         raise ValueError(f"PQ m={recipe.m} must divide the vector dimension {dim}")
@@ -148,16 +261,23 @@ def _build_ivfpq(
         logger.info(
             "only %d vectors to train nlist=%d / nbits=%d; quality may suffer", n, recipe.nlist, recipe.nbits
         )
+    sample = _train_sample(x, recipe.nlist, seed)
+    opq, info = _decide_opq(sample, recipe, seed)
+
     quantizer = faiss.IndexFlatIP(dim)
-    ivf: Any = faiss.IndexIVFPQ(
-        quantizer, dim, recipe.nlist, recipe.m, recipe.nbits, faiss.METRIC_INNER_PRODUCT
-    )
+    ivf: Any = faiss.IndexIVFPQ(quantizer, dim, recipe.nlist, recipe.m, recipe.nbits, faiss.METRIC_INNER_PRODUCT)
     ivf.cp.seed = seed
     ivf.pq.cp.seed = seed
     if small:  # said once above; keep FAISS from printing the same warning to stderr per sub-quantizer
         ivf.cp.min_points_per_centroid = 1
         ivf.pq.cp.min_points_per_centroid = 1
-    sample = _train_sample(x, recipe.nlist, seed)
+    index: Any = ivf
+    if opq is not None:
+        index = faiss.IndexPreTransform(opq, ivf)
+        index.own_fields = True
+        ivf.this.disown()  # owned by the pre-transform now
+        opq.this.disown()
+        sample = opq.apply(sample)
 
     device = "cpu"
     gpu_keep: tuple[Any, ...] = ()
@@ -171,33 +291,63 @@ def _build_ivfpq(
             logger.warning("GPU training unavailable (%s); training on CPU", exc)
     t0 = time.perf_counter()
     try:
-        ivf.train(sample)
+        ivf.train(sample)  # OPQ is trained already; the sample is rotated
     finally:
         if device == "gpu":
             ivf.clustering_index = None
         del gpu_keep
-    logger.info(
-        "trained %s on %d points (%s) in %.1fs",
-        recipe.describe(),
-        sample.shape[0],
-        device,
-        time.perf_counter() - t0,
-    )
-
-    inner = faiss.IndexRefineFlat(ivf) if recipe.refine else ivf
-    index = faiss.IndexIDMap2(inner)
-    _add_chunks(index, x, ids, progress)
-    set_search_params(index, recipe.nprobe, recipe.k_factor)
-    return index, {"device": device, "train_points": int(sample.shape[0])}
+    index.is_trained = True  # a pre-transform only learns this from its own train(); its parts are trained
+    decided = dataclasses.replace(recipe, opq=opq is not None)
+    logger.info("trained %s on %d points (%s) in %.1fs", decided.describe(), sample.shape[0], device,
+                time.perf_counter() - t0)
+    return index, decided, {**info, "device": device, "train_points": int(sample.shape[0])}
 
 
-_BUILDERS: dict[
-    str, Callable[[FloatArray, IdArray, IndexRecipe, int, bool], tuple[faiss.Index, dict[str, Any]]]
-] = {
-    "flat": _build_flat,
-    "ivfpq": _build_ivfpq,
-}
-assert set(_BUILDERS) == set(RECIPE_KINDS), "every recipe kind needs a builder"
+def _store(x: FloatArray, ids: IdArray, recipe: IndexRecipe, store_dir: Path | None) -> RerankStore | None:
+    """The exact vectors by id, in RAM, or written under ``store_dir`` and memory-mapped from there."""
+    if not recipe.reranked:
+        return None
+    store = RerankStore.from_unsorted(ids, x)
+    if store_dir is None:
+        return store
+    store_dir.mkdir(parents=True, exist_ok=True)
+    np.save(store_dir / "ids.npy", store.ids)
+    np.save(store_dir / "vectors.npy", store.vectors)
+    return RerankStore(store.ids, np.load(store_dir / "vectors.npy", mmap_mode="r"))
+
+
+def _changed_rows(previous: RerankStore, x: FloatArray, ids: IdArray) -> npt.NDArray[np.bool_]:
+    """True for the ids the previous store holds with a different vector (content changed)."""
+    rows = previous.rows(ids)
+    changed = np.zeros(ids.shape[0], dtype=bool)
+    for start in range(0, ids.shape[0], ADD_CHUNK):
+        r = rows[start : start + ADD_CHUNK]
+        held = r >= 0
+        if held.any():
+            old = np.asarray(previous.vectors[r[held]], dtype=np.float32)
+            diff = np.abs(old - x[start : start + ADD_CHUNK][held]).max(axis=1) > 1e-6
+            sub = np.zeros(r.shape[0], dtype=bool)
+            sub[np.flatnonzero(held)[diff]] = True
+            changed[start : start + ADD_CHUNK] = sub
+    return changed
+
+
+def _grow(previous: AnnPart, x: FloatArray, ids: IdArray, progress: bool) -> tuple[faiss.Index, dict[str, Any]]:
+    """The previous trained index with the gone and changed ids removed and the new ones added."""
+    assert previous.store is not None
+    index = faiss.clone_index(previous.index)
+    gone = np.setdiff1d(previous.store.ids, ids, assume_unique=True)
+    changed = _changed_rows(previous.store, x, ids)
+    new = ~np.isin(ids, previous.store.ids, assume_unique=True) | changed
+    drop = np.concatenate([gone, ids[changed]]).astype(np.int64)
+    if drop.shape[0]:
+        index.remove_ids(faiss.IDSelectorBatch(drop.shape[0], faiss.swig_ptr(drop)))
+    _add_chunks(index, x[new], ids[new], progress, desc="adding new vectors")
+    info = {"removed": int(gone.shape[0]), "changed": int(changed.sum()), "appended": int(new.sum()),
+            "retrained": False}
+    logger.info("grew the trained index: %d removed, %d changed, %d added", gone.shape[0], changed.sum(),
+                new.sum() - changed.sum())
+    return index, info
 
 
 # --------------------------------------------------------------------------- tuning
@@ -220,47 +370,58 @@ def _recall(found: IdArray, truth: IdArray, self_ids: IdArray, k: int) -> tuple[
     return r1 / nq, rk / nq
 
 
-def _tune(
-    index: faiss.Index, x: FloatArray, ids: IdArray, recipe: IndexRecipe, recall_target: float, seed: int
-) -> tuple[IndexRecipe, dict[str, Any]]:
+def _probes(x: FloatArray, ids: IdArray, extra: FloatArray | None, seed: int) -> tuple[FloatArray, IdArray]:
+    """Probe queries: vectors sampled from the collection (their own id is left out of the lists) and,
+    when given, up to half from ``extra`` (queries of another modality: own id -1)."""
+    n = x.shape[0]
+    rng = np.random.default_rng(seed + 1)
+    n_extra = 0 if extra is None else min(extra.shape[0], PROBE_QUERIES // 2)
+    nq = min(PROBE_QUERIES - n_extra, n)
+    rows = np.sort(rng.choice(n, size=nq, replace=False))
+    probes = [x[rows]]
+    own = [ids[rows]]
+    if extra is not None and n_extra:
+        pick = np.sort(rng.choice(extra.shape[0], size=n_extra, replace=False))
+        probes.append(as_vectors(extra, name="probe queries")[pick])
+        own.append(np.full(n_extra, -1, dtype=np.int64))
+    return np.ascontiguousarray(np.concatenate(probes), dtype=np.float32), np.concatenate(own)
+
+
+def _tune(part: AnnPart, x: FloatArray, ids: IdArray, recall_target: float, seed: int,
+          extra: FloatArray | None, floor: int) -> tuple[IndexRecipe, dict[str, Any]]:
     """Find a cheap ``(nprobe, k_factor)`` whose recall@10 on probe queries meets ``recall_target``.
 
-    ``nprobe`` doubles from ``recipe.nprobe`` up to ``nlist``. With refinement, the exact re-ranking
-    only sees ``k * k_factor`` PQ candidates, which often caps recall whatever ``nprobe`` is; so when a
+    ``nprobe`` doubles from ``floor`` up to ``nlist``. With re-ranking, only ``k * k_factor`` PQ
+    candidates reach the exact scores, which often caps recall whatever ``nprobe`` is; so when a
     doubling of ``nprobe`` gains (almost) nothing, ``k_factor`` doubles instead (up to
     ``MAX_K_FACTOR``). Once the target is met, ``nprobe`` is halved back while recall holds, but never
-    below ``recipe.nprobe``.
-    If the target is never met, ``nprobe = nlist`` (and the largest ``k_factor`` tried) is used and
-    ``target_met`` is False.
-
-    Probes are vectors of the collection; their own id is left out of both the exact and the
-    approximate lists, so recall measures the neighbours, not finding the probe itself.
+    below ``floor``. If the target is never met, ``nprobe = nlist`` (and the largest ``k_factor``
+    tried) is used and ``target_met`` is False. A few points around the chosen one are measured too,
+    for requests that ask for more speed or more recall.
     """
-    n = x.shape[0]
-    nq = min(PROBE_QUERIES, n)
-    rows = np.sort(np.random.default_rng(seed + 1).choice(n, size=nq, replace=False))
-    probes = np.ascontiguousarray(x[rows])
-    kk = min(RECALL_K + 1, n)
-    _, truth_pos = faiss.knn(probes, x, kk, metric=faiss.METRIC_INNER_PRODUCT)
-    truth = ids[truth_pos]
-    own = ids[rows]
+    recipe = part.recipe
+    probes, own = _probes(x, ids, extra, seed)
+    kk = min(RECALL_K + 1, x.shape[0])
+    truth_pos, truth_device = exact_knn(probes, x, kk)
+    truth = np.where(truth_pos >= 0, ids[np.maximum(truth_pos, 0)], -1)
 
-    trials: list[dict[str, Any]] = []
     measured: dict[tuple[int, int], dict[str, Any]] = {}
 
     def measure(nprobe: int, k_factor: int) -> dict[str, Any]:
         key = (nprobe, k_factor)
         if key not in measured:
-            trial = dataclasses.replace(recipe, nprobe=nprobe, k_factor=k_factor)
-            _, found = search(index, probes, kk, trial)
+            t0 = time.perf_counter()
+            _, found = part.search(probes, kk, nprobe=nprobe, k_factor=k_factor)
+            ms = (time.perf_counter() - t0) * 1000 / probes.shape[0]
             r1, r10 = _recall(found, truth, own, RECALL_K)
-            measured[key] = {"nprobe": nprobe, "k_factor": k_factor, "recall@1": r1, "recall@10": r10}
-            trials.append(measured[key])
+            measured[key] = {"nprobe": nprobe, "k_factor": k_factor, "recall@1": round(r1, 4),
+                             "recall@10": round(r10, 4), "ms": round(ms, 4)}
             logger.debug("nprobe=%d k_factor=%d recall@1=%.3f recall@10=%.3f", nprobe, k_factor, r1, r10)
         return measured[key]
 
-    max_k_factor = max(MAX_K_FACTOR, recipe.k_factor) if recipe.refine else recipe.k_factor
-    nprobe, k_factor = min(recipe.nprobe, recipe.nlist), recipe.k_factor
+    max_k_factor = max(MAX_K_FACTOR, recipe.k_factor) if recipe.reranked else recipe.k_factor
+    floor = min(max(1, floor), recipe.nlist)
+    nprobe, k_factor = max(floor, min(recipe.nprobe, recipe.nlist)), recipe.k_factor
     current = measure(nprobe, k_factor)
     nprobe_gain: float | None = None  # recall@10 gained by the last doubling of nprobe
     while current["recall@10"] < recall_target:
@@ -281,39 +442,44 @@ def _tune(
 
     target_met = current["recall@10"] >= recall_target
     if target_met:
-        floor = min(recipe.nprobe, recipe.nlist)  # the recipe's nprobe is a floor: real queries
-        while nprobe > floor:  # (other modality) sit farther from the lists than these probes
+        while nprobe > floor:
             smaller = measure(max(floor, nprobe // 2), k_factor)
             if smaller["recall@10"] < recall_target:
                 break
             nprobe, current = smaller["nprobe"], smaller
     else:
-        logger.warning(
-            "recall@10 target %.3f not met even at nprobe=nlist=%d, k_factor=%d (got %.3f)",
-            recall_target,
-            recipe.nlist,
-            k_factor,
-            current["recall@10"],
-        )
+        logger.warning("recall@10 target %.3f not met even at nprobe=nlist=%d, k_factor=%d (got %.3f)",
+                       recall_target, recipe.nlist, k_factor, current["recall@10"])
+    # neighbours of the chosen point, for per-request recall/speed choices
+    for np_, kf in ((nprobe // 4, k_factor), (nprobe // 2, k_factor), (2 * nprobe, k_factor),
+                    (4 * nprobe, min(2 * k_factor, max_k_factor))):
+        if 1 <= np_ <= recipe.nlist:
+            measure(np_, kf)
     tuned = dataclasses.replace(recipe, nprobe=nprobe, k_factor=k_factor)
     stats = {
         "recall@1": current["recall@1"],
         "recall@10": current["recall@10"],
-        "probe_queries": nq,
+        "probe_queries": int(probes.shape[0]),
+        "probe_queries_other_modality": int((own == -1).sum()),
         "nprobe": tuned.nprobe,
         "k_factor": tuned.k_factor,
         "target_met": target_met,
-        "tuning": trials,
+        "truth_device": truth_device,
+        "points": sorted(measured.values(), key=lambda p: (p["nprobe"], p["k_factor"])),
     }
     return tuned, stats
 
 
-def _bytes_per_vector(recipe: IndexRecipe, dim: int) -> int:
-    """Rough RAM per vector: codes + stored ids (+ exact copy when refining)."""
-    if recipe.kind == "flat":
-        return 4 * dim + 8
-    code = (recipe.m * recipe.nbits + 7) // 8
-    return code + 8 + 8 + (4 * dim if recipe.refine else 0)
+def _latency_ms(part: AnnPart, x: FloatArray, seed: int) -> float:
+    """Median wall time of single-vector searches (k=10) at the part's tuned point, in ms."""
+    rows = np.random.default_rng(seed + 3).choice(x.shape[0], size=min(LATENCY_QUERIES, x.shape[0]), replace=False)
+    times = []
+    for row in rows:
+        q = np.ascontiguousarray(x[row : row + 1])
+        t0 = time.perf_counter()
+        part.search(q, RECALL_K)
+        times.append(time.perf_counter() - t0)
+    return round(float(np.median(times)) * 1000, 4)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -327,9 +493,16 @@ def build_index(
     recall_target: float = 0.95,
     seed: int = 0,
     progress: bool = False,
+    store_dir: Path | None = None,
+    probes: np.ndarray | None = None,
+    previous: AnnPart | None = None,
 ) -> BuiltIndex:
-    """Build the index ``recipe`` describes over ``vectors`` (one per id), tuned to ``recall_target``.
+    """Build the index part ``recipe`` describes over ``vectors`` (one per id), tuned to ``recall_target``.
 
+    ``store_dir``: write the re-rank store there and memory-map it (else it stays in RAM).
+    ``probes``: extra tuning queries (another modality's vectors of the same space).
+    ``previous``: a trained part of the same kind, grown instead of retrained when it still meets the
+    target (the caller decides whether its recipe still suits the size: pass None to retrain).
     Raises ``ValueError`` for bad input (shape, NaN/inf, duplicate or negative ids, empty input).
     """
     recipe_kind(recipe.kind)
@@ -338,25 +511,53 @@ def build_index(
     t0 = time.perf_counter()
     x, id64 = _validate(vectors, ids)
     n, dim = x.shape
-    index, info = _BUILDERS[recipe.kind](x, id64, recipe, seed, progress)
-
-    stats: dict[str, Any] = {"n": n, "dim": dim, **info}
+    stats: dict[str, Any] = {"n": n, "dim": dim}
     if recipe.kind == "flat":
-        stats.update({"recall@1": 1.0, "recall@10": 1.0, "probe_queries": 0, "target_met": True})
+        part, info = _build_flat(x, id64, progress)
+        stats.update(info)
+        stats.update({"recall@1": 1.0, "recall@10": 1.0, "probe_queries": 0, "target_met": True, "points": []})
     else:
-        recipe, tuning = _tune(index, x, id64, recipe, recall_target, seed)
-        set_search_params(index, recipe.nprobe, recipe.k_factor)
-        stats.update(tuning)
+        grown = None
+        if previous is not None and _can_grow(previous, recipe, dim):
+            index, info = _grow(previous, x, id64, progress)
+            trained = dataclasses.replace(previous.recipe, rerank=recipe.rerank)
+            grown = AnnPart(index, trained, _store(x, id64, trained, store_dir))
+            tuned, tuning = _tune(grown, x, id64, recall_target, seed, probes, recipe.nprobe)
+            if tuning["target_met"]:
+                stats.update({**info, **tuning, "device": "cpu", "train_points": 0,
+                              "trained_n": previous.trained_n or previous.ntotal,
+                              "opq": bool(trained.opq)})
+                grown.recipe = tuned
+            else:
+                logger.info("after growing, probe recall@10 %.3f misses the target %.3f: retraining",
+                            tuning["recall@10"], recall_target)
+                stats["retrain_reason"] = (f"probe recall@10 {tuning['recall@10']} < target {recall_target} "
+                                           "after adding without retraining")
+                grown = None
+        if grown is None:
+            index, trained, info = _train_ivfpq(x, recipe, seed)
+            _add_chunks(index, x, id64, progress)
+            part = AnnPart(index, trained, _store(x, id64, trained, store_dir))
+            tuned, tuning = _tune(part, x, id64, recall_target, seed, probes, recipe.nprobe)
+            part.recipe = tuned
+            stats.update({**info, **tuning, "trained_n": n, "retrained": previous is not None})
+        else:
+            part = grown
+        part.points = stats["points"]
+        part.trained_n = int(stats["trained_n"])
+        stats["latency_ms"] = _latency_ms(part, x, seed)
     stats["recall_target"] = recall_target
-    stats["bytes_per_vector"] = _bytes_per_vector(recipe, dim)
+    stats["bytes_per_vector"] = round(part.resident_bytes() / n, 2)
+    stats["store_bytes_per_vector"] = round(part.store_bytes() / n, 2)
     stats["build_s"] = round(time.perf_counter() - t0, 3)
-    logger.info(
-        "built %s over %d x %d in %.1fs (recall@10=%.3f, %s)",
-        recipe.describe(),
-        n,
-        dim,
-        stats["build_s"],
-        stats["recall@10"],
-        stats["device"],
-    )
-    return BuiltIndex(index=index, recipe=recipe, stats=stats)
+    logger.info("built %s over %d x %d in %.1fs (recall@10=%.3f, %s)", part.recipe.describe(), n, dim,
+                stats["build_s"], stats["recall@10"], stats["device"])
+    return BuiltIndex(part=part, stats=stats)
+
+
+def _can_grow(previous: AnnPart, recipe: IndexRecipe, dim: int) -> bool:
+    """A previous part can take new vectors when it is a trained IVF-PQ part of the same shape, with
+    its exact vectors (to see which ids changed)."""
+    p = previous.recipe
+    return (p.kind == "ivfpq" and previous.store is not None and previous.d == dim and ivf_of(previous.index) is not None
+            and (p.nlist, p.m, p.nbits) == (recipe.nlist, recipe.m, recipe.nbits))

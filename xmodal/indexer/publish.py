@@ -19,10 +19,12 @@ from tqdm.auto import tqdm
 
 from xmodal.config import Settings
 from xmodal.encoders.align import LoadedAlignment
+from xmodal.errors import UserError
 from xmodal.indexer.build import build_index
-from xmodal.indexer.recipe import choose_recipe
+from xmodal.indexer.recipe import choose_recipe, retrain_reason
+from xmodal.storage.ann import AnnPart, IndexRecipe
 from xmodal.storage.catalog import Catalog, Space
-from xmodal.storage.indexfiles import write_index_dir
+from xmodal.storage.indexfiles import FORMAT_VERSION, read_index_dir, write_index_dir
 from xmodal.storage.layout import Layout
 from xmodal.storage.shards import read_shard
 
@@ -40,7 +42,8 @@ def live_fingerprint(live: list[tuple[int, str, int, int, str]], settings: Setti
         digest.update(arr.tobytes())
     if alignment is not None and aligned:
         digest.update(alignment.digest.encode())
-    digest.update(f"exact_threshold={settings.exact_threshold};recall_target={settings.recall_target}".encode())
+    digest.update(f"format={FORMAT_VERSION};exact_threshold={settings.exact_threshold};"
+                  f"recall_target={settings.recall_target};max_index_memory={settings.max_index_memory}".encode())
     return digest.hexdigest()
 
 
@@ -76,6 +79,57 @@ def _gather(layout: Layout, record: Space, live: list[tuple[int, str, int, int, 
             parts_vecs[str(modality)].append(alignment.apply(vecs) if alignment else vecs)
 
 
+def _previous_parts(layout: Layout, current: Any, record: Space) -> dict[str, AnnPart]:
+    """The published version's parts, to grow instead of retraining (none when they can't be read)."""
+    if current is None:
+        return {}
+    expect = {"space": record.name, "identity": record.model.get("identity"), "dim": record.dim}
+    try:
+        return read_index_dir(layout.absolute(current.path), expect=expect)[1]
+    except UserError as exc:
+        log.info("not growing the published version (%s): building afresh", exc)
+        return {}
+
+
+def _part_budgets(total: int | None, sizes: dict[str, int]) -> dict[str, int | None]:
+    """A space's memory budget shared by its parts in proportion to their vector counts."""
+    n = sum(sizes.values())
+    if total is None or n == 0:
+        return {m: None for m in sizes}
+    return {m: max(1, total * size // n) for m, size in sizes.items()}
+
+
+def _probe_sample(vectors: list[np.ndarray], size: int = 1000, seed: int = 0) -> np.ndarray:
+    """Up to ``size`` vectors of the space's other modalities: tuning probes like real cross-modal queries."""
+    x = np.concatenate(vectors)
+    if x.shape[0] <= size:
+        return x
+    return x[np.sort(np.random.default_rng(seed).choice(x.shape[0], size=size, replace=False))]
+
+
+def retrain_due(catalog: Catalog, settings: Settings, collection_id: int, space: Space,
+                summary: dict[str, Any]) -> dict[str, str]:
+    """Per part of a published version: why the next build will retrain (parts not listed won't)."""
+    live = catalog.live_counts(collection_id, space.name)
+    if space.name == "clip":  # the aligned audio part holds the clap space's audio
+        live["audio"] = catalog.live_counts(collection_id, "clap").get("audio", 0)
+    out = {}
+    for modality, info in (summary.get("parts") or {}).items():
+        stats = info.get("stats") or {}
+        if stats.get("target_met") is False:
+            out[modality] = f"probe recall@10 {stats.get('recall@10')} is below the target {stats.get('recall_target')}"
+            continue
+        try:
+            trained = IndexRecipe.from_dict(info.get("recipe"))
+        except UserError:
+            continue
+        reason = retrain_reason(trained, live.get(modality, 0), space.dim, exact_threshold=settings.exact_threshold,
+                                recall_target=settings.recall_target, max_memory=info.get("max_memory"))
+        if reason:
+            out[modality] = reason
+    return out
+
+
 def build_and_publish(
     catalog: Catalog, layout: Layout, settings: Settings, collection: str, collection_id: int, space: str,
     *, alignment: LoadedAlignment | None = None, progress: bool = True, force: bool = False,
@@ -109,15 +163,21 @@ def build_and_publish(
                 progress=progress)
     live = live + aligned
 
+    previous = {} if force else _previous_parts(layout, current, record)
     parts = {}
     part_summary: dict[str, Any] = {}
-    for modality in sorted(parts_ids):
-        ids = np.concatenate(parts_ids[modality])
-        vecs = np.concatenate(parts_vecs[modality])
-        recipe = choose_recipe(len(ids), record.dim, exact_threshold=settings.exact_threshold)
-        built = build_index(vecs, ids, recipe, recall_target=settings.recall_target, progress=progress)
-        parts[modality] = built.index
-        part_summary[modality] = {"recipe": built.recipe.to_dict(), "stats": built.stats}
+    stacked = {m: (np.concatenate(parts_ids[m]), np.concatenate(parts_vecs[m])) for m in sorted(parts_ids)}
+    budget = _part_budgets(settings.max_index_memory, {m: len(ids) for m, (ids, _) in stacked.items()})
+    for modality, (ids, vecs) in stacked.items():
+        recipe = choose_recipe(len(ids), record.dim, exact_threshold=settings.exact_threshold,
+                               recall_target=settings.recall_target, max_memory=budget[modality])
+        others = [v for m, (_, v) in stacked.items() if m != modality]
+        probes = _probe_sample(others) if others else None
+        built = build_index(vecs, ids, recipe, recall_target=settings.recall_target, progress=progress,
+                            probes=probes, previous=previous.get(modality))
+        parts[modality] = built.part
+        part_summary[modality] = {"recipe": built.recipe.to_dict(), "stats": built.stats,
+                                  "max_memory": budget[modality]}
 
     version = max(catalog.next_index_version(collection_id, space), _next_on_disk(layout, collection, space))
     final = layout.version_path(collection, space, version)

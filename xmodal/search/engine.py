@@ -14,6 +14,7 @@ import functools
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,8 +27,7 @@ from xmodal.errors import MediaError, UserError
 from xmodal.media.image import decode_image_with_info
 from xmodal.media.read import read_file
 from xmodal.media.types import MediaLimits
-from xmodal.storage.ann import IndexRecipe
-from xmodal.storage.ann import search as ann_search
+from xmodal.storage.ann import AnnPart
 from xmodal.storage.catalog import STATUS_OK, Catalog, Space, check_same_model
 from xmodal.storage.indexfiles import read_index_dir
 from xmodal.storage.layout import Layout
@@ -100,8 +100,8 @@ class QueryMediaError(UserError):
 class _Loaded:
     version: int
     manifest: dict[str, Any]
-    parts: dict[str, Any]
-    recipes: dict[str, IndexRecipe] = field(default_factory=dict)
+    parts: dict[str, AnnPart]
+    hide_since: datetime | None = None  # items that stopped being servable since then are left out in FAISS
 
 
 @dataclass
@@ -119,6 +119,7 @@ class SearchOutcome:
     versions: dict[str, int] = field(default_factory=dict)  # every space's served version
     routes: list[dict[str, Any]] = field(default_factory=list)  # how each target modality was searched
     fusion: str | None = None  # how lists of different spaces were merged, when they were
+    ann: dict[str, dict[str, Any]] = field(default_factory=dict)  # "space/part" -> the operating point used
 
 
 @dataclass
@@ -207,8 +208,9 @@ class Searcher:
             sp = state.space
             expect = {"space": name, "identity": sp.model.get("identity"), "dim": sp.dim}
             manifest, parts = read_index_dir(self.layout.absolute(published.path), expect=expect)
-            recipes = {part: IndexRecipe.from_dict(info["recipe"]) for part, info in manifest["parts"].items()}
-            state.loaded = _Loaded(published.version, manifest, parts, recipes)
+            # a build reads the catalog before it publishes: hide what changed since it started (and a minute)
+            since = published.created_at - timedelta(seconds=float(published.build_s or 0) + 60)
+            state.loaded = _Loaded(published.version, manifest, parts, since)
             changed = True
         if changed or self._alignment is None:
             row = self.catalog.alignment(self.collection_id, align.SOURCE, align.TARGET)
@@ -294,19 +296,17 @@ class Searcher:
         return pool_windows(embed_windows(encoder, decoded.windows, self.settings.batch_size))
 
     def item_vector(self, item_id: int, space: str | None = None) -> np.ndarray:
-        """The item's vector in a space where it is native, as the served version holds it (flat and
-        refine-flat keep the vectors: a lookup in memory, not a shard read per request), else from its
-        Parquet shard."""
+        """The item's vector in a space where it is native, as the served version holds it (flat indexes
+        and re-rank stores keep the exact vectors: a lookup, not a shard read per request), else from
+        its Parquet shard."""
         item = self.catalog.item_by_id(self.collection_id, item_id)
         if item.status != STATUS_OK:
             raise UserError(f"item {item_id} has no vector (status {item.status}: {item.reason or 'not embedded'})")
         space = space or next(sp for sp in SPACE_ORDER if item.modality in NATIVE[sp])
         part = self._loaded(space).parts.get(item.modality)
-        if part is not None:
-            try:
-                return np.asarray(part.reconstruct(int(item_id)), dtype=np.float32)
-            except RuntimeError:  # not in this version (embedded after it), or an index without the vectors
-                pass
+        held = part.vector(int(item_id)) if part is not None else None
+        if held is not None:  # else: not in this version (embedded after it)
+            return held
         where = self.catalog.vector_location(item_id, space)
         if where is None:
             raise UserError(f"item {item_id} has no vector in space {space!r}")
@@ -377,11 +377,13 @@ class Searcher:
 
     def run(self, *, text: str | None = None, image: Path | None = None, image_bytes: bytes | None = None,
             audio: Path | None = None, audio_bytes: bytes | None = None, item: int | None = None,
-            target: str = "any", k: int = 10, offset: int = 0, where: Any = None) -> SearchOutcome:
+            target: str = "any", k: int = 10, offset: int = 0, where: Any = None,
+            recall: float | None = None) -> SearchOutcome:
         """Encode the query, search every route and merge: results ``offset`` to ``offset + k`` and where
         the time went. ``where`` is a SQLAlchemy condition on catalog items (structured filters), applied
-        at hydration."""
-        _check_request(target, k, offset)
+        at hydration. ``recall``: the recall@10 this request wants from approximate indexes (the
+        cheapest operating point measured at build time that reaches it), instead of the tuned one."""
+        _check_request(target, k, offset, recall)
         t0 = time.perf_counter()
         q = self._query(text=text, image=image, image_bytes=image_bytes, audio=audio, audio_bytes=audio_bytes,
                         item=item)
@@ -403,7 +405,9 @@ class Searcher:
         groups: dict[tuple[str, str], list[tuple[Route, np.ndarray]]] = {}
         for r, v in zip(routes, vectors, strict=True):
             groups.setdefault((r.space, r.method), []).append((r, v))
-        lists = [self._search_group(members, want, q.exclude, where, timings) for members in groups.values()]
+        ann: dict[str, dict[str, Any]] = {}
+        lists = [self._search_group(members, want, q.exclude, where, timings, recall, ann)
+                 for members in groups.values()]
         fusion = None
         if len(lists) <= 1:
             results = lists[0] if lists else []
@@ -414,25 +418,39 @@ class Searcher:
         self._add_segments(page, q, text=text, item=item)
         return SearchOutcome(page, timings, self._loaded(self.primary).version if self.primary in self._spaces
                              else 0, self.versions,
-                             [{"target": r.target, "space": r.space, "method": r.method} for r in routes], fusion)
+                             [{"target": r.target, "space": r.space, "method": r.method} for r in routes], fusion,
+                             ann)
 
     def _search_group(self, members: list[tuple[Route, np.ndarray]], want: int, exclude: set[int], where: Any,
-                      timings: Timings) -> list[SearchResult]:
+                      timings: Timings, recall: float | None = None,
+                      ann: dict[str, dict[str, Any]] | None = None) -> list[SearchResult]:
         """Search the parts of one space with their query vectors; hydrate, skipping hidden items, and
-        look further when many are hidden."""
+        look further when many are hidden. Items deleted (or otherwise hidden) since the version was
+        built are left out inside FAISS, so they don't take the places of live results."""
         space, method = members[0][0].space, members[0][0].method
         loaded = self._loaded(space)
         searches = [(r.target, np.ascontiguousarray(v, dtype=np.float32).reshape(1, -1)) for r, v in members
                     if r.target in loaded.parts]
-        total = sum(int(loaded.parts[part].ntotal) for part, _ in searches)
-        fetch = min(total, want + len(exclude) + 16)
+        t0 = time.perf_counter()
+        hidden = self.catalog.hidden_since(self.collection_id, loaded.hide_since) if loaded.hide_since else []
+        excluded = np.asarray(sorted(exclude.union(hidden)), dtype=np.int64)
+        timings.sql_ms += (time.perf_counter() - t0) * 1000
+        total = sum(loaded.parts[part].ntotal for part, _ in searches)
+        fetch = min(total, want + 16)
         results: list[SearchResult] = []
         while fetch > 0:
             t0 = time.perf_counter()
             candidates: list[tuple[float, int]] = []
             for part, query in searches:
-                scores, ids = ann_search(loaded.parts[part], query, fetch, loaded.recipes.get(part))
+                index = loaded.parts[part]
+                scores, ids = index.search(query, fetch, recall=recall, exclude=excluded)
                 candidates += [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+                if ann is not None:
+                    point = index.point_for(recall) if recall is not None else None
+                    ann[f"{space}/{part}"] = {"kind": index.recipe.kind} if index.recipe.kind == "flat" else {
+                        "kind": index.recipe.kind, "nprobe": point["nprobe"] if point else index.recipe.nprobe,
+                        "k_factor": point["k_factor"] if point else index.recipe.k_factor,
+                        "probe_recall@10": point["recall@10"] if point else None}
             candidates.sort(key=lambda c: -c[0])
             t1 = time.perf_counter()
             timings.ann_ms += (t1 - t0) * 1000
@@ -448,19 +466,21 @@ class Searcher:
                     break
             if len(results) >= want or fetch >= total:
                 break
-            fetch = min(total, fetch * 4)  # many hidden (deleted or filtered out) items: look further
+            fetch = min(total, fetch * 4)  # many filtered out (or hidden after the lookup): look further
         return results
 
     def search_vector(self, vec: np.ndarray, *, target: str = "any", k: int = 10, offset: int = 0,
-                      exclude: set[int] | None = None, where: Any = None) -> SearchOutcome:
+                      exclude: set[int] | None = None, where: Any = None,
+                      recall: float | None = None) -> SearchOutcome:
         """A vector of the primary space against its parts (``any``: all of them, merged by score)."""
-        _check_request(target, k, offset)
+        _check_request(target, k, offset, recall)
         loaded = self.loaded
         parts = sorted(loaded.parts) if target == "any" else [target]
         members = [(Route("vector", p, self.primary, "ip"), vec) for p in parts]
         timings = Timings()
-        results = self._search_group(members, k + offset, exclude or set(), where, timings)
-        return SearchOutcome(results[offset:], timings, loaded.version, self.versions)
+        ann: dict[str, dict[str, Any]] = {}
+        results = self._search_group(members, k + offset, exclude or set(), where, timings, recall, ann)
+        return SearchOutcome(results[offset:], timings, loaded.version, self.versions, ann=ann)
 
     # long audio: the best window ---------------------------------------------------------------
 
@@ -498,7 +518,9 @@ class Searcher:
         self.catalog.close()
 
 
-def _check_request(target: str, k: int, offset: int) -> None:
+def _check_request(target: str, k: int, offset: int, recall: float | None = None) -> None:
+    if recall is not None and not (isinstance(recall, int | float) and 0.0 < recall <= 1.0):
+        raise UserError(f"recall must be a number in (0, 1], not {recall!r}")
     if target not in TARGETS:
         raise UserError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if not 1 <= k + offset <= MAX_K or k < 1 or offset < 0:

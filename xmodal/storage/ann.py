@@ -1,13 +1,23 @@
-"""Query-time side of the ANN indexes: recipes (what an index is and how to search it) and search.
+"""Query-time side of the ANN indexes: recipes (what an index is), parts (an index with its re-rank
+store and measured operating points) and search.
 
 Shared by the indexer (which builds and tunes) and the searcher (which only reads and queries), so
 that ``search`` never imports ``indexer``.
+
+Layouts (ids are the catalog's int64 item ids everywhere; search returns ids, never row numbers):
+
+* ``flat``:  ``IndexIDMap2(IndexFlatIP)``: exact.
+* ``ivfpq``: ``IndexIVFPQ`` (inner product, ids kept in the inverted lists), behind
+  ``IndexPreTransform(OPQMatrix)`` when OPQ paid at build time. The top ``k * k_factor`` PQ candidates
+  are re-ranked by their exact vectors from a :class:`RerankStore` (float32, id-sorted rows, held in
+  RAM or memory-mapped from the version folder), so recall@1 is close to exact while RAM holds only
+  the codes (``m`` bytes at 8 bits) and ids (8 bytes) per vector.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 import faiss
@@ -22,13 +32,16 @@ FloatArray = npt.NDArray[np.float32]
 IdArray = npt.NDArray[np.int64]
 
 CHECK_CHUNK = 100_000  # rows checked at a time: no full-size temporaries
+MIN_RERANK_K = 16  # a re-ranked search fetches at least this many times k_factor PQ candidates
 
 RecipeKind = Literal["flat", "ivfpq"]
+RerankMode = Literal["none", "ram", "mmap"]
+RERANK_MODES = ("none", "ram", "mmap")
 
 #: Recipe kinds keyed by name, with a one-line description each.
 RECIPE_KINDS: dict[str, str] = {
     "flat": "exact inner-product search over all vectors (IndexFlatIP)",
-    "ivfpq": "inverted file + product quantization (IndexIVFPQ), optionally re-ranked with exact vectors",
+    "ivfpq": "inverted file + product quantization (IndexIVFPQ, OPQ where it pays), re-ranked with exact vectors",
 }
 
 
@@ -43,13 +56,18 @@ def recipe_kind(name: str) -> str:
 
 @dataclass(frozen=True)
 class IndexRecipe:
-    """Parameters of one FAISS index. Only ``kind`` matters for ``flat``."""
+    """Parameters of one FAISS index. Only ``kind`` matters for ``flat``.
+
+    ``opq``: None means "decide at build time by measurement"; a built recipe says True or False.
+    ``rerank``: where the exact vectors for re-ranking live (``none``: no re-ranking).
+    """
 
     kind: RecipeKind
     nlist: int = 0
     m: int = 0
     nbits: int = 8
-    refine: bool = True
+    opq: bool | None = None
+    rerank: RerankMode = "mmap"
     nprobe: int = 1
     k_factor: int = 4
 
@@ -67,6 +85,8 @@ class IndexRecipe:
                 problems.append(f"nprobe={self.nprobe} (must be 1..nlist)")
             if self.k_factor < 1:
                 problems.append(f"k_factor={self.k_factor} (must be >= 1)")
+            if self.rerank not in RERANK_MODES:
+                problems.append(f"rerank={self.rerank!r} (must be one of {', '.join(RERANK_MODES)})")
             if problems:
                 raise UserError("invalid ivfpq recipe: " + ", ".join(problems))
 
@@ -86,12 +106,17 @@ class IndexRecipe:
         recipe_kind(data["kind"])
         return cls(**data)
 
+    @property
+    def reranked(self) -> bool:
+        return self.kind == "ivfpq" and self.rerank != "none"
+
     def describe(self) -> str:
         """Short human-readable summary."""
         if self.kind == "flat":
             return "flat (exact)"
-        refine = f", refine x{self.k_factor}" if self.refine else ""
-        return f"ivfpq nlist={self.nlist} m={self.m} nbits={self.nbits} nprobe={self.nprobe}{refine}"
+        opq = "opq+" if self.opq else ""
+        rerank = f", rerank x{self.k_factor} ({self.rerank})" if self.reranked else ""
+        return f"{opq}ivfpq nlist={self.nlist} m={self.m} nbits={self.nbits} nprobe={self.nprobe}{rerank}"
 
 
 def as_vectors(vectors: Any, *, name: str = "vectors") -> FloatArray:
@@ -111,89 +136,203 @@ def as_vectors(vectors: Any, *, name: str = "vectors") -> FloatArray:
     return out
 
 
-def _unwrap(index: faiss.Index) -> tuple[Any, Any]:
-    """Find the ``IndexRefine`` (or None) and ``IndexIVF`` (or None) inside ``index``."""
-    refine = None
-    ivf = None
+def ivf_of(index: faiss.Index) -> Any:
+    """The ``IndexIVF`` inside ``index`` (through a pre-transform or id map), or None."""
     cur: Any = faiss.downcast_index(index)
-    for _ in range(8):  # layouts are shallow; bound the walk
+    for _ in range(4):  # layouts are shallow; bound the walk
         if isinstance(cur, faiss.IndexIVF):
-            ivf = cur
-            break
-        if isinstance(cur, faiss.IndexRefine):
-            refine = cur
-            cur = faiss.downcast_index(cur.base_index)
-        elif isinstance(cur, faiss.IndexIDMap | faiss.IndexIDMap2 | faiss.IndexPreTransform):
+            return cur
+        if isinstance(cur, faiss.IndexIDMap | faiss.IndexIDMap2 | faiss.IndexPreTransform):
             cur = faiss.downcast_index(cur.index)
         else:
-            break
-    return refine, ivf
+            return None
+    return None
 
 
-def set_search_params(index: faiss.Index, nprobe: int, k_factor: int) -> None:
-    """Store ``nprobe`` on the inner IVF and ``k_factor`` on the refine wrapper (they persist on write).
+# --------------------------------------------------------------------------- re-rank store
 
-    Indexes without IVF / refine layers are left as they are.
+
+@dataclass
+class RerankStore:
+    """Exact vectors by id: ``ids`` sorted ascending, ``vectors[i]`` the vector of ``ids[i]``.
+
+    ``vectors`` may be an ``np.memmap`` (only the rows a query touches are read) or an array in RAM.
     """
-    refine, ivf = _unwrap(index)
-    if ivf is not None:
-        ivf.nprobe = int(min(max(1, nprobe), ivf.nlist))
-    if refine is not None:
-        refine.k_factor = float(max(1, k_factor))
+
+    ids: IdArray
+    vectors: FloatArray
+
+    @classmethod
+    def from_unsorted(cls, ids: IdArray, vectors: FloatArray) -> RerankStore:
+        order = np.argsort(ids, kind="stable")
+        if np.array_equal(order, np.arange(order.shape[0])):
+            return cls(np.ascontiguousarray(ids, dtype=np.int64), vectors)
+        return cls(np.ascontiguousarray(ids[order], dtype=np.int64), np.ascontiguousarray(vectors[order]))
+
+    @property
+    def mapped(self) -> bool:
+        return isinstance(self.vectors, np.memmap)
+
+    def rows(self, ids: npt.ArrayLike) -> npt.NDArray[np.int64]:
+        """Row of each id, -1 where the store does not hold it."""
+        want = np.asarray(ids, dtype=np.int64)
+        n = self.ids.shape[0]
+        if n == 0:
+            return np.full(want.shape, -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.ids, want), n - 1)
+        return np.where(self.ids[pos] == want, pos, -1).astype(np.int64)
+
+    def vector(self, item_id: int) -> FloatArray | None:
+        row = int(self.rows([item_id])[0])
+        return None if row < 0 else np.asarray(self.vectors[row], dtype=np.float32)
+
+    def rerank(self, queries: FloatArray, candidates: IdArray, k: int) -> tuple[FloatArray, IdArray]:
+        """Exact inner products of each query with its candidate ids; the best ``k`` (-1 / -inf pad)."""
+        nq, kk = candidates.shape
+        rows = self.rows(candidates.ravel()).reshape(nq, kk)
+        valid = (candidates >= 0) & (rows >= 0)
+        flat = rows[valid]
+        # read the touched rows in file order (memory-mapped: sequential-ish page faults), then scatter
+        order = np.argsort(flat, kind="stable")
+        gathered = np.empty((flat.shape[0], self.vectors.shape[1]), dtype=np.float32)
+        gathered[order] = self.vectors[flat[order]]
+        scores = np.full((nq, kk), -np.inf, dtype=np.float32)
+        qidx = np.nonzero(valid)[0]
+        scores[valid] = np.einsum("ij,ij->i", gathered, queries[qidx])
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        out_scores = np.take_along_axis(scores, top, axis=1)
+        out_ids = np.take_along_axis(np.where(valid, candidates, -1), top, axis=1)
+        out_ids[~np.isfinite(out_scores)] = -1
+        return out_scores, out_ids
+
+    def nbytes(self) -> int:
+        return int(self.ids.nbytes) + int(self.vectors.shape[0]) * int(self.vectors.shape[1]) * 4
 
 
-def _search_params(index: faiss.Index, recipe: IndexRecipe | None) -> tuple[Any, list[Any]]:
-    """Per-call ``SearchParameters`` for ``recipe`` (thread-safe: the index is not mutated).
-
-    Returns the params (or None) and the objects they point to, which must stay alive during search.
-    """
-    if recipe is None or recipe.kind == "flat":
-        return None, []
-    refine, ivf = _unwrap(index)
-    keep: list[Any] = []
-    params: Any = None
-    if ivf is not None:
-        params = faiss.SearchParametersIVF()
-        params.nprobe = int(min(recipe.nprobe, ivf.nlist))
-        keep.append(params)
-    if refine is not None:
-        outer: Any = faiss.IndexRefineSearchParameters()
-        outer.k_factor = float(recipe.k_factor)
-        outer.base_index_params = params
-        params = outer
-        keep.append(params)
-    return params, keep
+# --------------------------------------------------------------------------- parts
 
 
-def search(
-    index: faiss.Index, queries: np.ndarray, k: int, recipe: IndexRecipe | None = None
-) -> tuple[FloatArray, IdArray]:
-    """Top-``k`` search: ``(scores float32 (q, k), ids int64 (q, k))``.
+def _point_cost(point: dict[str, Any]) -> tuple[float, int, int]:
+    return (float(point.get("ms") or 0.0), int(point["nprobe"]) * int(point["k_factor"]), int(point["nprobe"]))
 
-    Missing results (``k`` > number of vectors, or too few candidates) have id -1 and score -inf.
-    ``recipe`` supplies ``nprobe`` / ``k_factor`` for this call; without it the index's stored values apply.
-    A 1-D query is treated as a single query.
-    """
-    if k <= 0:
-        raise ValueError(f"k must be >= 1, got {k}")
-    q = np.asarray(queries)
-    if q.ndim == 1:
-        q = q.reshape(1, -1)
-    x = as_vectors(q, name="queries")
-    if x.shape[1] != index.d:
-        raise ValueError(f"queries have dim {x.shape[1]}, index has dim {index.d}")
-    nq = x.shape[0]
-    scores = np.full((nq, k), -np.inf, dtype=np.float32)
-    ids = np.full((nq, k), -1, dtype=np.int64)
-    k_eff = min(k, int(index.ntotal))
-    if nq == 0 or k_eff == 0:
+
+@dataclass
+class AnnPart:
+    """One searchable index part: the FAISS index, how it was built, its re-rank store and the
+    operating points measured at build time (``{nprobe, k_factor, recall@1, recall@10, ms}``)."""
+
+    index: faiss.Index
+    recipe: IndexRecipe
+    store: RerankStore | None = None
+    points: list[dict[str, Any]] = field(default_factory=list)
+    trained_n: int = 0  # vectors the IVF-PQ part was trained for (growth adds to it without retraining)
+    _resident: int | None = None
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def d(self) -> int:
+        return int(self.index.d)
+
+    def resident_bytes(self) -> int:
+        """Bytes the FAISS structure holds in RAM (its serialised size: codes, ids, centroids, rotation),
+        plus the re-rank store when the recipe holds it in RAM (a memory-mapped one is paged by the OS)."""
+        if self._resident is None:
+            self._resident = int(faiss.serialize_index(self.index).nbytes)
+        extra = self.store.nbytes() if self.store is not None and self.recipe.rerank == "ram" else 0
+        return self._resident + extra
+
+    def store_bytes(self) -> int:
+        return self.store.nbytes() if self.store is not None else 0
+
+    def point_for(self, recall: float) -> dict[str, Any] | None:
+        """The cheapest measured operating point with recall@10 >= ``recall`` (the most accurate one
+        when none reaches it); None for exact indexes or when nothing was measured."""
+        if self.recipe.kind == "flat" or not self.points:
+            return None
+        ok = [p for p in self.points if p["recall@10"] >= recall]
+        if ok:
+            return min(ok, key=_point_cost)
+        return max(self.points, key=lambda p: (p["recall@10"], -_point_cost(p)[1]))
+
+    def vector(self, item_id: int) -> FloatArray | None:
+        """The exact vector this part holds for ``item_id`` (None when it holds none)."""
+        if self.store is not None:
+            return self.store.vector(item_id)
+        if self.recipe.kind == "flat":
+            try:
+                return np.asarray(self.index.reconstruct(int(item_id)), dtype=np.float32)
+            except RuntimeError:
+                return None
+        return None
+
+    def search(self, queries: Any, k: int, *, nprobe: int | None = None, k_factor: int | None = None,
+               recall: float | None = None, exclude: Any = None) -> tuple[FloatArray, IdArray]:
+        """Top-``k``: ``(scores float32 (q, k), ids int64 (q, k))``, -inf / -1 where missing.
+
+        The operating point is the tuned one, or the measured point for ``recall`` (see
+        :meth:`point_for`), or explicit ``nprobe`` / ``k_factor``. ``exclude``: ids never returned
+        (deleted since the build), filtered inside FAISS so that ``k`` live results still come back.
+        A 1-D query is treated as a single query.
+        """
+        if k <= 0:
+            raise ValueError(f"k must be >= 1, got {k}")
+        q = np.asarray(queries)
+        if q.ndim == 1:
+            q = q.reshape(1, -1)
+        x = as_vectors(q, name="queries")
+        if x.shape[1] != self.d:
+            raise ValueError(f"queries have dim {x.shape[1]}, index has dim {self.d}")
+        nq = x.shape[0]
+        scores = np.full((nq, k), -np.inf, dtype=np.float32)
+        ids = np.full((nq, k), -1, dtype=np.int64)
+        if nq == 0 or self.ntotal == 0:
+            return scores, ids
+        point = self.point_for(recall) if recall is not None else None
+        nprobe = nprobe or (point["nprobe"] if point else self.recipe.nprobe)
+        k_factor = k_factor or (point["k_factor"] if point else self.recipe.k_factor)
+        rerank = self.recipe.reranked and self.store is not None
+        # the depth tuning measured (k >= 10) is the least a re-ranked search looks at, also for k=1
+        fetch = min(self.ntotal, max(k, MIN_RERANK_K) * k_factor if rerank else k)
+        params, _keep = _params(self.index, nprobe, exclude)
+        d, i = self.index.search(x, fetch, params=params) if params is not None else self.index.search(x, fetch)
+        if rerank:
+            assert self.store is not None
+            d, i = self.store.rerank(x, i, min(k, fetch))
+        width = min(k, d.shape[1])
+        scores[:, :width] = d[:, :width]
+        ids[:, :width] = i[:, :width]
+        scores[ids < 0] = -np.inf
         return scores, ids
-    params, _keep = _search_params(index, recipe)
-    if params is None:
-        d, i = index.search(x, k_eff)
+
+
+def _params(index: faiss.Index, nprobe: int, exclude: Any) -> tuple[Any, list[Any]]:
+    """Per-call ``SearchParameters`` (thread-safe: the index is not mutated): ``nprobe`` and an id
+    selector that leaves out ``exclude``. Returns the params (or None) and what must stay alive."""
+    keep: list[Any] = []
+    sel = None
+    excluded = np.unique(np.asarray(exclude if exclude is not None else [], dtype=np.int64))
+    if excluded.shape[0]:
+        batch = faiss.IDSelectorBatch(excluded.shape[0], faiss.swig_ptr(excluded))
+        sel = faiss.IDSelectorNot(batch)
+        keep += [excluded, batch, sel]
+    ivf = ivf_of(index)
+    if ivf is not None:
+        params: Any = faiss.SearchParametersIVF()
+        params.nprobe = int(min(max(1, nprobe), ivf.nlist))
+    elif sel is not None:
+        params = faiss.SearchParameters()
     else:
-        d, i = index.search(x, k_eff, params=params)
-    scores[:, :k_eff] = d
-    ids[:, :k_eff] = i
-    scores[ids < 0] = -np.inf
-    return scores, ids
+        return None, keep
+    if sel is not None:
+        params.sel = sel
+    keep.append(params)
+    top = faiss.downcast_index(index)
+    if isinstance(top, faiss.IndexPreTransform):
+        outer: Any = faiss.SearchParametersPreTransform()
+        outer.index_params = params
+        keep.append(outer)
+        params = outer
+    return params, keep

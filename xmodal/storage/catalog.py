@@ -447,6 +447,31 @@ class Catalog:
         with self.Session() as s:
             return [(int(r[0]), r[1], int(r[2]), int(r[3]), r[4]) for r in s.execute(q)]
 
+    def live_counts(self, collection_id: int, space: str) -> dict[str, int]:
+        """modality -> number of ok items with a current vector in ``space`` (what a build would index)."""
+        q = (
+            select(Item.modality, func.count())
+            .join(ItemVector, ItemVector.item_id == Item.id)
+            .where(
+                Item.collection_id == collection_id,
+                Item.status == STATUS_OK,
+                ItemVector.space == space,
+                ItemVector.content_hash == Item.content_hash,
+            )
+            .group_by(Item.modality)
+        )
+        with self.Session() as s:
+            return {str(m): int(n) for m, n in s.execute(q)}
+
+    def hidden_since(self, collection_id: int, since: datetime) -> list[int]:
+        """Ids of the collection's items that stopped being servable (deleted, failed, pending) at or
+        after ``since``: what an index version built before then may still hold."""
+        q = select(Item.id).where(
+            Item.collection_id == collection_id, Item.status != STATUS_OK, Item.updated_at >= since,
+        )
+        with self.Session() as s:
+            return [int(i) for i in s.scalars(q)]
+
     # index versions ---------------------------------------------------------------------------
 
     def published_index(self, collection_id: int, space: str) -> IndexVersion | None:

@@ -1,15 +1,21 @@
-"""Index version folders: one FAISS file per part plus ``manifest.json``, written atomically.
+"""Index version folders: one FAISS file per part (and its re-rank store) plus ``manifest.json``,
+written atomically.
 
 Layout of a version folder::
 
     <final_dir>/
-        manifest.json      # caller's keys + files{part: file, sha256, bytes, ntotal}, format_version, created_at
+        manifest.json        # caller's keys + files{part: file, sha256, bytes, ntotal, recipe, points,
+                             #   trained_n, store{ids, vectors}}, format_version, created_at
         image.faiss
+        image.ids.npy        # re-rank store of an IVF-PQ part: ids sorted ascending (int64)
+        image.vectors.npy    # and their exact vectors (float32, n x dim), memory-mapped when the recipe says so
         text.faiss
 
 A folder is written under a hidden temporary sibling and renamed into place, so readers only ever
 see complete folders. Index files are loaded only when the manifest names them with a matching
-checksum and size: FAISS deserialisation is not meant for untrusted input.
+checksum and size: FAISS deserialisation is not meant for untrusted input. Store files are plain
+``.npy`` arrays (read with ``allow_pickle=False``); their size, dtype and shape are checked on load and
+their sha256 is recorded for ``xmodal verify``-style checks (hashing gigabytes on every load is not).
 """
 
 from __future__ import annotations
@@ -26,14 +32,16 @@ from pathlib import Path
 from typing import Any
 
 import faiss
+import numpy as np
 
 from xmodal.errors import UserError
+from xmodal.storage.ann import AnnPart, IndexRecipe, RerankStore
 from xmodal.storage.layout import file_sha256, fsync_dir, fsync_file
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: parts are AnnParts (IVF-PQ ids in the lists, re-rank store beside)
 PART_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
@@ -47,10 +55,20 @@ def _check_part_name(name: object) -> str:
     return name
 
 
+def _save_array(path: Path, array: np.ndarray) -> dict[str, Any]:
+    with path.open("wb") as fh:
+        np.save(fh, array, allow_pickle=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return {"file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size,
+            "dtype": str(array.dtype), "shape": list(array.shape)}
+
+
 def write_index_dir(
-    final_dir: Path, parts: dict[str, faiss.Index], manifest: dict[str, Any]
+    final_dir: Path, parts: dict[str, AnnPart], manifest: dict[str, Any]
 ) -> dict[str, Any]:
-    """Write ``parts`` (``<part>.faiss``) and the manifest to ``final_dir`` atomically.
+    """Write ``parts`` (``<part>.faiss``, and ``<part>.ids.npy`` / ``<part>.vectors.npy`` for a re-rank
+    store) and the manifest to ``final_dir`` atomically.
 
     ``final_dir`` must not exist (``FileExistsError``). The caller's ``manifest`` is not modified;
     the returned copy has ``files``, ``format_version`` and ``created_at`` set.
@@ -67,17 +85,24 @@ def write_index_dir(
     try:
         out = copy.deepcopy(manifest)
         files: dict[str, dict[str, Any]] = {}
-        for name, index in sorted(parts.items()):
+        for name, part in sorted(parts.items()):
             fname = f"{name}.faiss"
             path = tmp / fname
-            faiss.write_index(index, str(path))
+            faiss.write_index(part.index, str(path))
             fsync_file(path)
-            files[name] = {
+            entry: dict[str, Any] = {
                 "file": fname,
                 "sha256": file_sha256(path),
                 "bytes": path.stat().st_size,
-                "ntotal": int(index.ntotal),
+                "ntotal": part.ntotal,
+                "recipe": part.recipe.to_dict(),
+                "points": part.points,
+                "trained_n": part.trained_n,
             }
+            if part.store is not None:
+                entry["store"] = {"ids": _save_array(tmp / f"{name}.ids.npy", part.store.ids),
+                                  "vectors": _save_array(tmp / f"{name}.vectors.npy", part.store.vectors)}
+            files[name] = entry
         out["files"] = files
         out["format_version"] = FORMAT_VERSION
         out["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -154,14 +179,48 @@ def _read_one(path: Path, mmap: bool) -> faiss.Index:
         raise IndexFileError(f"FAISS cannot read {path}: {exc}") from exc
 
 
+def _load_store(dir: Path, part: str, entry: dict[str, Any], recipe: IndexRecipe, dim: int, ntotal: int) -> RerankStore:
+    spec = entry.get("store")
+    if not isinstance(spec, dict) or not all(isinstance(spec.get(k), dict) for k in ("ids", "vectors")):
+        raise IndexFileError(f"manifest of {dir}: part {part!r} has a bad store entry: {spec!r}")
+    arrays: dict[str, np.ndarray] = {}
+    for key, dtype, shape in (("ids", "int64", [ntotal]), ("vectors", "float32", [ntotal, dim])):
+        info = spec[key]
+        path = dir / f"{part}.{key}.npy"
+        if info.get("file") != path.name:
+            raise IndexFileError(f"manifest of {dir}: part {part!r} store names {info.get('file')!r}, not {path.name}")
+        if not path.is_file():
+            raise IndexFileError(f"re-rank store {path} is missing; the index folder is incomplete")
+        if path.stat().st_size != info.get("bytes"):
+            raise IndexFileError(f"re-rank store {path} has {path.stat().st_size} bytes, manifest says "
+                                 f"{info.get('bytes')}; refusing it")
+        try:
+            if key == "vectors" and recipe.rerank == "mmap":
+                array = np.load(path, mmap_mode="r", allow_pickle=False)
+            else:
+                array = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise IndexFileError(f"cannot read re-rank store {path}: {exc}") from exc
+        if str(array.dtype) != dtype or list(array.shape) != shape:
+            raise IndexFileError(f"re-rank store {path} holds {array.dtype} {list(array.shape)}, expected "
+                                 f"{dtype} {shape}")
+        arrays[key] = array
+    ids = arrays["ids"]
+    if ids.shape[0] > 1 and not bool((ids[1:] > ids[:-1]).all()):
+        raise IndexFileError(f"re-rank store {dir / (part + '.ids.npy')} is not sorted by id; refusing it")
+    return RerankStore(ids, arrays["vectors"])
+
+
 def read_index_dir(
     dir: Path, *, expect: dict[str, Any] | None = None, mmap: bool = False
-) -> tuple[dict[str, Any], dict[str, faiss.Index]]:
-    """Load an index folder: ``(manifest, {part: index})``.
+) -> tuple[dict[str, Any], dict[str, AnnPart]]:
+    """Load an index folder: ``(manifest, {part: AnnPart})``.
 
-    Refuses (``IndexFileError``) when a listed file is missing or its size or sha256 differ, when the
-    manifest is malformed, or when a key of ``expect`` (e.g. ``{"space": "clip", "dim": 512}``) does
-    not equal the manifest's value. Only files the manifest lists are opened.
+    Refuses (``IndexFileError``) when a listed file is missing or its size or sha256 differ (FAISS
+    files; store files by size, dtype and shape), when the manifest is malformed, or when a key of
+    ``expect`` (e.g. ``{"space": "clip", "dim": 512}``) does not equal the manifest's value. Only files
+    the manifest lists are opened. ``mmap`` maps the FAISS files too (a re-rank store is mapped when
+    its recipe says ``rerank="mmap"``).
     """
     dir = Path(dir)
     manifest = read_manifest(dir)
@@ -169,6 +228,8 @@ def read_index_dir(
     if version != FORMAT_VERSION:
         raise IndexFileError(
             f"index folder {dir} has format_version {version!r}; this xmodal reads {FORMAT_VERSION}"
+            + (": it was built by an older xmodal, run `xmodal index` to rebuild it"
+               if isinstance(version, int) and version < FORMAT_VERSION else "")
         )
     if expect:
         _check_expect(dir, manifest, expect)
@@ -176,7 +237,7 @@ def read_index_dir(
     if not isinstance(files, dict):
         raise IndexFileError(f"manifest of {dir} has no 'files' mapping")
 
-    checked: dict[str, tuple[Path, dict[str, Any]]] = {}
+    checked: dict[str, tuple[Path, dict[str, Any], IndexRecipe]] = {}
     for part, entry in files.items():
         try:
             _check_part_name(part)
@@ -186,6 +247,10 @@ def read_index_dir(
             raise IndexFileError(f"manifest of {dir}: bad file entry for part {part!r}: {entry!r}")
         if not isinstance(entry.get("sha256"), str) or not isinstance(entry.get("bytes"), int):
             raise IndexFileError(f"manifest of {dir}: part {part!r} has no checksum and size")
+        try:
+            recipe = IndexRecipe.from_dict(entry.get("recipe"))  # type: ignore[arg-type]
+        except UserError as exc:
+            raise IndexFileError(f"manifest of {dir}: part {part!r}: {exc}") from None
         path = dir / entry["file"]
         if not path.is_file():
             raise IndexFileError(f"index file {path} is missing; the index folder is incomplete")
@@ -196,13 +261,17 @@ def read_index_dir(
             )
         if file_sha256(path) != entry["sha256"]:
             raise IndexFileError(f"index file {path} does not match its sha256 in the manifest; refusing it")
-        checked[part] = (path, entry)
+        checked[part] = (path, entry, recipe)
 
-    indexes: dict[str, faiss.Index] = {}
-    for part, (path, entry) in checked.items():
+    parts: dict[str, AnnPart] = {}
+    for part, (path, entry, recipe) in checked.items():
         index = _read_one(path, mmap)
         ntotal = entry.get("ntotal")
         if ntotal is not None and int(index.ntotal) != ntotal:
             raise IndexFileError(f"index file {path} holds {index.ntotal} vectors, manifest says {ntotal}")
-        indexes[part] = index
-    return manifest, indexes
+        store = _load_store(dir, part, entry, recipe, int(index.d), int(index.ntotal)) if "store" in entry else None
+        if recipe.reranked and store is None:
+            raise IndexFileError(f"manifest of {dir}: part {part!r} re-ranks but lists no store")
+        points = entry.get("points") or []
+        parts[part] = AnnPart(index, recipe, store, list(points), int(entry.get("trained_n") or 0))
+    return manifest, parts

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from xmodal.errors import UserError
+from xmodal.storage.ann import IndexRecipe
 from xmodal.storage.catalog import Catalog
 
 
@@ -19,10 +21,19 @@ def collection_stats(catalog: Catalog, collection: str, *, failures_limit: int |
             parts = {}
             for modality, info in (published.summary or {}).get("parts", {}).items():
                 recipe, st = info.get("recipe", {}), info.get("stats", {})
-                parts[modality] = {"kind": recipe.get("kind"), "vectors": st.get("n"),
-                                   "nlist": recipe.get("nlist"), "m": recipe.get("m"),
-                                   "nprobe": recipe.get("nprobe"), "recall@1": st.get("recall@1"),
-                                   "recall@10": st.get("recall@10")}
+                try:
+                    described = IndexRecipe.from_dict(recipe).describe()
+                except UserError:
+                    described = str(recipe.get("kind"))
+                parts[modality] = {
+                    "kind": recipe.get("kind"), "recipe": described, "vectors": st.get("n"),
+                    **{k: recipe.get(k) for k in ("nlist", "m", "nbits", "opq", "rerank", "nprobe", "k_factor")},
+                    **{k: st.get(k) for k in ("recall@1", "recall@10", "recall_target", "target_met",
+                                              "probe_queries", "latency_ms", "bytes_per_vector",
+                                              "store_bytes_per_vector", "trained_n", "appended", "removed",
+                                              "retrained", "device", "points")},
+                    "max_memory": info.get("max_memory"),
+                }
             indexes[space.name] = {"version": published.version, "kind": published.kind,
                                    "vectors": published.n_vectors, "bytes": published.bytes,
                                    "built_at": published.created_at.isoformat(), "build_s": published.build_s,

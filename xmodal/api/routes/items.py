@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import FileResponse
 
 from xmodal.api.deps import ServiceDep, require_api_key
-from xmodal.api.schemas import MAX_K, MAX_OFFSET, ItemOut, SearchResponse, Target
+from xmodal.api.schemas import MAX_K, MAX_OFFSET, RECALL_DOC, ItemOut, SearchResponse, Target
 
 router = APIRouter(prefix="/v1/items", tags=["items"], dependencies=[Depends(require_api_key)])
 ItemId = Annotated[int, Path(ge=1, le=2**63 - 1)]
@@ -25,8 +25,10 @@ def similar(
     target: Target = "any",
     k: Annotated[int, Query(ge=1, le=MAX_K)] = 12,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    recall: Annotated[float | None, Query(gt=0, le=1, description=RECALL_DOC)] = None,
 ) -> dict[str, Any]:
-    return service.similar(item_id=item_id, collection=collection, target=target, k=k, offset=offset)
+    return service.similar(item_id=item_id, collection=collection, target=target, k=k, offset=offset,
+                           recall=recall)
 
 
 @router.get("/{item_id}/media", response_class=FileResponse)

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 
 from xmodal.api.deps import ServiceDep, require_api_key
 from xmodal.api.errors import ApiError
-from xmodal.api.schemas import MAX_K, MAX_OFFSET, SearchRequest, SearchResponse, Target
+from xmodal.api.schemas import MAX_K, MAX_OFFSET, RECALL_DOC, SearchRequest, SearchResponse, Target
 from xmodal.api.service import AUDIO_TYPES, IMAGE_TYPES
 
 router = APIRouter(prefix="/v1", tags=["search"], dependencies=[Depends(require_api_key)])
@@ -16,7 +16,7 @@ router = APIRouter(prefix="/v1", tags=["search"], dependencies=[Depends(require_
 @router.post("/search", response_model=SearchResponse)
 def search(body: SearchRequest, service: ServiceDep) -> dict[str, Any]:
     return service.search(collection=body.collection, text=body.text, item_id=body.item_id, target=body.target,
-                          k=body.k, offset=body.offset, filters=body.filters)
+                          k=body.k, offset=body.offset, filters=body.filters, recall=body.recall)
 
 
 def _filters(raw: str | None) -> dict[str, Any] | None:
@@ -41,6 +41,7 @@ def search_upload(
     k: Annotated[int, Form(ge=1, le=MAX_K)] = 12,
     offset: Annotated[int, Form(ge=0, le=MAX_OFFSET)] = 0,
     filters: Annotated[str | None, Form(max_length=20_000)] = None,
+    recall: Annotated[float | None, Form(gt=0, le=1, description=RECALL_DOC)] = None,
 ) -> dict[str, Any]:
     declared = (file.content_type or "").split(";")[0].strip().lower()
     if declared not in IMAGE_TYPES | AUDIO_TYPES:
@@ -49,4 +50,4 @@ def search_upload(
     data = file.file.read()
     audio = declared in AUDIO_TYPES
     return service.search(collection=collection, image_bytes=None if audio else data, audio_bytes=data if audio else None,
-                          target=target, k=k, offset=offset, filters=_filters(filters))
+                          target=target, k=k, offset=offset, filters=_filters(filters), recall=recall)
