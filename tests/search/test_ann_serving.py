@@ -125,3 +125,24 @@ def test_stats_show_measurements_and_when_a_retrain_is_due(approx: Settings, tmp
     text = capsys.readouterr().out
     assert "retrain due: 60 vectors now call for a flat index" in text
     assert "measured on" in text and "B/vector in RAM" in text
+
+
+def test_retrain_due_when_the_last_build_missed_its_recall_target(approx: Settings, tmp_path: Path) -> None:
+    from xmodal.indexer.publish import retrain_due
+
+    media = tmp_path / "m"
+    write_photos(media, 60)
+    index_sources(approx, [media], "c", progress=False)
+    catalog = Catalog(approx.resolved_database_url, create=False)
+    try:
+        cid = catalog.collection_id("c")
+        space = next(s for s in catalog.spaces(cid) if s.name == "clip")
+        published = catalog.published_index(cid, "clip")
+        assert published is not None
+        summary = published.summary
+        assert retrain_due(catalog, approx, cid, space, summary) == {}
+        summary["parts"]["image"]["stats"].update({"target_met": False, "recall@10": 0.81})
+        due = retrain_due(catalog, approx, cid, space, summary)
+        assert set(due) == {"image"} and "recall@10 0.81 is below the target 0.95" in due["image"]
+    finally:
+        catalog.close()
