@@ -413,9 +413,12 @@ def _tune(part: AnnPart, x: FloatArray, ids: IdArray, recall_target: float, seed
     def measure(nprobe: int, k_factor: int) -> dict[str, Any]:
         key = (nprobe, k_factor)
         if key not in measured:
-            t0 = time.perf_counter()
-            _, found = part.search(probes, kk, nprobe=nprobe, k_factor=k_factor)
-            ms = (time.perf_counter() - t0) * 1000 / probes.shape[0]
+            times = []
+            for _ in range(2):  # the faster of two: the first may pay for cold pages of the re-rank store
+                t0 = time.perf_counter()
+                _, found = part.search(probes, kk, nprobe=nprobe, k_factor=k_factor)
+                times.append(time.perf_counter() - t0)
+            ms = min(times) * 1000 / probes.shape[0]
             r1, r10 = _recall(found, truth, own, RECALL_K)
             measured[key] = {"nprobe": nprobe, "k_factor": k_factor, "recall@1": round(r1, 4),
                              "recall@10": round(r10, 4), "ms": round(ms, 4)}

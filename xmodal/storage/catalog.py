@@ -436,12 +436,7 @@ class Catalog:
             select(ItemVector.item_id, Item.modality, ItemVector.shard_id, ItemVector.row, Shard.path)
             .join(Item, Item.id == ItemVector.item_id)
             .join(Shard, Shard.id == ItemVector.shard_id)
-            .where(
-                Item.collection_id == collection_id,
-                Item.status == STATUS_OK,
-                ItemVector.space == space,
-                ItemVector.content_hash == Item.content_hash,
-            )
+            .where(*_live(collection_id, space))
             .order_by(ItemVector.shard_id, ItemVector.row)
         )
         with self.Session() as s:
@@ -452,12 +447,7 @@ class Catalog:
         q = (
             select(Item.modality, func.count())
             .join(ItemVector, ItemVector.item_id == Item.id)
-            .where(
-                Item.collection_id == collection_id,
-                Item.status == STATUS_OK,
-                ItemVector.space == space,
-                ItemVector.content_hash == Item.content_hash,
-            )
+            .where(*_live(collection_id, space))
             .group_by(Item.modality)
         )
         with self.Session() as s:
@@ -534,6 +524,12 @@ class Catalog:
             q = q.limit(limit)
         with self.Session() as s:
             return [(r[0], r[1] or "") for r in s.execute(q)]
+
+
+def _live(collection_id: int, space: str) -> tuple[Any, ...]:
+    """An ok item of the collection whose vector in ``space`` embeds its current content."""
+    return (Item.collection_id == collection_id, Item.status == STATUS_OK, ItemVector.space == space,
+            ItemVector.content_hash == Item.content_hash)
 
 
 def check_collection_name(name: str) -> str:
