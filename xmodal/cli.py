@@ -160,7 +160,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     searcher = _open_searcher(args)
     try:
-        report = evaluate(searcher, args.queries, k=args.k, progress=not args.no_progress)
+        report = evaluate(searcher, args.queries, k=args.k, progress=not args.no_progress, recall=args.recall)
     finally:
         searcher.close()
     if args.json:
@@ -368,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collection", "-c", required=True)
     p.add_argument("--queries", type=Path, required=True, help="JSONL file of queries")
     p.add_argument("-k", type=_positive, default=10)
+    p.add_argument("--recall", type=_fraction, metavar="R",
+                   help="search approximate indexes at the operating point measured for this recall@10")
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     _model_flags(p, recorded=True)

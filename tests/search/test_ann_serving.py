@@ -146,3 +146,27 @@ def test_retrain_due_when_the_last_build_missed_its_recall_target(approx: Settin
         assert set(due) == {"image"} and "recall@10 0.81 is below the target 0.95" in due["image"]
     finally:
         catalog.close()
+
+
+def test_eval_at_a_requested_recall_point(approx: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    media = tmp_path / "m"
+    photos = write_photos(media, 60)
+    index_sources(approx, [media], "c", progress=False)
+    queries = tmp_path / "q.jsonl"
+    queries.write_text("".join(json.dumps({"image": str(p), "expected": [str(p)], "target": "image"}) + "\n"
+                               for p in photos[:5]))
+    monkeypatch.setenv("XMODAL_HOME", str(approx.home))
+    monkeypatch.setenv("XMODAL_DATABASE_URL", approx.resolved_database_url)
+    report = cli_json(capsys, ["eval", "-c", "c", "--queries", str(queries), "-k", "5", "--no-progress",
+                               "--recall", "0.5"])
+    assert report["ann_recall"] == 0.5 and report["queries"] == 5
+    assert report["recall@k"] == 1.0, "a photo finds itself among the first five at any measured point"
+    from xmodal.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["eval", "-c", "c", "--queries", str(queries), "--recall", "2"])
+    assert info.value.code == 2
+    assert "must be a number in (0, 1]" in capsys.readouterr().err

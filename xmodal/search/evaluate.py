@@ -66,7 +66,10 @@ def load_queries(path: Path) -> list[dict[str, Any]]:
     return queries
 
 
-def evaluate(searcher: Searcher, queries_file: Path, *, k: int = 10, progress: bool = True) -> dict[str, Any]:
+def evaluate(searcher: Searcher, queries_file: Path, *, k: int = 10, progress: bool = True,
+             recall: float | None = None) -> dict[str, Any]:
+    """``recall``: search approximate indexes at the operating point for that recall@10 (see
+    ``Searcher.run``), so that a recall/speed trade can be judged on labelled queries."""
     queries = load_queries(queries_file)
     bases = [Path.cwd(), queries_file.absolute().parent]
     searcher.warm_up()
@@ -89,7 +92,7 @@ def evaluate(searcher: Searcher, queries_file: Path, *, k: int = 10, progress: b
             kwargs["text"] = str(value)
         t0 = time.perf_counter()
         try:
-            results = searcher.search(target=q.get("target") or "any", k=k, **kwargs)
+            results = searcher.run(target=q.get("target") or "any", k=k, recall=recall, **kwargs).results
         except UserError as exc:
             raise UserError(f"{queries_file}:{lineno}: {exc}") from exc
         latencies.append((time.perf_counter() - t0) * 1000)
@@ -107,6 +110,7 @@ def evaluate(searcher: Searcher, queries_file: Path, *, k: int = 10, progress: b
     return {
         "queries": n,
         "k": k,
+        "ann_recall": recall,
         "recall@1": sum(1 for r in ranks if r == 1) / n,
         "recall@k": sum(1 for r in ranks if r is not None) / n,
         "mrr": sum(1.0 / r for r in ranks if r is not None) / n,
