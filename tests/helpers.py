@@ -90,14 +90,15 @@ def write_sounds(folder: Path, n: int, *, start: int = 0, ext: str = "wav", seco
     return paths
 
 
-def cli_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> Any:
-    """Run the CLI in-process with --json and parse what it printed."""
+def cli_json(capsys: pytest.CaptureFixture[str], argv: list[str], *, code: int = 0) -> Any:
+    """Run the CLI in-process with --json, check its exit code (3: an index run with failed files) and
+    parse what it printed."""
     from xmodal.cli import main
 
     capsys.readouterr()
-    code = main([*argv, "--json"])
+    got = main([*argv, "--json"])
     out = capsys.readouterr().out
-    assert code == 0, out
+    assert got == code, out
     return json.loads(out)
 
 

@@ -171,7 +171,7 @@ def test_every_kind_of_bad_file_is_recorded_and_the_run_goes_on(env, tmp_path, c
     monkeypatch.setenv("XMODAL_MAX_IMAGE_PIXELS", "100000000")
     root = tmp_path / "bad"
     expected = write_bad_files(root)
-    summary = cli_json(capsys, ["index", str(root), "--collection", "shop", "--no-progress"])
+    summary = cli_json(capsys, ["index", str(root), "--collection", "shop", "--no-progress"], code=3)
     assert summary["ok"] == 1 and summary["failed"] == len(expected)
     stats = cli_json(capsys, ["stats", "--collection", "shop"])
     reasons = {Path(f["uri"]).name: f["reason"] for f in stats["failed"]}
@@ -387,3 +387,10 @@ def test_run_report_for_schedulers(env, media, capsys, tmp_path):
     failed = json.loads(report.read_text())
     assert failed["status"] == "error" and "does not exist" in failed["message"]
     assert [p.name for p in report.parent.iterdir()] == ["run.json"]  # no temp file left
+    # a run that finishes with failed files: exit 3 (partial), status "partial", the failures listed
+    (media / "notes" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    code = main(["index", str(media), "-c", "shop", "--no-progress", "--report", str(report)])
+    assert code == 3, report.read_text()
+    partial = json.loads(report.read_text())
+    assert partial["status"] == "partial" and partial["exit_code"] == 3 and partial["failed"] == 1
+    assert partial["failures"][0]["uri"].endswith("broken.jpg")

@@ -20,9 +20,14 @@ from pydantic import ValidationError
 from xmodal import __version__
 from xmodal.config import Settings, load_settings, parse_bytes
 from xmodal.errors import UserError
+from xmodal.indexer.lock import CollectionBusy
 from xmodal.storage.uris import path_to_uri
 
-EXIT_USER_ERROR = 2
+EXIT_BUG = 1  # an unexpected error (a traceback): report it
+EXIT_USER_ERROR = 2  # fatal: bad flags, settings, sources or models; nothing to retry as is
+EXIT_PARTIAL = 3  # the run finished, but some files failed (listed in the report and `xmodal stats`)
+EXIT_PROBLEMS = 4  # `xmodal verify` found disagreements
+EXIT_BUSY = 75  # another run holds the collection's lock (EX_TEMPFAIL): try again later
 
 
 class _QuietThirdParty(logging.Filter):
@@ -87,12 +92,13 @@ def cmd_index(args: argparse.Namespace) -> int:
             _write_report(args.report, {"status": "error", "collection": args.collection, "message": str(exc),
                                         "started_at": started, "finished_at": time.time()})
         raise
+    code = EXIT_PARTIAL if summary.failed else 0
     if args.report:
-        _write_report(args.report, {"status": "ok", **summary.as_dict(), "started_at": started,
-                                    "finished_at": time.time()})
+        _write_report(args.report, {"status": "partial" if code else "ok", "exit_code": code, **summary.as_dict(),
+                                    "started_at": started, "finished_at": time.time()})
     if args.json:
         _dump(summary.as_dict())
-        return 0
+        return code
     s = summary
     print(f"{s.collection}: {s.scanned} files scanned, {s.new} new | ok {s.ok} | failed {s.failed} | "
           f"unchanged {s.unchanged} | deleted {s.deleted}")
@@ -117,7 +123,11 @@ def cmd_index(args: argparse.Namespace) -> int:
         print(f"alignment clap -> clip fitted on {a['train']} bank texts; held-out ({a['held_out']}): "
               f"cosine {a['held_out_cosine_mean']}, recall@1 {a['held_out_recall@1']}, "
               f"recall@10 {a['held_out_recall@10']}")
-    return 0
+    if s.swept:
+        print(f"removed {len(s.swept)} files an interrupted run had left")
+    if code:
+        print(f"exit {code}: {s.failed} files failed (partial); the rest is indexed")
+    return code
 
 
 def _open_searcher(args: argparse.Namespace) -> Any:
@@ -169,6 +179,52 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"queries {report['queries']}  recall@1 {report['recall@1']:.3f}  recall@{args.k} {report['recall@k']:.3f}"
           f"  MRR {report['mrr']:.3f}  latency p50 {report['latency_ms_p50']:.1f} ms"
           f"  p95 {report['latency_ms_p95']:.1f} ms")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from xmodal.indexer.maintenance import repair, verify
+    from xmodal.storage.catalog import Catalog
+    from xmodal.storage.layout import Layout
+
+    settings = _settings(args)
+    catalog = Catalog(settings.resolved_database_url, create=False)
+    try:
+        layout = Layout(settings.home)
+        report = (repair(catalog, layout, settings, args.collection, progress=not args.json) if args.repair
+                  else verify(catalog, layout, args.collection))
+    finally:
+        catalog.close()
+    if args.json:
+        _dump({"collection": args.collection, **report.as_dict()})
+    else:
+        for line in report.repaired:
+            print(f"repaired: {line}")
+        print(f"collection {args.collection}: " + ", ".join(f"{k} {v}" for k, v in sorted(report.counts.items())))
+        for line in report.problems:
+            print(f"  problem: {line}")
+        print("consistent" if report.ok else f"{len(report.problems)} problems (xmodal verify --repair)")
+    return 0 if report.ok else EXIT_PROBLEMS
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from xmodal.indexer.maintenance import gc, parse_duration
+    from xmodal.storage.catalog import Catalog
+    from xmodal.storage.layout import Layout
+
+    settings = _settings(args)
+    grace = parse_duration(args.grace)
+    catalog = Catalog(settings.resolved_database_url, create=False)
+    try:
+        removed = gc(catalog, Layout(settings.home), settings, args.collection, grace_s=grace)
+    finally:
+        catalog.close()
+    if args.json:
+        _dump({"collection": args.collection, "grace_s": grace, "removed": removed})
+        return 0
+    for path in removed:
+        print(f"removed {path}")
+    print(f"{args.collection}: removed {len(removed)} unpublished, superseded or unreferenced files")
     return 0
 
 
@@ -380,6 +436,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stats)
 
+    p = sub.add_parser("verify", parents=[common],
+                       help="check catalog, shards and index agree (exit 4 when not); --repair fixes what it can")
+    p.add_argument("--collection", "-c", required=True)
+    p.add_argument("--repair", action="store_true",
+                   help="remove orphan files, mark items of damaged shards for re-embedding, rebuild the index")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("gc", parents=[common],
+                       help="remove unpublished and superseded index versions and unreferenced shards")
+    p.add_argument("--collection", "-c", required=True)
+    p.add_argument("--grace", default="1h", metavar="DURATION",
+                   help="keep superseded versions and unreferenced shards this long (90s, 30m, 2h, 7d; default 1h)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_gc)
+
     p = sub.add_parser("serve", parents=[common], help="the HTTP API and web page")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
@@ -404,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(getattr(args, "verbose", 0))
     try:
         return int(args.func(args))
+    except CollectionBusy as exc:
+        print(f"xmodal {args.command}: {exc}", file=sys.stderr)
+        return EXIT_BUSY
     except UserError as exc:
         print(f"xmodal {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

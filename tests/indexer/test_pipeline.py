@@ -203,6 +203,10 @@ def test_two_runs_on_one_collection_never_interleave(settings, tmp_path):
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         with pytest.raises(CollectionBusy, match=rf"pid {holder.pid}"):
             index_sources(settings, [media], "c", progress=False)
+        from xmodal.cli import EXIT_BUSY, main  # a scheduler sees "busy, try later", not a failure
+
+        assert main(["index", str(media), "-c", "c", "--no-progress", "--home", str(settings.home),
+                     "--database-url", settings.resolved_database_url]) == EXIT_BUSY == 75
         index_sources(settings, [media], "other", progress=False)  # another collection is free
     finally:
         holder.kill()  # SIGKILL: the kernel drops the lock, no stale lock remains

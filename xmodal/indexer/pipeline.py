@@ -12,6 +12,7 @@ import concurrent.futures as cf
 import logging
 import multiprocessing
 import os
+import signal
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +38,7 @@ from xmodal.indexer.decode import (
     warm_up,
 )
 from xmodal.indexer.lock import collection_lock
+from xmodal.indexer.maintenance import NATIVE_MODALITIES, sweep_orphans
 from xmodal.indexer.publish import build_and_publish
 from xmodal.indexer.scan import FileEntry, scan, under_roots
 from xmodal.media.types import MediaLimits
@@ -60,7 +62,7 @@ POOL_MIN_ITEMS = 32  # fewer items than this decode in-process: starting workers
 
 
 #: the modalities each space embeds natively (DESIGN.md, "Embedding spaces")
-SPACE_MODALITIES: dict[str, tuple[str, ...]] = {"clip": ("image", "text"), "clap": ("audio", "text")}
+SPACE_MODALITIES = NATIVE_MODALITIES
 SPACE_FAMILIES = {"clip": "open_clip", "clap": "clap"}
 #: failure reasons that start with this are retried as soon as a run can embed audio again
 AUDIO_UNAVAILABLE = "audio unavailable: "
@@ -84,6 +86,7 @@ class RunSummary:
     totals: dict[str, int] = field(default_factory=dict)  # the collection's items by status after the run
     unlisted: list[str] = field(default_factory=list)  # folders that could not be listed (kept as they were)
     warnings: list[str] = field(default_factory=list)
+    swept: list[str] = field(default_factory=list)  # files an interrupted run left, removed at the start
 
     @property
     def items_per_second(self) -> float:
@@ -96,7 +99,7 @@ class RunSummary:
             "ok": self.ok, "failed": self.failed, "unchanged": self.unchanged, "deleted": self.deleted,
             "failures": [{"uri": u, "reason": r} for u, r in self.failures],
             "index": self.index, "alignment": self.alignment, "device": self.device, "seconds": self.seconds,
-            "totals": self.totals, "unlisted": self.unlisted, "warnings": self.warnings,
+            "totals": self.totals, "unlisted": self.unlisted, "warnings": self.warnings, "swept": self.swept,
             "items_per_second": round(self.items_per_second, 2),
         }
 
@@ -124,7 +127,7 @@ class IndexRun:
         self.catalog = Catalog(settings.resolved_database_url)
         self.collection_id = self.catalog.collection_id(collection, create=True)
         self.limits = MediaLimits.from_settings(settings)
-        self._crash_at = crash_at
+        self._crash_at = crash_at or fault_from_env()
         self._encoders: dict[str, Encoder] = {}
         self._records: dict[str, dict[str, Any]] = {
             "clip": resolve_model("open_clip", settings.clip_model, settings.clip_pretrained)}
@@ -179,6 +182,7 @@ class IndexRun:
     def run(self, sources: list[Path], *, retry_failed: bool = False) -> RunSummary:
         summary = RunSummary(self.collection)
         t0 = time.monotonic()
+        summary.swept = sweep_orphans(self.catalog, self.layout, self.collection, self.collection_id)
         tasks = self._diff(sources, summary, retry_failed=retry_failed)
         summary.seconds["scan"] = round(time.monotonic() - t0, 3)
         self._hook("after-scan")
@@ -405,6 +409,7 @@ class IndexRun:
                     groups[(space, modality)].append(d)
                     if waiting(space, modality) >= batch:
                         encode(space, modality)
+                        self._hook("after-encode-batch")
             flush()
         for space, modality in list(groups):
             encode(space, modality)
@@ -512,6 +517,30 @@ class DecodePool:
     def _restart(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._pool = self._start()
+
+
+FAULT_ENV = "XMODAL_FAULT_AT"
+
+
+def fault_from_env() -> Callable[[str], None] | None:
+    """The fault hook a crash test sets on a subprocess: ``XMODAL_FAULT_AT=point`` (or ``point@n``)
+    SIGKILLs this process the first (n-th) time the run reaches ``point``: after-scan,
+    after-encode-batch, before-shard-write, before-shard-commit, after-shard-commit, before-index-write,
+    before-publish."""
+    spec = os.environ.get(FAULT_ENV, "").strip()
+    if not spec:
+        return None
+    point, _, nth = spec.partition("@")
+    left = [int(nth) if nth.isdigit() else 1]
+
+    def hook(at: str) -> None:
+        if at == point:
+            left[0] -= 1
+            if left[0] <= 0:
+                log.warning("%s=%s: killing this run now", FAULT_ENV, spec)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
 
 
 def index_sources(settings: Settings, sources: Iterable[Path], collection: str, *, progress: bool = True,

@@ -462,6 +462,51 @@ class Catalog:
         with self.Session() as s:
             return [int(i) for i in s.scalars(q)]
 
+    def shard_records(self, collection_id: int) -> list[Shard]:
+        """Every shard the catalog records for the collection (all spaces)."""
+        with self.Session() as s:
+            return list(s.scalars(select(Shard).where(Shard.collection_id == collection_id)))
+
+    def vector_rows(self, collection_id: int) -> list[tuple[int, str, str, int, int, bool]]:
+        """(item id, item status, space, shard id, row, content hash matches) of every vector row."""
+        q = (
+            select(ItemVector.item_id, Item.status, ItemVector.space, ItemVector.shard_id, ItemVector.row,
+                   ItemVector.content_hash == Item.content_hash)
+            .join(Item, Item.id == ItemVector.item_id)
+            .where(Item.collection_id == collection_id)
+        )
+        with self.Session() as s:
+            return [(int(r[0]), r[1], r[2], int(r[3]), int(r[4]), bool(r[5])) for r in s.execute(q)]
+
+    def drop_shards(self, shard_ids: Sequence[int], reason: str) -> list[int]:
+        """Forget shards whose file is lost: their vector rows go, their items become ``pending`` (to be
+        embedded again from their media), in one transaction. Returns the items."""
+        if not shard_ids:
+            return []
+        with self.Session.begin() as s:
+            items = sorted({int(i) for chunk in _chunks(list(shard_ids)) for i in s.scalars(
+                select(ItemVector.item_id).where(ItemVector.shard_id.in_(chunk)))})
+            for chunk in _chunks(list(shard_ids)):
+                s.execute(delete(ItemVector).where(ItemVector.shard_id.in_(chunk)))
+                s.execute(delete(Shard).where(Shard.id.in_(chunk)))
+            for chunk in _chunks(items):
+                s.execute(update(Item).where(Item.id.in_(chunk)).values(status=STATUS_PENDING, reason=reason))
+            return items
+
+    def forget(self, *, index_version_ids: Sequence[int] = (), shard_ids: Sequence[int] = ()) -> None:
+        """Delete the rows of superseded index versions and of shards no vector row points at (gc)."""
+        with self.Session.begin() as s:
+            for chunk in _chunks(list(index_version_ids)):
+                s.execute(delete(IndexVersion).where(IndexVersion.id.in_(chunk), IndexVersion.status != "published"))
+            for chunk in _chunks(list(shard_ids)):
+                live = select(ItemVector.shard_id).where(ItemVector.shard_id.in_(chunk))
+                s.execute(delete(Shard).where(Shard.id.in_(chunk), Shard.id.not_in(live)))
+
+    def index_versions(self, collection_id: int) -> list[IndexVersion]:
+        """Every index version the catalog records (published and superseded)."""
+        with self.Session() as s:
+            return list(s.scalars(select(IndexVersion).where(IndexVersion.collection_id == collection_id)))
+
     # index versions ---------------------------------------------------------------------------
 
     def published_index(self, collection_id: int, space: str) -> IndexVersion | None:
