@@ -84,6 +84,21 @@ def cmd_index(args: argparse.Namespace) -> int:
         recall_target=args.recall_target, max_index_memory=args.max_index_memory,
     )
     started = time.time()
+    if args.dry_run:
+        from xmodal.indexer.pipeline import plan_sources
+
+        plan = plan_sources(settings, args.sources, args.collection, retry_failed=args.retry_failed)
+        if args.json:
+            _dump(plan)
+            return 0
+        print(f"{args.collection} (dry run, nothing changed): {plan['scanned']} files scanned | new {plan['new']} | "
+              f"changed {plan['changed']} | unfinished {plan['unfinished']} | retry {plan['retry']} | "
+              f"deleted {plan['deleted']} | unreadable {plan['unreadable']} | unchanged {plan['unchanged']}")
+        for kind, uris in plan["examples"].items():
+            for uri in uris:
+                print(f"  {kind}: {uri}")
+        print("the index would be rebuilt" if plan["would_rebuild_index"] else "the index would stay as it is")
+        return 0
     try:
         summary = index_sources(settings, args.sources, args.collection, progress=not args.no_progress,
                                 retry_failed=args.retry_failed)
@@ -398,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="RAM budget of each space's index, e.g. 2GiB or 800MB (sizes the PQ codes; the re-rank "
                         "vectors stay in RAM only if they fit too, else they are memory-mapped)")
     p.add_argument("--retry-failed", action="store_true", help="try failed files again even if unchanged")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what would change (new, changed, deleted files) and change nothing")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     p.add_argument("--report", type=Path, metavar="FILE.json",

@@ -142,3 +142,29 @@ def test_gc_removes_superseded_versions_and_unreferenced_shards_after_the_grace(
     from xmodal.cli import main
 
     assert main(["gc", "-c", "c", "--grace", "soon"]) == 2
+
+
+def test_dry_run_says_what_would_change_and_changes_nothing(indexed: tuple[Settings, Path],
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from helpers import photo
+
+    settings, media = indexed
+    photos = sorted(media.glob("*.jpg"))
+    photo(900).save(photos[0])  # changed
+    photos[1].unlink()  # deleted
+    write_photos(media, 2, start=50)  # new
+    catalog_file = Path(settings.resolved_database_url.removeprefix("sqlite:///")) if settings.resolved_database_url.startswith(
+        "sqlite") else None
+    before = catalog_file.read_bytes() if catalog_file else None
+    home_files = sorted(p for p in settings.home.rglob("*") if p.is_file() and p != catalog_file)
+    plan = cli_json(capsys, ["index", str(media), "-c", "c", "--dry-run"])
+    assert (plan["new"], plan["changed"], plan["deleted"], plan["unchanged"]) == (2, 1, 1, 12)
+    assert plan["examples"]["deleted"] == [str(photos[1])] and plan["would_rebuild_index"] is True
+    assert sorted(p for p in settings.home.rglob("*") if p.is_file() and p != catalog_file) == home_files
+    if catalog_file:
+        assert catalog_file.read_bytes() == before
+    fresh = cli_json(capsys, ["index", str(media), "-c", "brand-new", "--dry-run"])
+    assert fresh["collection_exists"] is False and fresh["new"] == 15
+    summary = index_sources(settings, [media], "c", progress=False)
+    assert (summary.new, summary.deleted, summary.embedded) == (2, 1, 3)
+    assert cli_json(capsys, ["index", str(media), "-c", "c", "--dry-run"])["would_rebuild_index"] is False

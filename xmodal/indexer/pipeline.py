@@ -27,7 +27,7 @@ from xmodal.config import Settings
 from xmodal.encoders import Encoder, align, load_encoder, resolve_model
 from xmodal.encoders.align import LoadedAlignment
 from xmodal.encoders.base import AudioEncoder, ImageEncoder
-from xmodal.errors import ModelLoadError, ModelMismatchError
+from xmodal.errors import ModelLoadError, ModelMismatchError, UserError
 from xmodal.indexer.decode import (
     DecodeConfig,
     Decoded,
@@ -517,6 +517,53 @@ class DecodePool:
     def _restart(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._pool = self._start()
+
+
+def plan_sources(settings: Settings, sources: Iterable[Path], collection: str, *, retry_failed: bool = False,
+                 limit: int = 20) -> dict[str, Any]:
+    """What ``xmodal index`` would do, without doing any of it (``--dry-run``): scan the sources and
+    compare with the catalog, read only; nothing is written, no model is loaded, no lock is taken.
+
+    ``changed`` are files whose size or modification time differ: the run hashes them, and only a new
+    content hash means a new vector. Returns counts and the first ``limit`` paths of each kind."""
+    roots = [os.path.abspath(s) for s in sources]
+    unlisted: list[str] = []
+    entries = list(scan(list(sources), unlisted))
+    catalog = Catalog(settings.resolved_database_url, create=False)
+    try:
+        try:
+            states = catalog.item_states(catalog.collection_id(collection))
+            exists = True
+        except UserError:  # a new collection (or a new data dir): everything is new
+            states, exists = {}, False
+    finally:
+        catalog.close()
+    kinds: dict[str, list[str]] = {k: [] for k in ("new", "changed", "unfinished", "retry", "unchanged",
+                                                     "unreadable", "deleted")}
+    for e in entries:
+        st = states.get(e.uri)
+        if e.error is not None:
+            kinds["unreadable"].append(e.uri)
+        elif st is None or st.status == STATUS_DELETED:
+            kinds["new"].append(e.uri)
+        elif (st.size, st.mtime_ns) != (e.size, e.mtime_ns):
+            kinds["changed"].append(e.uri)
+        elif st.status == STATUS_FAILED:
+            kinds["retry" if retry_failed or (st.reason or "").startswith(AUDIO_UNAVAILABLE) else "unchanged"].append(e.uri)
+        elif st.status != STATUS_OK:
+            kinds["unfinished"].append(e.uri)
+        else:
+            kinds["unchanged"].append(e.uri)
+    seen = {e.uri for e in entries}
+    kinds["deleted"] = [uri for uri, st in states.items() if st.status != STATUS_DELETED and uri not in seen
+                        and under_roots(uri, roots) and not under_roots(uri, unlisted)]
+    return {
+        "collection": collection, "dry_run": True, "collection_exists": exists, "scanned": len(entries),
+        **{k: len(v) for k, v in kinds.items()},
+        "examples": {k: sorted(v)[:limit] for k, v in kinds.items() if v and k != "unchanged"},
+        "unlisted": unlisted,
+        "would_rebuild_index": any(kinds[k] for k in ("new", "changed", "unfinished", "retry", "deleted")),
+    }
 
 
 FAULT_ENV = "XMODAL_FAULT_AT"
