@@ -135,9 +135,14 @@ def test_budget_sizes_the_codes(n: int, budget_per_vector: int) -> None:
     budget = n * budget_per_vector
     unbudgeted = choose_recipe(n, 512, exact_threshold=50_000)
     coarsest = dataclasses.replace(unbudgeted, m=8)
-    if estimate_bytes(coarsest, n, 512) > budget:
-        with pytest.raises(UserError, match="raise the budget"):
-            choose_recipe(n, 512, exact_threshold=50_000, max_memory=budget)
+    if estimate_bytes(coarsest, n, 512) > budget:  # codes can't be in RAM: lists on disk, if even that fits
+        ondisk = dataclasses.replace(unbudgeted, ondisk=True)
+        if estimate_bytes(ondisk, n, 512) > budget:
+            with pytest.raises(UserError, match="raise the budget"):
+                choose_recipe(n, 512, exact_threshold=50_000, max_memory=budget)
+            return
+        r = choose_recipe(n, 512, exact_threshold=50_000, max_memory=budget)
+        assert r.ondisk and r.m == 64 and estimate_bytes(r, n, 512) <= budget
         return
     r = choose_recipe(n, 512, exact_threshold=50_000, max_memory=budget)
     assert r.kind == "ivfpq"
@@ -160,6 +165,8 @@ def test_budget_holds_rerank_vectors_in_ram_only_when_they_fit() -> None:
 def test_budget_too_small_says_what_is_needed() -> None:
     with pytest.raises(UserError, match="raise the budget"):
         choose_recipe(10**6, 512, exact_threshold=50_000, max_memory=10**6)
+    r = choose_recipe(10**7, 512, exact_threshold=50_000, max_memory=64 * 2**20)  # codes alone: 640 MB
+    assert r.ondisk and r.rerank == "mmap"
 
 
 def test_budget_turns_a_flat_that_does_not_fit_into_ivfpq() -> None:

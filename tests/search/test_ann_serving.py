@@ -170,3 +170,36 @@ def test_eval_at_a_requested_recall_point(approx: Settings, tmp_path: Path, caps
         main(["eval", "-c", "c", "--queries", str(queries), "--recall", "2"])
     assert info.value.code == 2
     assert "must be a number in (0, 1]" in capsys.readouterr().err
+
+
+def test_on_disk_lists_when_the_codes_do_not_fit_the_budget(approx: Settings, tmp_path: Path) -> None:
+    """Under a budget that holds the centroids but not the codes, the lists go on disk (memory-mapped):
+    same results as the in-RAM build, less RAM, and the folder still loads after it moved."""
+    import dataclasses
+
+    from xmodal.indexer.recipe import choose_recipe, estimate_bytes
+
+    media = tmp_path / "m"
+    write_photos(media, 80)
+    index_sources(approx, [media], "ram", progress=False)
+    searcher = Searcher(approx, "ram")
+    dim = searcher.loaded.parts["image"].d
+    searcher.close()
+    ondisk = dataclasses.replace(choose_recipe(80, dim, exact_threshold=0), ondisk=True)
+    budget = estimate_bytes(ondisk, 80, dim) + 16
+    tight = approx.model_copy(update={"max_index_memory": budget})
+    index_sources(tight, [media], "disk", progress=False)
+    ram, disk = Searcher(approx, "ram"), Searcher(tight, "disk")
+    try:
+        part = disk.loaded.parts["image"]
+        assert part.recipe.ondisk and part.ivfdata() is not None
+        assert Path(part.ivfdata() or "").parent == tight.home / disk.catalog.published_index(
+            disk.collection_id, "clip").path  # type: ignore[union-attr]
+        assert part.resident_bytes() < ram.loaded.parts["image"].resident_bytes()
+        for q in sorted(media.iterdir())[:5]:
+            a = [(r.uri, round(r.score, 5)) for r in ram.run(image=q, k=8, target="image").results]
+            b = [(r.uri, round(r.score, 5)) for r in disk.run(image=q, k=8, target="image").results]
+            assert a == b
+    finally:
+        ram.close()
+        disk.close()

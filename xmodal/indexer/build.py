@@ -158,6 +158,30 @@ def _add_chunks(index: faiss.Index, x: FloatArray, ids: IdArray, progress: bool,
             bar.update(stop - start)
 
 
+def _add_ondisk(index: faiss.Index, x: FloatArray, ids: IdArray, folder: Path, progress: bool) -> None:
+    """Fill a trained, empty IVF index chunk by chunk into on-disk inverted lists (``lists.ivfdata`` in
+    ``folder``): each chunk goes into a copy of the empty index written to disk, and FAISS's
+    ``merge_ondisk`` merges them, so that neither the vectors nor the codes are ever all in RAM."""
+    from faiss.contrib.ondisk import merge_ondisk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    n = x.shape[0]
+    chunks: list[str] = []
+    with tqdm(total=n, disable=not progress or n == 0, unit="vec", desc="adding vectors (on disk)") as bar:
+        for start in range(0, n, ADD_CHUNK):
+            stop = min(n, start + ADD_CHUNK)
+            piece = faiss.clone_index(index)
+            piece.add_with_ids(np.ascontiguousarray(x[start:stop]), np.ascontiguousarray(ids[start:stop]))
+            chunk = folder / f"chunk-{len(chunks):05d}.index"
+            faiss.write_index(piece, str(chunk))
+            chunks.append(str(chunk))
+            del piece
+            bar.update(stop - start)
+    merge_ondisk(index, chunks, str(folder / "lists.ivfdata"))
+    for name in chunks:
+        Path(name).unlink()
+
+
 def _build_flat(x: FloatArray, ids: IdArray, progress: bool) -> tuple[AnnPart, dict[str, Any]]:
     index = faiss.IndexIDMap2(faiss.IndexFlatIP(x.shape[1]))
     _add_chunks(index, x, ids, progress)
@@ -502,10 +526,12 @@ def build_index(
     store_dir: Path | None = None,
     probes: np.ndarray | None = None,
     previous: AnnPart | None = None,
+    lists_dir: Path | None = None,
 ) -> BuiltIndex:
     """Build the index part ``recipe`` describes over ``vectors`` (one per id), tuned to ``recall_target``.
 
-    ``store_dir``: write the re-rank store there and memory-map it (else it stays in RAM).
+    ``store_dir``: write the re-rank store there and memory-map it (else it stays in RAM); on-disk
+    inverted lists (``recipe.ondisk``) go to ``lists_dir`` (else ``store_dir``), as ``lists.ivfdata``.
     ``probes``: extra tuning queries (another modality's vectors of the same space).
     ``previous``: a trained part of the same kind, grown instead of retrained when it still meets the
     target (the caller decides whether its recipe still suits the size: pass None to retrain).
@@ -545,7 +571,13 @@ def build_index(
                 grown = None
         if grown is None:
             index, trained, info = _train_ivfpq(x, recipe, seed)
-            _add_chunks(index, x, id64, progress)
+            if recipe.ondisk:
+                folder = lists_dir or store_dir
+                if folder is None:
+                    raise ValueError("a recipe with on-disk lists needs lists_dir (where the lists go)")
+                _add_ondisk(index, x, id64, folder, progress)
+            else:
+                _add_chunks(index, x, id64, progress)
             part = AnnPart(index, trained, _store(x, id64, trained, store_dir))
             tuned, tuning = _tune(part, x, id64, recall_target, seed, probes, recipe.nprobe)
             part.recipe = tuned
@@ -569,4 +601,5 @@ def _can_grow(previous: AnnPart, recipe: IndexRecipe, dim: int) -> bool:
     its exact vectors (to see which ids changed)."""
     p = previous.recipe
     return (p.kind == "ivfpq" and previous.store is not None and previous.d == dim and ivf_of(previous.index) is not None
-            and (p.nlist, p.m, p.nbits) == (recipe.nlist, recipe.m, recipe.nbits))
+            and (p.nlist, p.m, p.nbits) == (recipe.nlist, recipe.m, recipe.nbits)
+            and not p.ondisk and not recipe.ondisk)  # on-disk lists are rebuilt, not grown in place

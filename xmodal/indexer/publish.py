@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -55,28 +58,47 @@ def _next_on_disk(layout: Layout, collection: str, space: str) -> int:
     return max(numbers, default=0) + 1
 
 
-def _gather(layout: Layout, record: Space, live: list[tuple[int, str, int, int, str]],
-            parts_ids: dict[str, list[np.ndarray]], parts_vecs: dict[str, list[np.ndarray]], *,
-            alignment: LoadedAlignment | None = None, progress: bool = True) -> None:
-    """Read the live vectors of one space from its shards into per-modality lists (mapped into the
-    target space through ``alignment`` when given)."""
-    by_shard: dict[str, list[tuple[int, str, int]]] = defaultdict(list)
-    for item_id, modality, _shard_id, row, path in live:
-        by_shard[path].append((item_id, modality, row))
-    expect = {"space": record.name, "identity": record.model.get("identity"), "dim": record.dim}
-    desc = f"read shards [{record.name}{' aligned' if alignment else ''}]"
-    for path, rows in tqdm(by_shard.items(), desc=desc, unit=" shards", disable=not progress, leave=False):
-        ids, vectors, _ = read_shard(layout.absolute(path), expect=expect)
-        row_idx = np.asarray([r for _, _, r in rows], dtype=np.int64)
-        want = np.asarray([i for i, _, _ in rows], dtype=np.int64)
-        if not np.array_equal(ids[row_idx], want):
-            raise RuntimeError(f"shard {path} does not hold the ids the catalog records for it")
-        modalities = np.asarray([m for _, m, _ in rows])
-        for modality in np.unique(modalities):
-            sel = modalities == modality
-            vecs = vectors[row_idx[sel]]
-            parts_ids[str(modality)].append(want[sel])
-            parts_vecs[str(modality)].append(alignment.apply(vecs) if alignment else vecs)
+def _gather(layout: Layout, spaces: dict[str, Space], record: Space, live: list[tuple[int, str, int, int, str]],
+            aligned: list[tuple[int, str, int, int, str]], alignment: LoadedAlignment | None, scratch: Path, *,
+            progress: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The live vectors of one space (and the aligned ones, mapped into it), per modality, read shard by
+    shard into memory-mapped arrays under ``scratch``, rows sorted by item id: a build never holds all
+    vectors in RAM, and the re-rank store is already in id order. Returns {modality: (ids, vectors)}."""
+    sources: list[tuple[Space, list[tuple[int, str, int, int, str]], LoadedAlignment | None]] = [(record, live, None)]
+    if aligned and alignment is not None:
+        sources.append((spaces[alignment.source], aligned, alignment))
+    ids_by_modality: dict[str, list[int]] = defaultdict(list)
+    for _rec, rows, _map in sources:
+        for item_id, modality, *_ in rows:
+            ids_by_modality[modality].append(item_id)
+    scratch.mkdir(parents=True, exist_ok=True)
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for modality, listed in sorted(ids_by_modality.items()):
+        out[modality] = (np.sort(np.asarray(listed, dtype=np.int64)),
+                         np.lib.format.open_memmap(scratch / f"{modality}.npy", mode="w+", dtype=np.float32,
+                                                   shape=(len(listed), record.dim)))
+    for rec, rows, mapping in sources:
+        by_shard: dict[str, list[tuple[int, str, int]]] = defaultdict(list)
+        for item_id, modality, _shard_id, row, path in rows:
+            by_shard[path].append((item_id, modality, row))
+        expect = {"space": rec.name, "identity": rec.model.get("identity"), "dim": rec.dim}
+        desc = f"read shards [{rec.name}{' aligned' if mapping else ''}]"
+        for path, picked in tqdm(by_shard.items(), desc=desc, unit=" shards", disable=not progress, leave=False):
+            ids, vectors, _ = read_shard(layout.absolute(path), expect=expect)
+            row_idx = np.asarray([r for _, _, r in picked], dtype=np.int64)
+            want = np.asarray([i for i, _, _ in picked], dtype=np.int64)
+            if not np.array_equal(ids[row_idx], want):
+                raise RuntimeError(f"shard {path} does not hold the ids the catalog records for it")
+            modalities = np.asarray([m for _, m, _ in picked])
+            for modality in np.unique(modalities):
+                sel = modalities == modality
+                vecs = vectors[row_idx[sel]]
+                sorted_ids, target = out[str(modality)]
+                target[np.searchsorted(sorted_ids, want[sel])] = mapping.apply(vecs) if mapping else vecs
+            del ids, vectors
+    for _ids, target in out.values():
+        cast(np.memmap, target).flush()
+    return out
 
 
 def _previous_parts(layout: Layout, current: Any, record: Space) -> dict[str, AnnPart]:
@@ -155,30 +177,34 @@ def build_and_publish(
                 "built": False}
 
     t0 = time.monotonic()
-    parts_ids: dict[str, list[np.ndarray]] = defaultdict(list)
-    parts_vecs: dict[str, list[np.ndarray]] = defaultdict(list)
-    _gather(layout, record, live, parts_ids, parts_vecs, progress=progress)
-    if aligned and alignment is not None:
-        _gather(layout, spaces[alignment.source], aligned, parts_ids, parts_vecs, alignment=alignment,
-                progress=progress)
-    live = live + aligned
+    scratch = layout.index_dir(collection, space) / f".build-{uuid.uuid4().hex}"  # swept if a run dies
+    try:
+        stacked = _gather(layout, spaces, record, live, aligned, alignment, scratch, progress=progress)
+        live = live + aligned
+        previous = {} if force else _previous_parts(layout, current, record)
+        parts = {}
+        part_summary: dict[str, Any] = {}
+        budget = _part_budgets(settings.max_index_memory, {m: len(ids) for m, (ids, _) in stacked.items()})
+        for modality, (ids, vecs) in stacked.items():
+            recipe = choose_recipe(len(ids), record.dim, exact_threshold=settings.exact_threshold,
+                                   recall_target=settings.recall_target, max_memory=budget[modality])
+            others = [v for m, (_, v) in stacked.items() if m != modality]
+            probes = _probe_sample(others) if others else None
+            built = build_index(vecs, ids, recipe, recall_target=settings.recall_target, progress=progress,
+                                probes=probes, previous=previous.get(modality), lists_dir=scratch / f"{modality}-lists")
+            parts[modality] = built.part
+            part_summary[modality] = {"recipe": built.recipe.to_dict(), "stats": built.stats,
+                                      "max_memory": budget[modality]}
+        return _write_and_publish(catalog, layout, collection, collection_id, space, record, fingerprint, live,
+                                  aligned, alignment, parts, part_summary, t0, crash_at)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
-    previous = {} if force else _previous_parts(layout, current, record)
-    parts = {}
-    part_summary: dict[str, Any] = {}
-    stacked = {m: (np.concatenate(parts_ids[m]), np.concatenate(parts_vecs[m])) for m in sorted(parts_ids)}
-    budget = _part_budgets(settings.max_index_memory, {m: len(ids) for m, (ids, _) in stacked.items()})
-    for modality, (ids, vecs) in stacked.items():
-        recipe = choose_recipe(len(ids), record.dim, exact_threshold=settings.exact_threshold,
-                               recall_target=settings.recall_target, max_memory=budget[modality])
-        others = [v for m, (_, v) in stacked.items() if m != modality]
-        probes = _probe_sample(others) if others else None
-        built = build_index(vecs, ids, recipe, recall_target=settings.recall_target, progress=progress,
-                            probes=probes, previous=previous.get(modality))
-        parts[modality] = built.part
-        part_summary[modality] = {"recipe": built.recipe.to_dict(), "stats": built.stats,
-                                  "max_memory": budget[modality]}
 
+def _write_and_publish(catalog: Catalog, layout: Layout, collection: str, collection_id: int, space: str,
+                       record: Space, fingerprint: str, live: list[Any], aligned: list[Any],
+                       alignment: LoadedAlignment | None, parts: dict[str, AnnPart], part_summary: dict[str, Any],
+                       t0: float, crash_at: Callable[[str], None] | None) -> dict[str, Any]:
     version = max(catalog.next_index_version(collection_id, space), _next_on_disk(layout, collection, space))
     final = layout.version_path(collection, space, version)
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -90,10 +90,11 @@ def estimate_bytes(recipe: IndexRecipe, n: int, dim: int) -> int:
     """Resident RAM of an index part built from ``recipe`` over ``n`` vectors (see the module doc)."""
     if recipe.kind == "flat":
         return n * (4 * dim + FLAT_OVERHEAD)
-    code = (recipe.m * recipe.nbits + 7) // 8
+    code = 0 if recipe.ondisk else (recipe.m * recipe.nbits + 7) // 8 + ID_BYTES
     fixed = recipe.nlist * dim * 4 + (1 << recipe.nbits) * dim * 4 + (dim * dim * 4 if recipe.opq is not False else 0)
     store = n * 4 * dim if recipe.rerank == "ram" else 0
-    return n * (code + ID_BYTES) + fixed + store
+    lists = recipe.nlist * 48 if recipe.ondisk else 0  # the on-disk lists' directory
+    return n * code + fixed + store + lists
 
 
 def choose_recipe(n: int, dim: int, *, exact_threshold: int, recall_target: float = 0.95,
@@ -104,7 +105,8 @@ def choose_recipe(n: int, dim: int, *, exact_threshold: int, recall_target: floa
       data to train IVF-PQ.
     * Otherwise IVF-PQ: ``nlist`` up to ``4*sqrt(n)`` (a power of two); ``m`` (code bytes at 8 bits) about ``dim/8`` by
       default, ``dim/4`` for recall targets above 0.97, and with a budget the largest that fits it
-      (between ``dim/64`` and ``dim/4``); OPQ decided at build time; the exact re-rank vectors in RAM
+      (between ``dim/64`` and ``dim/4``), or on-disk lists (codes memory-mapped) when no code fits;
+      OPQ decided at build time; the exact re-rank vectors in RAM
       when the budget holds them too, else memory-mapped.
 
     Raises ``UserError`` when ``max_memory`` cannot hold even the coarsest codes.
@@ -129,18 +131,21 @@ def choose_recipe(n: int, dim: int, *, exact_threshold: int, recall_target: floa
     preferred = min(max(preferred, lo), hi)
     nprobe = max(1, nlist // 64)
 
-    def recipe(m: int, rerank: str) -> IndexRecipe:
+    def recipe(m: int, rerank: str, ondisk: bool = False) -> IndexRecipe:
         return IndexRecipe(kind="ivfpq", nlist=nlist, m=m, nbits=nbits, rerank=rerank,  # type: ignore[arg-type]
-                           nprobe=nprobe)
+                           nprobe=nprobe, ondisk=ondisk)
 
     if max_memory is None:
         return recipe(preferred, "mmap")
     fitting = [m for m in _divisors(dim) if lo <= m <= hi and estimate_bytes(recipe(m, "mmap"), n, dim) <= max_memory]
-    if not fitting:
-        need = estimate_bytes(recipe(lo, "mmap"), n, dim)
+    if not fitting:  # the codes don't fit in RAM: they go to on-disk lists, memory-mapped
+        ondisk = recipe(preferred, "mmap", ondisk=True)
+        if estimate_bytes(ondisk, n, dim) <= max_memory:
+            return ondisk
         raise UserError(
             f"--max-index-memory {_human(max_memory)} cannot hold an index of {n:,} vectors of dim {dim}: "
-            f"the coarsest codes (m={lo}) need about {_human(need)}; raise the budget")
+            f"even with its lists on disk, the centroids need about {_human(estimate_bytes(ondisk, n, dim))}; "
+            "raise the budget")
     m = max(m for m in fitting if m <= max(preferred, min(fitting)))  # the budget caps the codes
     rerank = "ram" if estimate_bytes(recipe(m, "ram"), n, dim) <= max_memory else "mmap"
     return recipe(m, rerank)

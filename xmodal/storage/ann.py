@@ -70,6 +70,7 @@ class IndexRecipe:
     rerank: RerankMode = "mmap"
     nprobe: int = 1
     k_factor: int = 4
+    ondisk: bool = False  # inverted lists (the codes) in an .ivfdata file beside the index, memory-mapped
 
     def __post_init__(self) -> None:
         recipe_kind(self.kind)
@@ -116,7 +117,8 @@ class IndexRecipe:
             return "flat (exact)"
         opq = "opq+" if self.opq else ""
         rerank = f", rerank x{self.k_factor} ({self.rerank})" if self.reranked else ""
-        return f"{opq}ivfpq nlist={self.nlist} m={self.m} nbits={self.nbits} nprobe={self.nprobe}{rerank}"
+        ondisk = ", lists on disk" if self.ondisk else ""
+        return f"{opq}ivfpq nlist={self.nlist} m={self.m} nbits={self.nbits} nprobe={self.nprobe}{rerank}{ondisk}"
 
 
 def as_vectors(vectors: Any, *, name: str = "vectors") -> FloatArray:
@@ -212,8 +214,11 @@ class RerankStore:
 # --------------------------------------------------------------------------- parts
 
 
-def _point_cost(point: dict[str, Any]) -> tuple[float, int, int]:
-    return (float(point.get("ms") or 0.0), int(point["nprobe"]) * int(point["k_factor"]), int(point["nprobe"]))
+def _point_cost(point: dict[str, Any]) -> tuple[int, int, float]:
+    """Work of an operating point: lists probed times re-rank depth, then lists, then measured ms. Not
+    ms first: timings of a few hundred probes are noisy, and a request for less recall must never get
+    a point that does more work."""
+    return (int(point["nprobe"]) * int(point["k_factor"]), int(point["nprobe"]), float(point.get("ms") or 0.0))
 
 
 @dataclass
@@ -237,8 +242,9 @@ class AnnPart:
         return int(self.index.d)
 
     def resident_bytes(self) -> int:
-        """Bytes the FAISS structure holds in RAM (its serialised size: codes, ids, centroids, rotation),
-        plus the re-rank store when the recipe holds it in RAM (a memory-mapped one is paged by the OS)."""
+        """Bytes the FAISS structure holds in RAM (its serialised size: codes, ids, centroids, rotation;
+        with on-disk lists only the list directory, the codes being memory-mapped), plus the re-rank
+        store when the recipe holds it in RAM (a memory-mapped one is paged by the OS)."""
         if self._resident is None:
             self._resident = int(faiss.serialize_index(self.index).nbytes)
         extra = self.store.nbytes() if self.store is not None and self.recipe.rerank == "ram" else 0
@@ -246,6 +252,14 @@ class AnnPart:
 
     def store_bytes(self) -> int:
         return self.store.nbytes() if self.store is not None else 0
+
+    def ivfdata(self) -> str | None:
+        """The file holding this part's inverted lists when they are on disk."""
+        ivf = ivf_of(self.index)
+        if ivf is None:
+            return None
+        lists = faiss.downcast_InvertedLists(ivf.invlists)
+        return str(lists.filename) if isinstance(lists, faiss.OnDiskInvertedLists) else None
 
     def point_for(self, recall: float) -> dict[str, Any] | None:
         """The cheapest measured operating point with recall@10 >= ``recall`` (the most accurate one
@@ -255,7 +269,7 @@ class AnnPart:
         ok = [p for p in self.points if p["recall@10"] >= recall]
         if ok:
             return min(ok, key=_point_cost)
-        return max(self.points, key=lambda p: (p["recall@10"], -_point_cost(p)[1]))
+        return max(self.points, key=lambda p: (p["recall@10"], -_point_cost(p)[0]))
 
     def vector(self, item_id: int) -> FloatArray | None:
         """The exact vector this part holds for ``item_id`` (None when it holds none)."""

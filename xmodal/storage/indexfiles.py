@@ -35,7 +35,7 @@ import faiss
 import numpy as np
 
 from xmodal.errors import UserError
-from xmodal.storage.ann import AnnPart, IndexRecipe, RerankStore
+from xmodal.storage.ann import AnnPart, IndexRecipe, RerankStore, ivf_of
 from xmodal.storage.layout import file_sha256, fsync_dir, fsync_file
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,15 @@ def write_index_dir(
         for name, part in sorted(parts.items()):
             fname = f"{name}.faiss"
             path = tmp / fname
+            lists_file = part.ivfdata()
+            ivfdata: dict[str, Any] | None = None
+            if lists_file is not None:  # on-disk lists: beside the index, found by name when read back
+                dst = tmp / f"{name}.ivfdata"
+                shutil.copyfile(lists_file, dst)
+                fsync_file(dst)
+                lists: Any = faiss.downcast_InvertedLists(ivf_of(part.index).invlists)
+                lists.filename = str(dst)
+                ivfdata = {"file": dst.name, "bytes": dst.stat().st_size}
             faiss.write_index(part.index, str(path))
             fsync_file(path)
             entry: dict[str, Any] = {
@@ -99,6 +108,8 @@ def write_index_dir(
                 "points": part.points,
                 "trained_n": part.trained_n,
             }
+            if ivfdata is not None:
+                entry["ivfdata"] = ivfdata
             if part.store is not None:
                 entry["store"] = {"ids": _save_array(tmp / f"{name}.ids.npy", part.store.ids),
                                   "vectors": _save_array(tmp / f"{name}.vectors.npy", part.store.vectors)}
@@ -167,7 +178,12 @@ def _mmap_flags() -> int:
     return int(getattr(faiss, "IO_FLAG_MMAP_IFC", 0) or getattr(faiss, "IO_FLAG_MMAP", 0))
 
 
-def _read_one(path: Path, mmap: bool) -> faiss.Index:
+def _read_one(path: Path, mmap: bool, ondisk: bool = False) -> faiss.Index:
+    if ondisk:  # the .ivfdata file is looked up beside the index file, wherever the folder now is
+        try:
+            return faiss.read_index(str(path), int(faiss.IO_FLAG_ONDISK_SAME_DIR))
+        except RuntimeError as exc:
+            raise IndexFileError(f"FAISS cannot read {path} with its on-disk lists: {exc}") from exc
     if mmap and _mmap_flags():
         try:
             return faiss.read_index(str(path), _mmap_flags())
@@ -265,7 +281,14 @@ def read_index_dir(
 
     parts: dict[str, AnnPart] = {}
     for part, (path, entry, recipe) in checked.items():
-        index = _read_one(path, mmap)
+        lists = entry.get("ivfdata")
+        if lists is not None:
+            lists_path = dir / f"{part}.ivfdata"
+            if not isinstance(lists, dict) or lists.get("file") != lists_path.name:
+                raise IndexFileError(f"manifest of {dir}: part {part!r} has a bad ivfdata entry: {lists!r}")
+            if not lists_path.is_file() or lists_path.stat().st_size != lists.get("bytes"):
+                raise IndexFileError(f"inverted lists {lists_path} are missing or not the size the manifest says")
+        index = _read_one(path, mmap, ondisk=lists is not None)
         ntotal = entry.get("ntotal")
         if ntotal is not None and int(index.ntotal) != ntotal:
             raise IndexFileError(f"index file {path} holds {index.ntotal} vectors, manifest says {ntotal}")
