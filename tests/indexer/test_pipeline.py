@@ -215,3 +215,43 @@ def test_two_runs_on_one_collection_never_interleave(settings, tmp_path):
     with pytest.raises(UserError, match="invalid collection name"), collection_lock(settings.home, "../escape"):
         pass
     assert not (settings.home / "escape.lock").exists()
+
+
+def test_runs_on_other_machines_are_held_off_by_the_catalog(settings, tmp_path):
+    """Two data dirs (two machines) on one PostgreSQL catalog: the advisory lock keeps a second run out,
+    and a run holding it that dies releases it. SQLite catalogs live in one data dir: the file lock is
+    the whole story there."""
+    import subprocess
+    import sys
+
+    from xmodal.indexer.lock import CollectionBusy
+
+    media = tmp_path / "m"
+    write_photos(media, 2)
+    url = settings.resolved_database_url
+    other_machine = settings.model_copy(update={"home": tmp_path / "other-home"})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from xmodal.indexer.lock import "
+         "collection_lock\nwith collection_lock(Path(sys.argv[1]), 'c', sys.argv[2]):\n print('held', flush=True); "
+         "time.sleep(60)", str(tmp_path / "holder-home"), url], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        if url.startswith("postgresql"):
+            with pytest.raises(CollectionBusy, match="another machine"):
+                index_sources(other_machine, [media], "c", progress=False)
+        else:
+            assert index_sources(other_machine, [media], "c", progress=False).embedded == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    import time
+
+    deadline = time.monotonic() + 30
+    while True:  # the server notices the dead connection and drops its session lock
+        try:
+            summary = index_sources(other_machine, [media], "c", progress=False)
+            break
+        except CollectionBusy:
+            assert time.monotonic() < deadline, "the killed holder's advisory lock was never released"
+            time.sleep(0.2)
+    assert summary.scanned == 2

@@ -199,7 +199,7 @@ def repair(catalog: Catalog, layout: Layout, settings: Any, collection: str, *, 
     from xmodal.encoders import align
     from xmodal.indexer.lock import collection_lock
     from xmodal.indexer.publish import build_and_publish
-    with collection_lock(settings.home, collection):
+    with collection_lock(settings.home, collection, settings.resolved_database_url):
         cid = catalog.collection_id(collection)
         done = [f"removed {p}" for p in sweep_orphans(catalog, layout, collection, cid)]
         broken = []
@@ -250,7 +250,7 @@ def gc(catalog: Catalog, layout: Layout, settings: Any, collection: str, *, grac
 
     from xmodal.indexer.lock import collection_lock
 
-    with collection_lock(settings.home, collection):
+    with collection_lock(settings.home, collection, settings.resolved_database_url):
         cid = catalog.collection_id(collection)
         removed = sweep_orphans(catalog, layout, collection, cid)
         now = datetime.now(timezone.utc)

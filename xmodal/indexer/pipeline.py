@@ -592,7 +592,7 @@ def fault_from_env() -> Callable[[str], None] | None:
 
 def index_sources(settings: Settings, sources: Iterable[Path], collection: str, *, progress: bool = True,
                   retry_failed: bool = False, crash_at: Callable[[str], None] | None = None) -> RunSummary:
-    with collection_lock(settings.home, collection):
+    with collection_lock(settings.home, collection, settings.resolved_database_url):
         run = IndexRun(settings, collection, progress=progress, crash_at=crash_at)
         try:
             return run.run(list(sources), retry_failed=retry_failed)
