@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,13 +150,19 @@ def exact_knn(queries: FloatArray, x: FloatArray, k: int) -> tuple[npt.NDArray[n
 # --------------------------------------------------------------------------- builders
 
 
-def _add_chunks(index: faiss.Index, x: FloatArray, ids: IdArray, progress: bool, desc: str = "adding vectors") -> None:
+def _chunked(x: FloatArray, ids: IdArray, progress: bool, desc: str) -> Iterator[tuple[FloatArray, IdArray]]:
+    """``(vectors, ids)`` in contiguous chunks of ``ADD_CHUNK`` rows, with a progress bar."""
     n = x.shape[0]
     with tqdm(total=n, disable=not progress or n == 0, unit="vec", desc=desc) as bar:
         for start in range(0, n, ADD_CHUNK):
             stop = min(n, start + ADD_CHUNK)
-            index.add_with_ids(np.ascontiguousarray(x[start:stop]), np.ascontiguousarray(ids[start:stop]))
+            yield np.ascontiguousarray(x[start:stop]), np.ascontiguousarray(ids[start:stop])
             bar.update(stop - start)
+
+
+def _add_chunks(index: faiss.Index, x: FloatArray, ids: IdArray, progress: bool, desc: str = "adding vectors") -> None:
+    for xs, chunk_ids in _chunked(x, ids, progress, desc):
+        index.add_with_ids(xs, chunk_ids)
 
 
 def _add_ondisk(index: faiss.Index, x: FloatArray, ids: IdArray, folder: Path, progress: bool) -> None:
@@ -165,18 +172,14 @@ def _add_ondisk(index: faiss.Index, x: FloatArray, ids: IdArray, folder: Path, p
     from faiss.contrib.ondisk import merge_ondisk
 
     folder.mkdir(parents=True, exist_ok=True)
-    n = x.shape[0]
     chunks: list[str] = []
-    with tqdm(total=n, disable=not progress or n == 0, unit="vec", desc="adding vectors (on disk)") as bar:
-        for start in range(0, n, ADD_CHUNK):
-            stop = min(n, start + ADD_CHUNK)
-            piece = faiss.clone_index(index)
-            piece.add_with_ids(np.ascontiguousarray(x[start:stop]), np.ascontiguousarray(ids[start:stop]))
-            chunk = folder / f"chunk-{len(chunks):05d}.index"
-            faiss.write_index(piece, str(chunk))
-            chunks.append(str(chunk))
-            del piece
-            bar.update(stop - start)
+    for xs, chunk_ids in _chunked(x, ids, progress, "adding vectors (on disk)"):
+        piece = faiss.clone_index(index)
+        piece.add_with_ids(xs, chunk_ids)
+        chunk = folder / f"chunk-{len(chunks):05d}.index"
+        faiss.write_index(piece, str(chunk))
+        chunks.append(str(chunk))
+        del piece
     merge_ondisk(index, chunks, str(folder / "lists.ivfdata"))
     for name in chunks:
         Path(name).unlink()
@@ -343,11 +346,11 @@ def _store(x: FloatArray, ids: IdArray, recipe: IndexRecipe, store_dir: Path | N
     return RerankStore(store.ids, np.load(store_dir / "vectors.npy", mmap_mode="r"))
 
 
-def _changed_rows(previous: RerankStore, x: FloatArray, ids: IdArray) -> npt.NDArray[np.bool_]:
-    """True for the ids the previous store holds with a different vector (content changed)."""
-    rows = previous.rows(ids)
-    changed = np.zeros(ids.shape[0], dtype=bool)
-    for start in range(0, ids.shape[0], ADD_CHUNK):
+def _changed_rows(previous: RerankStore, x: FloatArray, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    """True where the previous store holds the id (``rows`` >= 0, from ``previous.rows``) with a
+    different vector (content changed)."""
+    changed = np.zeros(rows.shape[0], dtype=bool)
+    for start in range(0, rows.shape[0], ADD_CHUNK):
         r = rows[start : start + ADD_CHUNK]
         held = r >= 0
         if held.any():
@@ -364,8 +367,9 @@ def _grow(previous: AnnPart, x: FloatArray, ids: IdArray, progress: bool) -> tup
     assert previous.store is not None
     index = faiss.clone_index(previous.index)
     gone = np.setdiff1d(previous.store.ids, ids, assume_unique=True)
-    changed = _changed_rows(previous.store, x, ids)
-    new = ~np.isin(ids, previous.store.ids, assume_unique=True) | changed
+    rows = previous.store.rows(ids)
+    changed = _changed_rows(previous.store, x, rows)
+    new = (rows < 0) | changed
     drop = np.concatenate([gone, ids[changed]]).astype(np.int64)
     if drop.shape[0]:
         index.remove_ids(faiss.IDSelectorBatch(drop.shape[0], faiss.swig_ptr(drop)))

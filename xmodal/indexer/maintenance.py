@@ -265,8 +265,7 @@ def gc(catalog: Catalog, layout: Layout, settings: Any, collection: str, *, grac
             # superseded at the time its successor of the same space was published
             if v.status == "superseded" and successor.space == v.space and older(successor.created_at):
                 drop_versions.append(v)
-        referenced = {shard_id for _i, _st, _sp, shard_id, _r, _c in catalog.vector_rows(cid)}
-        drop_shards = [sh for sh in catalog.shard_records(cid) if sh.id not in referenced and older(sh.created_at)]
+        drop_shards = [sh for sh in catalog.shard_records(cid, unreferenced=True) if older(sh.created_at)]
         catalog.forget(index_version_ids=[v.id for v in drop_versions], shard_ids=[sh.id for sh in drop_shards])
         for v in drop_versions:
             shutil.rmtree(layout.absolute(v.path), ignore_errors=True)

@@ -243,9 +243,7 @@ class IndexRun:
         ids.update(self.catalog.add_items(self.collection_id, new))
 
         seen = {e.uri for e in entries}
-        gone = [st.id for uri, st in states.items()
-                if st.status != STATUS_DELETED and uri not in seen and under_roots(uri, roots)
-                and not under_roots(uri, unlisted)]
+        gone = [states[uri].id for uri in _gone(states, seen, roots, unlisted)]
         summary.unlisted = unlisted
         if gone:
             self.catalog.set_status(gone, STATUS_DELETED)
@@ -519,6 +517,13 @@ class DecodePool:
         self._pool = self._start()
 
 
+def _gone(states: dict[str, ItemState], seen: set[str], roots: list[str], unlisted: list[str]) -> list[str]:
+    """URIs of the catalog's items under the scanned roots that the scan did not see (deleted files);
+    folders that could not be listed keep theirs."""
+    return [uri for uri, st in states.items() if st.status != STATUS_DELETED and uri not in seen
+            and under_roots(uri, roots) and not under_roots(uri, unlisted)]
+
+
 def plan_sources(settings: Settings, sources: Iterable[Path], collection: str, *, retry_failed: bool = False,
                  limit: int = 20) -> dict[str, Any]:
     """What ``xmodal index`` would do, without doing any of it (``--dry-run``): scan the sources and
@@ -555,8 +560,7 @@ def plan_sources(settings: Settings, sources: Iterable[Path], collection: str, *
         else:
             kinds["unchanged"].append(e.uri)
     seen = {e.uri for e in entries}
-    kinds["deleted"] = [uri for uri, st in states.items() if st.status != STATUS_DELETED and uri not in seen
-                        and under_roots(uri, roots) and not under_roots(uri, unlisted)]
+    kinds["deleted"] = _gone(states, seen, roots, unlisted)
     return {
         "collection": collection, "dry_run": True, "collection_exists": exists, "scanned": len(entries),
         **{k: len(v) for k, v in kinds.items()},

@@ -122,11 +122,17 @@ def _part_budgets(total: int | None, sizes: dict[str, int]) -> dict[str, int | N
 
 
 def _probe_sample(vectors: list[np.ndarray], size: int = 1000, seed: int = 0) -> np.ndarray:
-    """Up to ``size`` vectors of the space's other modalities: tuning probes like real cross-modal queries."""
-    x = np.concatenate(vectors)
-    if x.shape[0] <= size:
-        return x
-    return x[np.sort(np.random.default_rng(seed).choice(x.shape[0], size=size, replace=False))]
+    """Up to ``size`` vectors of the space's other modalities: tuning probes like real cross-modal queries.
+
+    A uniform sample of their rows taken together, read row by row from each (memory-mapped) array:
+    the arrays themselves are never copied whole."""
+    total = sum(v.shape[0] for v in vectors)
+    if total <= size:
+        return np.concatenate(vectors)
+    pick = np.sort(np.random.default_rng(seed).choice(total, size=size, replace=False))
+    starts = np.cumsum([0] + [v.shape[0] for v in vectors])
+    return np.concatenate([v[pick[(pick >= lo) & (pick < hi)] - lo]
+                           for v, lo, hi in zip(vectors, starts[:-1], starts[1:], strict=True)])
 
 
 def retrain_due(catalog: Catalog, settings: Settings, collection_id: int, space: Space,

@@ -437,20 +437,16 @@ class Searcher:
         timings.sql_ms += (time.perf_counter() - t0) * 1000
         total = sum(loaded.parts[part].ntotal for part, _ in searches)
         fetch = min(total, want + 16)
+        if ann is not None:
+            for part, _ in searches:
+                ann[f"{space}/{part}"] = _operating_point(loaded.parts[part], recall)
         results: list[SearchResult] = []
         while fetch > 0:
             t0 = time.perf_counter()
             candidates: list[tuple[float, int]] = []
             for part, query in searches:
-                index = loaded.parts[part]
-                scores, ids = index.search(query, fetch, recall=recall, exclude=excluded)
+                scores, ids = loaded.parts[part].search(query, fetch, recall=recall, exclude=excluded)
                 candidates += [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
-                if ann is not None:
-                    point = index.point_for(recall) if recall is not None else None
-                    ann[f"{space}/{part}"] = {"kind": index.recipe.kind} if index.recipe.kind == "flat" else {
-                        "kind": index.recipe.kind, "nprobe": point["nprobe"] if point else index.recipe.nprobe,
-                        "k_factor": point["k_factor"] if point else index.recipe.k_factor,
-                        "probe_recall@10": point["recall@10"] if point else None}
             candidates.sort(key=lambda c: -c[0])
             t1 = time.perf_counter()
             timings.ann_ms += (t1 - t0) * 1000
@@ -516,6 +512,17 @@ class Searcher:
 
     def close(self) -> None:
         self.catalog.close()
+
+
+def _operating_point(part: AnnPart, recall: float | None) -> dict[str, Any]:
+    """How a part answers: its kind and, for an approximate one, the point used (the tuned one, or the
+    measured one for the requested recall)."""
+    if part.recipe.kind == "flat":
+        return {"kind": "flat"}
+    point = part.point_for(recall) if recall is not None else None
+    return {"kind": part.recipe.kind, "nprobe": point["nprobe"] if point else part.recipe.nprobe,
+            "k_factor": point["k_factor"] if point else part.recipe.k_factor,
+            "probe_recall@10": point["recall@10"] if point else None}
 
 
 def _check_request(target: str, k: int, offset: int, recall: float | None = None) -> None:

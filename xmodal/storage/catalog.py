@@ -462,10 +462,14 @@ class Catalog:
         with self.Session() as s:
             return [int(i) for i in s.scalars(q)]
 
-    def shard_records(self, collection_id: int) -> list[Shard]:
-        """Every shard the catalog records for the collection (all spaces)."""
+    def shard_records(self, collection_id: int, *, unreferenced: bool = False) -> list[Shard]:
+        """Every shard the catalog records for the collection (all spaces); with ``unreferenced``, only
+        those no vector row points at any more."""
+        q = select(Shard).where(Shard.collection_id == collection_id)
+        if unreferenced:
+            q = q.where(Shard.id.not_in(select(ItemVector.shard_id)))
         with self.Session() as s:
-            return list(s.scalars(select(Shard).where(Shard.collection_id == collection_id)))
+            return list(s.scalars(q))
 
     def vector_rows(self, collection_id: int) -> list[tuple[int, str, str, int, int, bool]]:
         """(item id, item status, space, shard id, row, content hash matches) of every vector row."""
