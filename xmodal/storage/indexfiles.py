@@ -55,11 +55,38 @@ def _check_part_name(name: object) -> str:
     return name
 
 
+def _npy_file(array: np.ndarray) -> Path | None:
+    """The ``.npy`` file whose whole data ``array`` is (a memory-mapped build scratch array), or None."""
+    cur: Any = array
+    while cur is not None and not isinstance(cur, np.memmap):
+        cur = cur.base
+    filename = getattr(cur, "filename", None)
+    if cur is None or not filename:
+        return None
+    whole = (cur.shape == array.shape and cur.dtype == array.dtype and array.flags.c_contiguous
+             and cur.ctypes.data == array.ctypes.data)
+    path = Path(str(filename))
+    return path if whole and path.suffix == ".npy" else None
+
+
 def _save_array(path: Path, array: np.ndarray) -> dict[str, Any]:
-    with path.open("wb") as fh:
-        np.save(fh, array, allow_pickle=False)
-        fh.flush()
-        os.fsync(fh.fileno())
+    """Write ``array`` as ``.npy`` at ``path``: a hard link when it already is a whole ``.npy`` file on
+    this filesystem (a build's memory-mapped vectors: gigabytes not copied again), else written out."""
+    source = _npy_file(array)
+    linked = False
+    if source is not None:
+        try:
+            os.link(source, path)  # fsync below writes the mapping's dirty pages too (same file)
+            linked = True
+        except OSError:  # another filesystem, or links not allowed: copy
+            linked = False
+    if not linked:
+        with path.open("wb") as fh:
+            np.save(fh, array, allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+    else:
+        fsync_file(path)
     return {"file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size,
             "dtype": str(array.dtype), "shape": list(array.shape)}
 
