@@ -464,3 +464,25 @@ def test_seeded_build_is_deterministic(data: tuple[np.ndarray, np.ndarray]) -> N
     assert a.recipe == b.recipe
     q = noisy_copies(x[:1500], 20)
     assert np.array_equal(a.part.search(q, 5)[1], b.part.search(q, 5)[1])
+
+
+def test_probes_of_another_modality_join_the_tuning(data: tuple[np.ndarray, np.ndarray]) -> None:
+    """Queries of the space's other modality (text against image lists) make up half the probes."""
+    x, ids = data
+    other = noisy_copies(x, 300, noise=0.6, seed=13)
+    b = build_index(x[:2000], ids[:2000], IndexRecipe(kind="ivfpq", nlist=16, m=8, nbits=6, nprobe=2),
+                    recall_target=0.9, probes=other)
+    assert b.stats["probe_queries"] == 200 and b.stats["probe_queries_other_modality"] == 100
+
+
+def test_probe_sample_reads_rows_from_each_part_without_copying_them_whole(tmp_path: Any) -> None:
+    from xmodal.indexer.publish import _probe_sample
+
+    a = np.lib.format.open_memmap(tmp_path / "a.npy", mode="w+", dtype=np.float32, shape=(3000, 4))
+    a[:] = 1.0
+    b = np.full((500, 4), 2.0, dtype=np.float32)
+    sample = _probe_sample([a, b], size=1000, seed=0)
+    assert sample.shape == (1000, 4)
+    share_b = float((sample[:, 0] == 2.0).mean())
+    assert 0.08 < share_b < 0.22  # uniform over the rows taken together: 500 of 3500
+    assert np.array_equal(_probe_sample([b[:10], b[:5]], size=1000), np.concatenate([b[:10], b[:5]]))
