@@ -101,7 +101,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         return 0
     try:
         summary = index_sources(settings, args.sources, args.collection, progress=not args.no_progress,
-                                retry_failed=args.retry_failed)
+                                retry_failed=args.retry_failed, engine=args.engine, ray_address=args.ray_address)
     except UserError as exc:
         if args.report:
             _write_report(args.report, {"status": "error", "collection": args.collection, "message": str(exc),
@@ -413,6 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="RAM budget of each space's index, e.g. 2GiB or 800MB (sizes the PQ codes; the re-rank "
                         "vectors stay in RAM only if they fit too, else they are memory-mapped)")
     p.add_argument("--retry-failed", action="store_true", help="try failed files again even if unchanged")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="where decode and encode run: worker processes here (local), or Ray Data on a Ray "
+                        "cluster (ray; pip install 'xmodal[ray]')")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="Ray cluster to join with --engine ray, e.g. 10.0.0.5:6379 or auto (default: start a "
+                        "local one)")
     p.add_argument("--dry-run", action="store_true",
                    help="print what would change (new, changed, deleted files) and change nothing")
     p.add_argument("--no-progress", action="store_true")

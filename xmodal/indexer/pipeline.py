@@ -66,6 +66,7 @@ SPACE_MODALITIES = NATIVE_MODALITIES
 SPACE_FAMILIES = {"clip": "open_clip", "clap": "clap"}
 #: failure reasons that start with this are retried as soon as a run can embed audio again
 AUDIO_UNAVAILABLE = "audio unavailable: "
+ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -119,8 +120,13 @@ class IndexRun:
     """One indexing run over some sources into one collection."""
 
     def __init__(self, settings: Settings, collection: str, *, progress: bool = True,
-                 crash_at: Callable[[str], None] | None = None) -> None:
+                 crash_at: Callable[[str], None] | None = None, engine: str = "local",
+                 ray_address: str | None = None) -> None:
+        if engine not in ENGINES:
+            raise UserError(f"unknown engine {engine!r} (one of {', '.join(ENGINES)})")
         self.settings = settings
+        self.engine = engine
+        self.ray_address = ray_address
         self.collection = collection
         self.progress = progress
         self.layout = Layout(settings.home)
@@ -300,13 +306,59 @@ class IndexRun:
     # ------------------------------------------------------------------------------------------
 
     def _embed(self, tasks: list[DecodeTask], summary: RunSummary) -> None:
+        config = self._decode_config(tasks)
+        sink = ShardSink(self, summary)
+        bar = tqdm(total=len(tasks), desc="embed", unit=" items", disable=not self.progress, smoothing=0.1)
+        try:
+            if self.engine == "ray":
+                from xmodal.indexer.ray_engine import embed_on_ray
+
+                embed_on_ray(self, tasks, config, sink, bar, address=self.ray_address)
+            else:
+                self._embed_local(tasks, config, sink, bar)
+            sink.finish()
+        finally:
+            bar.close()
+
+    def _embed_local(self, tasks: list[DecodeTask], config: DecodeConfig, sink: ShardSink, bar: Any) -> None:
+        """Decode in worker processes, encode here in batches per (space, modality)."""
         workers = self.settings.resolved_workers
         pool = DecodePool(workers) if len(tasks) >= POOL_MIN_ITEMS and workers > 0 else None
+        batch = self.settings.batch_size
+        groups: dict[tuple[str, str], list[Decoded]] = defaultdict(list)  # (space, modality) -> waiting
+
+        def encode(space: str, modality: str) -> None:
+            group = groups.pop((space, modality), [])
+            if group:
+                vecs, windows = encode_group(self._encoders[space], modality, group, batch)
+                for d, v, w in zip(group, vecs, windows, strict=True):
+                    sink.vector(d, space, v, w)
+
         try:
-            self._embed_with(tasks, summary, pool)
+            if pool is not None:  # keep two batches in flight so the workers never wait on the encoder
+                decoded: Iterable[Decoded] = pool.decode(
+                    tasks, config, max_inflight=max(4 * pool.workers, -(-2 * batch // CHUNK_FILES)))
+            else:
+                decoded = (decode_one(task, config) for task in tasks)
+            for d in decoded:
+                bar.update()
+                if sink.decoded(d):
+                    modality = decoded_modality(d)
+                    for space in self.spaces_for(d.item_id, modality):
+                        groups[(space, modality)].append(d)
+                        if waiting(groups.get((space, modality), []), modality) >= batch:
+                            encode(space, modality)
+                            self._hook("after-encode-batch")
+                sink.flush()
+            for space, modality in list(groups):
+                encode(space, modality)
         finally:
             if pool is not None:
                 pool.close()
+
+    def spaces_for(self, item_id: int, modality: str) -> tuple[str, ...]:
+        """The spaces a decoded item gets a new vector in: those it needs that embed its modality."""
+        return tuple(sp for sp in self._needs[item_id] if modality in SPACE_MODALITIES[sp])
 
     def _decode_config(self, tasks: list[DecodeTask]) -> DecodeConfig:
         """Load the encoders the tasks need (while the decode workers start) and their transforms."""
@@ -319,122 +371,6 @@ class IndexRun:
             self.limits, clip.image_transform() if clip else None, clip.image_min_side() if clip else None,
             clap.audio_spec() if clap else None, clap.audio_transform() if clap else None,
         )
-
-    def _embed_with(self, tasks: list[DecodeTask], summary: RunSummary, pool: DecodePool | None) -> None:
-        config = self._decode_config(tasks)
-        batch = self.settings.batch_size
-        pending: dict[str, _Pending] = {space: _Pending() for space in self._encoders}
-        outcomes: list[ItemOutcome] = []
-        failed_ids: set[int] = set()
-        ok_ids: set[int] = set()
-        groups: dict[tuple[str, str], list[Decoded]] = defaultdict(list)  # (space, modality) -> waiting
-        bar = tqdm(total=len(tasks), desc="embed", unit=" items", disable=not self.progress, smoothing=0.1)
-
-        def invalid(d: Decoded) -> None:
-            reason = "the model produced an invalid (zero or NaN) vector"
-            if d.item_id not in failed_ids:
-                failed_ids.add(d.item_id)
-                outcomes.append(self._failed(d, reason))
-                summary.failed += 1
-                summary.failures.append((self._entries[d.item_id].uri, reason))
-
-        def encode(space: str, modality: str) -> None:
-            group = groups.pop((space, modality), [])
-            if not group:
-                return
-            encoder = self._encoders[space]
-            windows: list[Windows | None] = [None] * len(group)
-            if modality == "image":
-                vecs = cast(ImageEncoder, encoder).embed_images(np.stack([d.pixels for d in group]))  # type: ignore[misc]
-            elif modality == "audio":
-                vecs, windows = self._embed_audio(cast(AudioEncoder, encoder), group)
-            else:
-                vecs = encoder.embed_texts([d.text or "" for d in group])
-            out = pending[space]
-            for d, v, w in zip(group, vecs, windows, strict=True):
-                if not np.isfinite(v).all() or float(np.linalg.norm(v)) < 1e-6:
-                    invalid(d)
-                    continue
-                entry = self._entries[d.item_id]
-                out.items.append(EmbeddedItem(
-                    item_id=d.item_id, row=len(out.ids), content_hash=d.content_hash or "",
-                    size=d.size or 0, mtime_ns=entry.mtime_ns or 0, meta=d.meta,
-                ))
-                out.ids.append(d.item_id)
-                out.vectors.append(v)
-                out.windows.append(w)
-                ok_ids.add(d.item_id)
-
-        def waiting(space: str, modality: str) -> int:
-            group = groups.get((space, modality), [])
-            return sum(len(d.audio) for d in group if d.audio is not None) if modality == "audio" else len(group)
-
-        def flush(force: bool = False) -> None:
-            wrote = False
-            for space, out in pending.items():
-                due = len(out.ids) >= self.settings.shard_rows or (
-                    time.monotonic() - out.started >= self.settings.shard_seconds)
-                if out.ids and (force or due):
-                    self._write_shard(space, out)
-                    pending[space] = _Pending()
-                    wrote = True
-            if outcomes and (wrote or force or len(outcomes) >= 1000):
-                # an outcome waits while its item still has a vector pending in another space, so that
-                # the shard commit (which sets it ok) never comes after its failure
-                waiting_ids = {i for p in pending.values() for i in p.ids}
-                ready = [o for o in outcomes if o.item_id not in waiting_ids]
-                self.catalog.record_outcomes(ready)
-                outcomes[:] = [o for o in outcomes if o.item_id in waiting_ids]
-
-        if pool is not None:  # keep two batches in flight so the workers never wait on the encoder
-            decoded = pool.decode(tasks, config, max_inflight=max(4 * pool.workers, -(-2 * batch // CHUNK_FILES)))
-        else:
-            decoded = (decode_one(task, config) for task in tasks)
-        for d in decoded:
-            bar.update()
-            if d.error is not None:
-                failed_ids.add(d.item_id)
-                outcomes.append(self._failed(d, d.error))
-                summary.failed += 1
-                summary.failures.append((self._entries[d.item_id].uri, d.error))
-            elif d.unchanged:
-                e = self._entries[d.item_id]
-                outcomes.append(ItemOutcome(d.item_id, STATUS_OK, None, d.content_hash, d.size, e.mtime_ns))
-                summary.unchanged += 1
-            else:
-                modality = "image" if d.pixels is not None else "audio" if d.audio is not None else "text"
-                for space in self._needs[d.item_id]:
-                    groups[(space, modality)].append(d)
-                    if waiting(space, modality) >= batch:
-                        encode(space, modality)
-                        self._hook("after-encode-batch")
-            flush()
-        for space, modality in list(groups):
-            encode(space, modality)
-        flush(force=True)  # writes every pending shard, then every outcome
-        summary.embedded = summary.ok = len(ok_ids - failed_ids)
-        bar.close()
-
-    def _embed_audio(self, encoder: AudioEncoder, group: list[Decoded]) -> tuple[np.ndarray, list[Windows | None]]:
-        """Every window of every clip in the group, in batches; an item's vector pools its windows."""
-        from xmodal.encoders.clap import embed_windows, pool_windows
-
-        feats = np.concatenate([d.audio for d in group if d.audio is not None])
-        window_vecs = embed_windows(encoder, feats, self.settings.batch_size)
-        vecs: list[np.ndarray] = []
-        windows: list[Windows | None] = []
-        at = 0
-        for d in group:
-            n = len(d.audio) if d.audio is not None else 0
-            own = window_vecs[at : at + n]
-            at += n
-            vecs.append(pool_windows(own))
-            windows.append(Windows(own, np.asarray(d.spans, dtype=np.float32).reshape(-1, 2)) if n > 1 else None)
-        return np.stack(vecs), windows
-
-    def _failed(self, d: Decoded, reason: str) -> ItemOutcome:
-        e = self._entries[d.item_id]  # the scanned stat, so an unchanged failed file is not retried
-        return ItemOutcome(d.item_id, STATUS_FAILED, reason, d.content_hash, e.size, e.mtime_ns)
 
     def _write_shard(self, space: str, pending: _Pending) -> None:
         encoder = self._encoders[space]
@@ -449,6 +385,122 @@ class IndexRun:
         self.catalog.commit_shard(self.collection_id, space, self.layout.relative(path), info.rows,
                                   info.sha256, info.bytes, pending.items)
         self._hook("after-shard-commit")
+
+
+class ShardSink:
+    """Where either engine (local or Ray) delivers its results: failures, unchanged contents and
+    vectors become Parquet shards and catalog rows, in the order that keeps a crash safe.
+
+    An item becomes ``ok`` only in the transaction that records the shard holding its vector (see
+    ``IndexRun._write_shard``); an outcome waits while its item still has a vector pending in another
+    space, so that the shard commit (which sets it ok) never comes after its failure.
+    """
+
+    def __init__(self, run: IndexRun, summary: RunSummary) -> None:
+        self.run = run
+        self.summary = summary
+        self.pending: dict[str, _Pending] = {space: _Pending() for space in run._encoders}
+        self.outcomes: list[ItemOutcome] = []
+        self.failed_ids: set[int] = set()
+        self.ok_ids: set[int] = set()
+
+    def fail(self, item_id: int, reason: str, content_hash: str | None = None) -> None:
+        if item_id in self.failed_ids:
+            return
+        self.failed_ids.add(item_id)
+        e = self.run._entries[item_id]  # the scanned stat, so an unchanged failed file is not retried
+        self.outcomes.append(ItemOutcome(item_id, STATUS_FAILED, reason, content_hash, e.size, e.mtime_ns))
+        self.summary.failed += 1
+        self.summary.failures.append((e.uri, reason))
+
+    def decoded(self, d: Decoded) -> bool:
+        """Record a decode that needs no encoding (failed, content unchanged); True when it does."""
+        if d.error is not None:
+            self.fail(d.item_id, d.error, d.content_hash)
+            return False
+        if d.unchanged:
+            e = self.run._entries[d.item_id]
+            self.outcomes.append(ItemOutcome(d.item_id, STATUS_OK, None, d.content_hash, d.size, e.mtime_ns))
+            self.summary.unchanged += 1
+            return False
+        if not self.run.spaces_for(d.item_id, decoded_modality(d)):
+            self.fail(d.item_id, f"no model in this run embeds {decoded_modality(d)}", d.content_hash)
+            return False
+        return True
+
+    def vector(self, d: Decoded, space: str, vec: np.ndarray, windows: Windows | None) -> None:
+        """One item's new vector in ``space``; an invalid one (zero, NaN) fails the item."""
+        if not np.isfinite(vec).all() or float(np.linalg.norm(vec)) < 1e-6:
+            self.fail(d.item_id, "the model produced an invalid (zero or NaN) vector", d.content_hash)
+            return
+        out = self.pending[space]
+        entry = self.run._entries[d.item_id]
+        out.items.append(EmbeddedItem(
+            item_id=d.item_id, row=len(out.ids), content_hash=d.content_hash or "",
+            size=d.size or 0, mtime_ns=entry.mtime_ns or 0, meta=d.meta,
+        ))
+        out.ids.append(d.item_id)
+        out.vectors.append(vec)
+        out.windows.append(windows)
+        self.ok_ids.add(d.item_id)
+
+    def flush(self, force: bool = False) -> None:
+        wrote = False
+        settings = self.run.settings
+        for space, out in self.pending.items():
+            due = len(out.ids) >= settings.shard_rows or time.monotonic() - out.started >= settings.shard_seconds
+            if out.ids and (force or due):
+                self.run._write_shard(space, out)
+                self.pending[space] = _Pending()
+                wrote = True
+        if self.outcomes and (wrote or force or len(self.outcomes) >= 1000):
+            waiting_ids = {i for p in self.pending.values() for i in p.ids}
+            ready = [o for o in self.outcomes if o.item_id not in waiting_ids]
+            self.run.catalog.record_outcomes(ready)
+            self.outcomes[:] = [o for o in self.outcomes if o.item_id in waiting_ids]
+
+    def finish(self) -> None:
+        """Write every pending shard, then every outcome."""
+        self.flush(force=True)
+        self.summary.embedded = self.summary.ok = len(self.ok_ids - self.failed_ids)
+
+
+def decoded_modality(d: Decoded) -> str:
+    return "image" if d.pixels is not None else "audio" if d.audio is not None else "text"
+
+
+def waiting(group: list[Decoded], modality: str) -> int:
+    """How much encoder work a group holds: audio counts windows, the rest items."""
+    return sum(len(d.audio) for d in group if d.audio is not None) if modality == "audio" else len(group)
+
+
+def encode_group(encoder: Encoder, modality: str, group: list[Decoded],
+                 batch_size: int) -> tuple[np.ndarray, list[Windows | None]]:
+    """The vectors of a group of decoded items of one modality (and, for long audio, their windows):
+    the one encode step both engines run."""
+    if modality == "image":
+        return cast(ImageEncoder, encoder).embed_images(np.stack([d.pixels for d in group])), [None] * len(group)  # type: ignore[misc]
+    if modality == "audio":
+        return _embed_audio(cast(AudioEncoder, encoder), group, batch_size)
+    return encoder.embed_texts([d.text or "" for d in group]), [None] * len(group)
+
+
+def _embed_audio(encoder: AudioEncoder, group: list[Decoded], batch_size: int) -> tuple[np.ndarray, list[Windows | None]]:
+    """Every window of every clip in the group, in batches; an item's vector pools its windows."""
+    from xmodal.encoders.clap import embed_windows, pool_windows
+
+    feats = np.concatenate([d.audio for d in group if d.audio is not None])
+    window_vecs = embed_windows(encoder, feats, batch_size)
+    vecs: list[np.ndarray] = []
+    windows: list[Windows | None] = []
+    at = 0
+    for d in group:
+        n = len(d.audio) if d.audio is not None else 0
+        own = window_vecs[at : at + n]
+        at += n
+        vecs.append(pool_windows(own))
+        windows.append(Windows(own, np.asarray(d.spans, dtype=np.float32).reshape(-1, 2)) if n > 1 else None)
+    return np.stack(vecs), windows
 
 
 class DecodePool:
@@ -595,9 +647,11 @@ def fault_from_env() -> Callable[[str], None] | None:
 
 
 def index_sources(settings: Settings, sources: Iterable[Path], collection: str, *, progress: bool = True,
-                  retry_failed: bool = False, crash_at: Callable[[str], None] | None = None) -> RunSummary:
+                  retry_failed: bool = False, crash_at: Callable[[str], None] | None = None,
+                  engine: str = "local", ray_address: str | None = None) -> RunSummary:
     with collection_lock(settings.home, collection, settings.resolved_database_url):
-        run = IndexRun(settings, collection, progress=progress, crash_at=crash_at)
+        run = IndexRun(settings, collection, progress=progress, crash_at=crash_at, engine=engine,
+                       ray_address=ray_address)
         try:
             return run.run(list(sources), retry_failed=retry_failed)
         finally:
