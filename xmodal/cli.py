@@ -75,6 +75,21 @@ def _write_report(path: Path, report: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _pair(text: str, flag: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise UserError(f"{flag} takes NAME=VALUE, not {text!r}")
+    return name.strip(), value.strip()
+
+
+def _media_columns(values: list[str]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for text in values:
+        name, sep, modality = text.partition("=")
+        out[name.strip()] = modality.strip() if sep else None
+    return out
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from xmodal.indexer.pipeline import index_sources
 
@@ -84,6 +99,31 @@ def cmd_index(args: argparse.Namespace) -> int:
         recall_target=args.recall_target, max_index_memory=args.max_index_memory,
     )
     started = time.time()
+    if bool(args.sources) == bool(args.manifest):
+        raise UserError("give folders or files to index, or --manifest FILE (not both)")
+    media = _media_columns(args.media) if args.media else None
+    column_types = dict(_pair(v, "--column-type") for v in args.column_type or [])
+    if args.manifest and args.dry_run:
+        from xmodal.indexer.pipeline import plan_manifest
+
+        plan = plan_manifest(settings, args.manifest, args.collection, media=media, column_types=column_types,
+                             retry_failed=args.retry_failed)
+        if args.json:
+            _dump(plan)
+            return 0
+        print(f"{args.collection} (dry run, nothing changed): {plan['entries']} entries from {plan['rows']} rows | "
+              f"insert {plan['inserted']} | update {plan['updated']} | metadata {plan['metadata_updated']} | "
+              f"unfinished {plan['unfinished']} | retry {plan['retry']} | delete {plan['deleted']} | "
+              f"unchanged {plan['unchanged']} | problems {plan['problem_count']}")
+        for kind, keys in plan["examples"].items():
+            for key in keys:
+                print(f"  {kind}: {key}")
+        for problem in plan["problems"]:
+            print(f"  problem: {problem}")
+        if plan["held"]:
+            print(f"  {plan['held']} deletes would be held back: some rows could not be read far enough to know their id")
+        print("the index would be rebuilt" if plan["would_rebuild_index"] else "the index would stay as it is")
+        return 0
     if args.dry_run:
         from xmodal.indexer.pipeline import plan_sources
 
@@ -100,14 +140,21 @@ def cmd_index(args: argparse.Namespace) -> int:
         print("the index would be rebuilt" if plan["would_rebuild_index"] else "the index would stay as it is")
         return 0
     try:
-        summary = index_sources(settings, args.sources, args.collection, progress=not args.no_progress,
-                                retry_failed=args.retry_failed, engine=args.engine, ray_address=args.ray_address)
+        if args.manifest:
+            from xmodal.indexer.pipeline import index_manifest
+
+            summary = index_manifest(settings, args.manifest, args.collection, media=media,
+                                     column_types=column_types, progress=not args.no_progress,
+                                     retry_failed=args.retry_failed, engine=args.engine, ray_address=args.ray_address)
+        else:
+            summary = index_sources(settings, args.sources, args.collection, progress=not args.no_progress,
+                                    retry_failed=args.retry_failed, engine=args.engine, ray_address=args.ray_address)
     except UserError as exc:
         if args.report:
             _write_report(args.report, {"status": "error", "collection": args.collection, "message": str(exc),
                                         "started_at": started, "finished_at": time.time()})
         raise
-    code = EXIT_PARTIAL if summary.failed else 0
+    code = EXIT_PARTIAL if summary.failed or summary.manifest.get("skipped_rows") else 0
     if args.report:
         _write_report(args.report, {"status": "partial" if code else "ok", "exit_code": code, **summary.as_dict(),
                                     "started_at": started, "finished_at": time.time()})
@@ -115,8 +162,14 @@ def cmd_index(args: argparse.Namespace) -> int:
         _dump(summary.as_dict())
         return code
     s = summary
-    print(f"{s.collection}: {s.scanned} files scanned, {s.new} new | ok {s.ok} | failed {s.failed} | "
-          f"unchanged {s.unchanged} | deleted {s.deleted}")
+    if s.manifest:
+        m = s.manifest
+        print(f"{s.collection}: {m['entries']} entries from {m['rows']} manifest rows | inserted {m['inserted']} | "
+              f"updated {m['updated']} | metadata {m['metadata_updated']} | deleted {m['deleted']} | ok {s.ok} | "
+              f"failed {s.failed} | unchanged {s.unchanged} | rows skipped {m['skipped_rows']}")
+    else:
+        print(f"{s.collection}: {s.scanned} files scanned, {s.new} new | ok {s.ok} | failed {s.failed} | "
+              f"unchanged {s.unchanged} | deleted {s.deleted}")
     if s.embedded:
         print(f"embedded {s.embedded} items in {s.seconds.get('embed', 0):.1f}s "
               f"({s.items_per_second:.1f} items/s on {s.device})")
@@ -141,7 +194,9 @@ def cmd_index(args: argparse.Namespace) -> int:
     if s.swept:
         print(f"removed {len(s.swept)} files an interrupted run had left")
     if code:
-        print(f"exit {code}: {s.failed} files failed (partial); the rest is indexed")
+        skipped = s.manifest.get("skipped_rows", 0)
+        print(f"exit {code}: {s.failed} items failed" + (f", {skipped} manifest rows skipped" if skipped else "")
+              + " (partial); the rest is indexed")
     return code
 
 
@@ -400,8 +455,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("index", parents=[common], help="index folders of images and text")
-    p.add_argument("sources", nargs="+", type=Path, metavar="SOURCE")
+    p = sub.add_parser("index", parents=[common], help="index folders of images, sound and text, or a manifest")
+    p.add_argument("sources", nargs="*", type=Path, metavar="SOURCE")
+    p.add_argument("--manifest", type=Path, metavar="FILE",
+                   help="index the rows of a CSV, TSV, JSONL or Parquet file (gzip too): an 'id' column, media "
+                        "columns (default 'uri': a path, file://, http(s):// or an fsspec URL) and metadata columns; "
+                        "rerunning with a changed manifest applies inserts, updates and deletes")
+    p.add_argument("--media", action="append", metavar="COL[=MODALITY]",
+                   help="a media column of the manifest (repeat for several: --media image --media title=text); "
+                        "MODALITY is image, audio or text (text: the cell is the text itself); without it, from "
+                        "the URL's extension or the fetched bytes")
+    p.add_argument("--column-type", action="append", metavar="COL=TYPE",
+                   help="type of a metadata column: str, int, float, bool or list (e.g. --column-type sku=str; "
+                        "title, category, brand are str, price float and tags list unless told otherwise)")
     p.add_argument("--collection", "-c", required=True)
     _model_flags(p)
     p.add_argument("--batch-size", type=_positive)

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=100_000_000, ge=1)
     max_text_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     max_audio_seconds: float = Field(default=3600.0, gt=0, le=86_400, description="longer clips are failed")
+    # remote media (manifest URLs); max_file_bytes caps their size too
+    fetch_timeout: float = Field(default=10.0, gt=0, description="seconds to connect, and for each read")
+    fetch_deadline: float = Field(default=60.0, gt=0, description="seconds for one fetch, retries included")
+    fetch_retries: int = Field(default=3, ge=0, le=20, description="tries after the first (429, 5xx, timeouts)")
 
     # index
     exact_threshold: int = Field(default=50_000, ge=0, description="below this many vectors: exact search")

@@ -278,7 +278,7 @@ def test_orm_queries_apply_filter_and_count(shop: Shop) -> None:
 
 @pytest.mark.parametrize(("spec", "message"), [
     (leaf("colour", "eq", "red"),
-     "filters.field: unknown field 'colour' (fields: chars, code, format, id, in_stock, modality, price, tags, "
+     "filters.field: unknown field 'colour' (fields: chars, code, format, id, in_stock, modality, price, source_id, tags, "
      "title, uri, width)"),
     (leaf("width", "like", 3),
      "filters.op: unknown operator 'like' (known: eq, ne, in, nin, gt, gte, lt, lte, range, exists)"),

@@ -472,3 +472,32 @@ def test_data_survives_reopening(database_url: str) -> None:
         assert [s.dim for s in again.spaces(cid)] == [64]
     finally:
         again.close()
+
+
+def test_a_catalog_from_before_manifests_gains_their_columns_and_keeps_its_rows(database_url: str) -> None:
+    old = Catalog(database_url)
+    cid = old.collection_id("c", create=True)
+    ids = old.add_items(cid, [("/m/a.jpg", "image")])
+    old.close()
+    engine = sa.create_engine(database_url)
+    with engine.begin() as conn:  # the items table as an earlier xmodal made it
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("DROP INDEX ix_items_source_id")
+        for column in ("source_id", "source_column", "source_digest", "source_meta"):
+            conn.exec_driver_sql(f"ALTER TABLE items DROP COLUMN {column}")
+    assert "source_id" not in {c["name"] for c in sa.inspect(engine).get_columns("items")}
+    engine.dispose()
+
+    catalog = Catalog(database_url)
+    try:
+        inspector = sa.inspect(catalog.engine)
+        assert {"source_id", "source_column", "source_digest", "source_meta"} <= {
+            c["name"] for c in inspector.get_columns("items")}
+        assert any(ix["column_names"] == ["source_id"] for ix in inspector.get_indexes("items"))
+        assert catalog.item_states(cid)["/m/a.jpg"].id == ids["/m/a.jpg"]
+        new = catalog.add_source_items(cid, [("manifest:P1#image", "https://x/p1.jpg", "image", "P1", "image")])
+        assert catalog.manifest_states(cid)["manifest:P1#image"].id == new["manifest:P1#image"]
+        assert "https://x/p1.jpg" not in catalog.item_states(cid)  # file runs never see manifest items
+    finally:
+        catalog.close()
+    Catalog(database_url).close()  # opening an up-to-date catalog changes nothing

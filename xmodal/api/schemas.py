@@ -44,6 +44,7 @@ class ResultOut(BaseModel):
     method: str
     space_score: float | None = None  # with method "rrf": the inner product in its own space
     segment: dict[str, float] | None = None  # a long audio clip's best-matching window (start_s, end_s)
+    source: dict[str, str] | None = None  # a manifest item: the source's id and the media column
     metadata: dict[str, Any]
     media_url: str
     thumbnail_url: str | None

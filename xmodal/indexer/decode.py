@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,10 +17,11 @@ import numpy as np
 
 from xmodal.encoders.base import ImageTransform
 from xmodal.errors import MediaError
+from xmodal.media.fetch import Fetcher, FetchError, FetchOptions
 from xmodal.media.image import decode_image_with_info
 from xmodal.media.read import read_file
 from xmodal.media.text import decode_text, text_metadata
-from xmodal.media.types import MediaLimits
+from xmodal.media.types import MediaLimits, looks_like_text, sniff_modality
 
 if TYPE_CHECKING:
     from xmodal.media.audio import AudioSpec
@@ -27,12 +29,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+#: prefix of failure reasons that a later run may not meet (a fetch timeout, HTTP 503): retried next run
+TEMPORARY_FAILURE = "temporary: "
+UNKNOWN = "unknown"  # a manifest URL that names no type: decided from the fetched bytes
+
+
 @dataclass(frozen=True)
 class DecodeTask:
     item_id: int
-    path: str
-    modality: str
+    path: str  # a local path, or (with ``remote``) the URI to fetch
+    modality: str  # image | audio | text, or UNKNOWN
     known_hash: str | None  # content already embedded: skip decoding when the bytes still hash to it
+    remote: bool = False  # fetch ``path`` (http(s), fsspec) instead of reading a local file
+    text: str | None = None  # inline text from a manifest: no file at all
 
 
 @dataclass
@@ -56,6 +65,18 @@ class DecodeConfig:
     min_side: int | None
     audio_spec: AudioSpec | None = None
     audio_transform: Callable[[np.ndarray], np.ndarray] | None = None
+    fetch: FetchOptions | None = None  # bounds on remote fetches (timeouts, retries, size cap)
+    fetch_threads: int = 8  # remote fetches of one chunk run concurrently: they wait on the network
+
+
+_fetchers: dict[FetchOptions, Fetcher] = {}  # one per worker process: keeps connections to a CDN open
+
+
+def _fetcher(options: FetchOptions | None) -> Fetcher:
+    opts = options or FetchOptions()
+    if opts not in _fetchers:
+        _fetchers[opts] = Fetcher(opts)
+    return _fetchers[opts]
 
 
 def init_worker() -> None:
@@ -73,28 +94,61 @@ def warm_up() -> None:
 
 
 def decode_many(tasks: list[DecodeTask], config: DecodeConfig) -> list[Decoded]:
-    return [decode_one(task, config) for task in tasks]
+    """Decode a chunk of tasks; its remote media are fetched concurrently first (network waits overlap)."""
+    remote = [t for t in tasks if t.remote]
+    if len(remote) < 2:
+        return [decode_one(task, config) for task in tasks]
+    with ThreadPoolExecutor(min(len(remote), max(1, config.fetch_threads))) as pool:
+        fetched = dict(zip([t.item_id for t in remote], pool.map(lambda t: _fetch(t, config), remote), strict=True))
+    return [decode_one(task, config, fetched=fetched.get(task.item_id)) for task in tasks]
 
 
-def decode_one(task: DecodeTask, config: DecodeConfig) -> Decoded:
+def _fetch(task: DecodeTask, config: DecodeConfig) -> bytes | MediaError:
+    try:
+        return _fetcher(config.fetch).fetch_bytes(task.path)
+    except MediaError as exc:
+        return exc
+
+
+def _read(task: DecodeTask, config: DecodeConfig) -> bytes:
+    if task.text is not None:
+        data = task.text.encode("utf-8", "surrogatepass")
+        if len(data) > config.limits.max_text_bytes:
+            raise MediaError(f"text too long: {len(data)} bytes, over the limit of {config.limits.max_text_bytes}")
+        return data
+    if task.remote:
+        return _fetcher(config.fetch).fetch_bytes(task.path)
+    return read_file(task.path, config.limits)
+
+
+def decode_one(task: DecodeTask, config: DecodeConfig, *, fetched: bytes | MediaError | None = None) -> Decoded:
     out = Decoded(item_id=task.item_id)
     try:
-        data = read_file(task.path, config.limits)
+        if isinstance(fetched, MediaError):
+            raise fetched
+        data = fetched if fetched is not None else _read(task, config)
         out.size = len(data)
         out.content_hash = hashlib.sha256(data).hexdigest()
         if task.known_hash is not None and out.content_hash == task.known_hash:
             out.unchanged = True
             return out
-        if task.modality == "image":
+        modality = task.modality
+        if modality == UNKNOWN:
+            found = sniff_modality(data)
+            if found is None:
+                kind = "text" if looks_like_text(data[:512]) else "data"
+                raise MediaError(f"not an image or audio file (it looks like {kind}; its URL names no type)")
+            modality = found
+        if modality == "image":
             if config.transform is None:
                 raise MediaError("no image encoder in this collection")
             info = decode_image_with_info(data, config.limits, min_side=config.min_side)
             out.pixels = config.transform(info.image)
             out.meta = {"width": info.width, "height": info.height, "format": info.format}
-        elif task.modality == "text":
+        elif modality == "text":
             out.text = decode_text(data, config.limits)
             out.meta = text_metadata(out.text)
-        elif task.modality == "audio":
+        elif modality == "audio":
             if config.audio_spec is None or config.audio_transform is None:
                 raise MediaError("no audio encoder in this collection")
             from xmodal.media.audio import audio_metadata, decode_audio
@@ -104,7 +158,9 @@ def decode_one(task: DecodeTask, config: DecodeConfig) -> Decoded:
             out.audio, out.spans = audio.windows, audio.spans
             out.meta = audio_metadata(audio)
         else:
-            raise MediaError(f"unsupported modality {task.modality!r}")
+            raise MediaError(f"unsupported modality {modality!r}")
+    except FetchError as exc:
+        out.error = f"{TEMPORARY_FAILURE if exc.retryable else ''}fetch failed: {exc.reason}"
     except MediaError as exc:
         out.error = exc.reason
     except MemoryError:

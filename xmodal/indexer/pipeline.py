@@ -29,6 +29,8 @@ from xmodal.encoders.align import LoadedAlignment
 from xmodal.encoders.base import AudioEncoder, ImageEncoder
 from xmodal.errors import ModelLoadError, ModelMismatchError, UserError
 from xmodal.indexer.decode import (
+    TEMPORARY_FAILURE,
+    UNKNOWN,
     DecodeConfig,
     Decoded,
     DecodeTask,
@@ -39,9 +41,11 @@ from xmodal.indexer.decode import (
 )
 from xmodal.indexer.lock import collection_lock
 from xmodal.indexer.maintenance import NATIVE_MODALITIES, sweep_orphans
+from xmodal.indexer.manifest import ManifestDiffer, ManifestEntry, ManifestReader, read_manifest
 from xmodal.indexer.publish import build_and_publish
 from xmodal.indexer.scan import FileEntry, scan, under_roots
-from xmodal.media.types import MediaLimits
+from xmodal.media.fetch import FetchOptions
+from xmodal.media.types import MediaLimits, modality_for_uri
 from xmodal.storage.catalog import (
     STATUS_DELETED,
     STATUS_FAILED,
@@ -50,10 +54,12 @@ from xmodal.storage.catalog import (
     EmbeddedItem,
     ItemOutcome,
     ItemState,
+    SourceFields,
     check_same_model,
 )
 from xmodal.storage.layout import Layout
 from xmodal.storage.shards import Windows, write_shard
+from xmodal.storage.uris import FILE_SCHEME, uri_to_path
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +72,8 @@ SPACE_MODALITIES = NATIVE_MODALITIES
 SPACE_FAMILIES = {"clip": "open_clip", "clap": "clap"}
 #: failure reasons that start with this are retried as soon as a run can embed audio again
 AUDIO_UNAVAILABLE = "audio unavailable: "
+#: failure reasons that start with this (a fetch timeout, an HTTP 503) are retried by the next run
+TEMPORARY = TEMPORARY_FAILURE
 ENGINES = ("local", "ray")
 
 
@@ -88,6 +96,7 @@ class RunSummary:
     unlisted: list[str] = field(default_factory=list)  # folders that could not be listed (kept as they were)
     warnings: list[str] = field(default_factory=list)
     swept: list[str] = field(default_factory=list)  # files an interrupted run left, removed at the start
+    manifest: dict[str, Any] = field(default_factory=dict)  # a manifest run: its changes and problems
 
     @property
     def items_per_second(self) -> float:
@@ -102,6 +111,7 @@ class RunSummary:
             "index": self.index, "alignment": self.alignment, "device": self.device, "seconds": self.seconds,
             "totals": self.totals, "unlisted": self.unlisted, "warnings": self.warnings, "swept": self.swept,
             "items_per_second": round(self.items_per_second, 2),
+            **({"manifest": self.manifest} if self.manifest else {}),
         }
 
 
@@ -139,6 +149,8 @@ class IndexRun:
             "clip": resolve_model("open_clip", settings.clip_model, settings.clip_pretrained)}
         self._audio_error: str | None = None  # why this run can't embed audio, once it is known
         self._needs: dict[int, tuple[str, ...]] = {}  # item -> the spaces it gets a new vector in
+        self._entries: dict[int, FileEntry] = {}  # item -> what was scanned (or read from a manifest)
+        self._sources: dict[int, SourceFields] = {}  # manifest item -> its digest and metadata
         self._check_models()
 
     def _hook(self, point: str) -> None:
@@ -185,11 +197,15 @@ class IndexRun:
 
     # ------------------------------------------------------------------------------------------
 
-    def run(self, sources: list[Path], *, retry_failed: bool = False) -> RunSummary:
+    def run(self, sources: list[Path], *, retry_failed: bool = False,
+            manifest: ManifestReader | None = None) -> RunSummary:
         summary = RunSummary(self.collection)
         t0 = time.monotonic()
         summary.swept = sweep_orphans(self.catalog, self.layout, self.collection, self.collection_id)
-        tasks = self._diff(sources, summary, retry_failed=retry_failed)
+        if manifest is not None:
+            tasks = self._diff_manifest(manifest, summary, retry_failed=retry_failed)
+        else:
+            tasks = self._diff(sources, summary, retry_failed=retry_failed)
         summary.seconds["scan"] = round(time.monotonic() - t0, 3)
         self._hook("after-scan")
         t1 = time.monotonic()
@@ -300,7 +316,151 @@ class IndexRun:
             self._needs[item_id] = spaces
             tasks.append(DecodeTask(item_id, e.path, e.modality, known))
         self.catalog.record_outcomes(unreadable)
-        self._entries = {ids[e.uri]: e for e in entries}
+        self._entries.update({ids[e.uri]: e for e in entries})
+        return tasks
+
+    def _diff_manifest(self, reader: ManifestReader, summary: RunSummary, *, retry_failed: bool) -> list[DecodeTask]:
+        """Stream a manifest against the catalog's manifest items: insert, re-embed (new media), update
+        metadata in place (same media), delete what left it; return the work.
+
+        An entry's digest and metadata are written with its outcome (a shard commit, a failure, an
+        unchanged content), never before: a run killed in between leaves the old digest, and the
+        next run sees the same change again. New items are inserted without a digest for the same reason.
+        """
+        states = self.catalog.manifest_states(self.collection_id)
+        differ = ManifestDiffer({k: st.source_digest for k, st in states.items()
+                                 if st.status != STATUS_DELETED and st.source_digest})
+        known_spaces = ["clip", "clap"] if "clap" in self._records else ["clip"]
+        missing: dict[int, list[str]] = {}
+        for space in known_spaces:
+            for item_id in self.catalog.items_needing_vectors(self.collection_id, space, SPACE_MODALITIES[space]):
+                missing.setdefault(item_id, []).append(space)
+        work: list[tuple[DecodeTask, list[str] | None]] = []  # task, and the only spaces it lacks (or all)
+        new_rows: list[tuple[str, str, str, str, str]] = []
+        new_entries: list[tuple[ManifestEntry, str]] = []
+        revived: list[tuple[int, str, str]] = []
+        meta_changes: list[ItemOutcome] = []
+        counts = {"inserted": 0, "updated": 0, "metadata_updated": 0, "unchanged": 0}
+
+        def task(item_id: int, entry: ManifestEntry, modality: str, known: str | None) -> DecodeTask:
+            uri = entry.uri
+            remote = uri is not None and "://" in uri and not uri.startswith(FILE_SCHEME)
+            path = uri if remote or uri is None else uri_to_path(uri)
+            return DecodeTask(item_id, path or entry.key, modality, known, remote=remote, text=entry.text)
+
+        def local_stat(entry: ManifestEntry) -> tuple[int | None, int | None]:
+            """(size, mtime) of a local file entry: a file changed in place is embedded again."""
+            if entry.uri is None or ("://" in entry.uri and not entry.uri.startswith(FILE_SCHEME)):
+                return None, None
+            try:
+                st = os.stat(uri_to_path(entry.uri))
+            except OSError:
+                return -1, -1  # gone or unreadable: decoding it again records why
+            return st.st_size, st.st_mtime_ns
+
+        def note(item_id: int, entry: ManifestEntry, modality: str, stat: tuple[int | None, int | None]) -> None:
+            self._sources[item_id] = SourceFields(entry.content_digest(), entry.metadata)
+            uri = entry.uri or entry.key
+            self._entries[item_id] = FileEntry(f"{entry.source_id}#{entry.column} ({uri})" if entry.uri else uri,
+                                               uri, modality, *stat)
+
+        def insert_new() -> None:
+            ids = self.catalog.add_source_items(self.collection_id, new_rows)
+            for entry, modality in new_entries:
+                item_id = ids[entry.key]
+                note(item_id, entry, modality, local_stat(entry))
+                work.append((task(item_id, entry, modality, None), None))
+            new_rows.clear()
+            new_entries.clear()
+
+        for entry in reader:
+            summary.scanned += 1
+            change = differ.classify(entry)
+            st = states.get(entry.key)
+            modality = "text" if entry.text is not None else (
+                entry.modality or modality_for_uri(entry.uri or "") or UNKNOWN)
+            uri = entry.uri or entry.key
+            if change == "insert" and st is None:
+                new_rows.append((entry.key, uri, modality, entry.source_id, entry.column))
+                new_entries.append((entry, modality))
+                if len(new_rows) >= 5000:
+                    insert_new()
+                counts["inserted"] += 1
+                continue
+            assert st is not None
+            stat = local_stat(entry)
+            note(st.id, entry, modality, stat)
+            if change in ("insert", "update"):  # back after a delete, never finished, or new media
+                revived.append((st.id, uri, modality))
+                counts["inserted" if change == "insert" else "updated"] += 1
+                known = st.content_hash if change == "update" and st.status == STATUS_OK else None
+                work.append((task(st.id, entry, modality, known), None))
+                continue
+            if change == "metadata":
+                meta_changes.append(ItemOutcome(st.id, st.status, st.reason, st.content_hash, st.size, None,
+                                                self._sources[st.id]))
+                counts["metadata_updated"] += 1
+                if len(meta_changes) >= 5000:
+                    self.catalog.update_source_meta(meta_changes)
+                    meta_changes.clear()
+            retry = retry_failed or (st.reason or "").startswith((AUDIO_UNAVAILABLE, TEMPORARY))
+            moved = stat[0] is not None and (stat[0], stat[1]) != (st.size, st.mtime_ns)
+            if st.status == STATUS_OK and st.id in missing:
+                work.append((task(st.id, entry, modality, None), missing[st.id]))
+            elif moved and st.status in (STATUS_OK, STATUS_FAILED):  # a local file changed in place
+                counts["updated"] += 1
+                work.append((task(st.id, entry, modality, st.content_hash if st.status == STATUS_OK else None),
+                             None))
+            elif st.status not in (STATUS_OK, STATUS_FAILED) or (st.status == STATUS_FAILED and retry):
+                work.append((task(st.id, entry, modality, None), None))  # unfinished, or a failure to retry
+            elif change == "unchanged":
+                counts["unchanged"] += 1
+        if new_rows:
+            insert_new()
+        # media that moved (a new URL): the row shows it at once; its digest only moves with the outcome
+        self.catalog.move_source_items(revived)
+        self.catalog.update_source_meta(meta_changes)
+
+        removals = differ.finish(reader.report)
+        gone = [states[k].id for k in removals.deletes if states[k].status != STATUS_DELETED]
+        if gone:
+            self.catalog.set_status(gone, STATUS_DELETED)
+        summary.new = counts["inserted"]
+        summary.deleted = len(gone)
+        summary.unchanged = counts["unchanged"]
+        report = reader.report
+        summary.manifest = {
+            "path": str(reader.path), "format": reader.format, "rows": report.rows, "entries": report.entries,
+            **counts, "deleted": len(gone), "kept": len(removals.kept), "held": len(removals.held),
+            "problem_count": report.problem_count, "problems": [str(p) for p in report.problems[:100]],
+            "skipped_rows": len(report.skipped_ids) + report.unidentified_rows,
+        }
+        if removals.held:
+            summary.warnings.append(
+                f"{len(removals.held)} items left the manifest but were not deleted: {report.unidentified_rows} "
+                "rows could not be read far enough to know their id (fix them and run again)")
+        for problem in report.problems[:20]:
+            summary.warnings.append(f"manifest: {problem}")
+        if report.problem_count > 20:
+            summary.warnings.append(f"manifest: ... and {report.problem_count - 20} more problems (see the report)")
+
+        audio = any(t.modality in ("audio", UNKNOWN) for t, _ in work) or "clap" in self._records
+        active = ["clip", "clap"] if audio and self._audio_ready() else ["clip"]
+        tasks: list[DecodeTask] = []
+        unusable: list[ItemOutcome] = []
+        for t, lacking in work:
+            spaces = tuple(lacking) if lacking else tuple(
+                sp for sp in active if t.modality == UNKNOWN or t.modality in SPACE_MODALITIES[sp])
+            if not spaces:  # audio, and no CLAP model this run
+                reason = self._audio_error or f"{AUDIO_UNAVAILABLE}no audio model"
+                unusable.append(ItemOutcome(t.item_id, STATUS_FAILED, reason, None, None, None,
+                                            self._sources[t.item_id]))
+                summary.failed += 1
+                summary.failures.append((self._entries[t.item_id].uri, reason))
+                continue
+            self._needs[t.item_id] = spaces
+            tasks.append(t)
+        self.catalog.record_outcomes(unusable)
         return tasks
 
     # ------------------------------------------------------------------------------------------
@@ -367,9 +527,12 @@ class IndexRun:
             self.encoder(space)
         clip = cast(ImageEncoder, self._encoders["clip"]) if "clip" in needed else None
         clap = cast(AudioEncoder, self._encoders["clap"]) if "clap" in needed else None
+        s = self.settings
         return DecodeConfig(
             self.limits, clip.image_transform() if clip else None, clip.image_min_side() if clip else None,
             clap.audio_spec() if clap else None, clap.audio_transform() if clap else None,
+            fetch=FetchOptions(timeout_s=s.fetch_timeout, deadline_s=s.fetch_deadline, retries=s.fetch_retries,
+                               max_bytes=s.max_file_bytes),
         )
 
     def _write_shard(self, space: str, pending: _Pending) -> None:
@@ -409,7 +572,8 @@ class ShardSink:
             return
         self.failed_ids.add(item_id)
         e = self.run._entries[item_id]  # the scanned stat, so an unchanged failed file is not retried
-        self.outcomes.append(ItemOutcome(item_id, STATUS_FAILED, reason, content_hash, e.size, e.mtime_ns))
+        self.outcomes.append(ItemOutcome(item_id, STATUS_FAILED, reason, content_hash, e.size, e.mtime_ns,
+                                         self.run._sources.get(item_id)))
         self.summary.failed += 1
         self.summary.failures.append((e.uri, reason))
 
@@ -420,7 +584,8 @@ class ShardSink:
             return False
         if d.unchanged:
             e = self.run._entries[d.item_id]
-            self.outcomes.append(ItemOutcome(d.item_id, STATUS_OK, None, d.content_hash, d.size, e.mtime_ns))
+            self.outcomes.append(ItemOutcome(d.item_id, STATUS_OK, None, d.content_hash, d.size, e.mtime_ns,
+                                             self.run._sources.get(d.item_id)))
             self.summary.unchanged += 1
             return False
         if not self.run.spaces_for(d.item_id, decoded_modality(d)):
@@ -437,7 +602,8 @@ class ShardSink:
         entry = self.run._entries[d.item_id]
         out.items.append(EmbeddedItem(
             item_id=d.item_id, row=len(out.ids), content_hash=d.content_hash or "",
-            size=d.size or 0, mtime_ns=entry.mtime_ns or 0, meta=d.meta,
+            size=d.size or 0, mtime_ns=entry.mtime_ns or 0, meta=d.meta, modality=decoded_modality(d),
+            source=self.run._sources.get(d.item_id),
         ))
         out.ids.append(d.item_id)
         out.vectors.append(vec)
@@ -576,6 +742,22 @@ def _gone(states: dict[str, ItemState], seen: set[str], roots: list[str], unlist
             and under_roots(uri, roots) and not under_roots(uri, unlisted)]
 
 
+def _read_states(settings: Settings, collection: str, *, manifest: bool) -> tuple[dict[str, ItemState], bool]:
+    """The catalog's item states of a collection for a dry run, read only, and whether it exists: a new
+    collection, or a new data dir, has none (everything is new)."""
+    try:
+        catalog = Catalog(settings.resolved_database_url, create=False)
+    except UserError:
+        return {}, False
+    try:
+        cid = catalog.collection_id(collection)
+        return (catalog.manifest_states(cid) if manifest else catalog.item_states(cid)), True
+    except UserError:
+        return {}, False
+    finally:
+        catalog.close()
+
+
 def plan_sources(settings: Settings, sources: Iterable[Path], collection: str, *, retry_failed: bool = False,
                  limit: int = 20) -> dict[str, Any]:
     """What ``xmodal index`` would do, without doing any of it (``--dry-run``): scan the sources and
@@ -586,15 +768,7 @@ def plan_sources(settings: Settings, sources: Iterable[Path], collection: str, *
     roots = [os.path.abspath(s) for s in sources]
     unlisted: list[str] = []
     entries = list(scan(list(sources), unlisted))
-    catalog = Catalog(settings.resolved_database_url, create=False)
-    try:
-        try:
-            states = catalog.item_states(catalog.collection_id(collection))
-            exists = True
-        except UserError:  # a new collection (or a new data dir): everything is new
-            states, exists = {}, False
-    finally:
-        catalog.close()
+    states, exists = _read_states(settings, collection, manifest=False)
     kinds: dict[str, list[str]] = {k: [] for k in ("new", "changed", "unfinished", "retry", "unchanged",
                                                      "unreadable", "deleted")}
     for e in entries:
@@ -622,6 +796,43 @@ def plan_sources(settings: Settings, sources: Iterable[Path], collection: str, *
     }
 
 
+def plan_manifest(settings: Settings, manifest: Path, collection: str, *, media: dict[str, str | None] | None = None,
+                  column_types: dict[str, str] | None = None, retry_failed: bool = False,
+                  limit: int = 20) -> dict[str, Any]:
+    """What ``xmodal index --manifest`` would do (``--dry-run``): read the manifest and diff it with the
+    catalog, read only. ``updated`` entries have new media (fetched and embedded again),
+    ``metadata_updated`` only new metadata (written in place, the vector kept)."""
+    reader = read_manifest(manifest, media=media, column_types=column_types)
+    states, exists = _read_states(settings, collection, manifest=True)
+    differ = ManifestDiffer({k: st.source_digest for k, st in states.items()
+                             if st.status != STATUS_DELETED and st.source_digest})
+    kinds: dict[str, list[str]] = {k: [] for k in ("inserted", "updated", "metadata_updated", "unfinished", "retry",
+                                                     "unchanged")}
+    names = {"insert": "inserted", "update": "updated", "metadata": "metadata_updated", "unchanged": "unchanged"}
+    for entry in reader:
+        kind = names[differ.classify(entry)]
+        st = states.get(entry.key)
+        if kind in ("unchanged", "metadata_updated") and st is not None and st.status != STATUS_OK:
+            retry = retry_failed or (st.reason or "").startswith((AUDIO_UNAVAILABLE, TEMPORARY))
+            if st.status != STATUS_FAILED:
+                kinds["unfinished"].append(entry.key)
+            elif retry:
+                kinds["retry"].append(entry.key)
+        kinds[kind].append(entry.key)
+    removals = differ.finish(reader.report)
+    report = reader.report
+    out: dict[str, Any] = {
+        "collection": collection, "dry_run": True, "collection_exists": exists, "manifest": str(manifest),
+        "rows": report.rows, "entries": report.entries, **{k: len(v) for k, v in kinds.items()},
+        "deleted": len(removals.deletes), "held": len(removals.held), "kept": len(removals.kept),
+        "problem_count": report.problem_count, "problems": [str(p) for p in report.problems[:limit]],
+        "examples": {k: sorted(v)[:limit] for k, v in {**kinds, "deleted": removals.deletes}.items()
+                     if v and k != "unchanged"},
+    }
+    out["would_rebuild_index"] = any(out[k] for k in ("inserted", "updated", "unfinished", "retry", "deleted"))
+    return out
+
+
 FAULT_ENV = "XMODAL_FAULT_AT"
 
 
@@ -644,6 +855,22 @@ def fault_from_env() -> Callable[[str], None] | None:
                 os.kill(os.getpid(), signal.SIGKILL)
 
     return hook
+
+
+def index_manifest(settings: Settings, manifest: Path, collection: str, *,
+                   media: dict[str, str | None] | None = None, column_types: dict[str, str] | None = None,
+                   progress: bool = True, retry_failed: bool = False, crash_at: Callable[[str], None] | None = None,
+                   engine: str = "local", ray_address: str | None = None) -> RunSummary:
+    """Index the entries of a manifest (CSV, TSV, JSONL, Parquet; see ``indexer.manifest``) into a
+    collection: its manifest items become exactly the manifest's entries."""
+    reader = read_manifest(manifest, media=media, column_types=column_types, progress=progress)  # fails fast
+    with collection_lock(settings.home, collection, settings.resolved_database_url):
+        run = IndexRun(settings, collection, progress=progress, crash_at=crash_at, engine=engine,
+                       ray_address=ray_address)
+        try:
+            return run.run([], retry_failed=retry_failed, manifest=reader)
+        finally:
+            run.catalog.close()
 
 
 def index_sources(settings: Settings, sources: Iterable[Path], collection: str, *, progress: bool = True,

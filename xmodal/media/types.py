@@ -61,6 +61,30 @@ class MediaLimits:
         )
 
 
+def modality_for_uri(uri: str) -> str | None:
+    """:func:`modality_for_path` of a URI's path: ``https://cdn/x/boot.JPG?w=800`` is an image."""
+    from urllib.parse import unquote, urlsplit
+
+    if "://" not in uri:
+        return modality_for_path(uri)
+    return modality_for_path(unquote(urlsplit(uri).path))
+
+
+def sniff_modality(data: bytes) -> str | None:
+    """``"image"`` or ``"audio"`` from a file's first bytes (its magic number), or ``None``: for media
+    whose URL names no type (``https://cdn/p/123``). Text is never guessed (a manifest gives it inline)."""
+    head = data[:16]
+    if head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00",
+                        b"MM\x00*")) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return "image"
+    if head.startswith((b"fLaC", b"OggS", b"ID3")) or (head[:4] == b"RIFF" and head[8:12] in (b"WAVE", b"RF64")) or (
+            head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC")):
+        return "audio"
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06:  # an MPEG audio frame
+        return "audio"
+    return None
+
+
 def looks_like_text(head: bytes) -> bool:
     """Whether the first bytes of a file read as text (for "not an image/audio file: it is text" reasons)."""
     if b"\x00" in head:

@@ -77,6 +77,7 @@ class SearchResult:
     method: str  # how the score was produced: "ip", "aligned-ip", or "rrf" when lists of spaces were fused
     space_score: float | None = None  # with "rrf": the inner product in its own space
     segment: dict[str, float] | None = None  # a long audio clip's best-matching window
+    source: dict[str, str] | None = None  # a manifest item: {"id": the source's key, "column": its media column}
 
     def as_dict(self) -> dict[str, Any]:
         out = {"id": self.id, "uri": self.uri, "modality": self.modality, "score": round(self.score, 6),
@@ -85,6 +86,8 @@ class SearchResult:
             out["space_score"] = round(self.space_score, 6)
         if self.segment is not None:
             out["segment"] = self.segment
+        if self.source is not None:
+            out["source"] = self.source
         return out
 
 
@@ -457,7 +460,9 @@ class Searcher:
                 it = items.get(item_id)
                 if it is None or item_id in exclude or it.status != STATUS_OK:
                     continue
-                results.append(SearchResult(item_id, it.uri, it.modality, score, it.meta or {}, space, method))
+                source = {"id": it.source_id, "column": it.source_column or ""} if it.source_id is not None else None
+                results.append(SearchResult(item_id, it.uri, it.modality, score, it.meta or {}, space, method,
+                                            source=source))
                 if len(results) == want:
                     break
             if len(results) >= want or fetch >= total:
@@ -543,5 +548,6 @@ def _fuse(lists: list[list[SearchResult]]) -> list[SearchResult]:
             if r.id in fused:
                 fused[r.id].score += score
                 continue
-            fused[r.id] = SearchResult(r.id, r.uri, r.modality, score, r.metadata, r.space, "rrf", r.score)
+            fused[r.id] = SearchResult(r.id, r.uri, r.modality, score, r.metadata, r.space, "rrf", r.score,
+                                       source=r.source)
     return sorted(fused.values(), key=lambda r: -r.score)

@@ -8,8 +8,8 @@ Grammar (plain JSON):
 - boolean: ``{"and": [f, ...]}``, ``{"or": [f, ...]}`` (non-empty lists), ``{"not": f}``.
 - bounds: depth 8, 64 leaves, 10,000 in/nin values in all, strings of 1,000 characters.
 
-Fields: the columns ``id`` (integer), ``modality`` (string) and ``uri`` (string; eq, ne, in, nin,
-exists), and the collection's metadata keys (``Item.meta[NAME]``) with their types (see
+Fields: the columns ``id`` (integer), ``modality`` (string), ``uri`` and ``source_id`` (a manifest
+row's id) (strings; eq, ne, in, nin, exists), and the collection's metadata keys (``Item.meta[NAME]``) with their types (see
 ``metadata_fields``):
 
 - ``string``, ``integer``, ``number``: every operator; strings order by code point on both databases.
@@ -65,7 +65,7 @@ from xmodal.storage.catalog import STATUS_OK, Catalog, Item
 
 OPS = ("eq", "ne", "in", "nin", "gt", "gte", "lt", "lte", "range", "exists")
 FIELD_TYPES = ("string", "integer", "number", "boolean", "list")
-COLUMNS = {"id": "integer", "modality": "string", "uri": "string"}
+COLUMNS = {"id": "integer", "modality": "string", "uri": "string", "source_id": "string"}
 MAX_DEPTH = 8
 MAX_LEAVES = 64
 MAX_VALUES = 1000
@@ -216,7 +216,7 @@ def _meta_operand(name: str, kind: str, dialect: str) -> ColumnElement[Any]:
 
 
 def _column_operand(name: str) -> Any:
-    return {"id": Item.id, "modality": Item.modality, "uri": Item.uri}[name]
+    return {"id": Item.id, "modality": Item.modality, "uri": Item.uri, "source_id": Item.source_id}[name]
 
 
 def _compare(column: Any, op: str, value: Any) -> ColumnElement[bool]:

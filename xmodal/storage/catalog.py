@@ -110,6 +110,12 @@ class Item(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    # items from a manifest: the source's own key (a product id) and media column, the entry's digest
+    # (media half + metadata half, see indexer.manifest) and its metadata as the manifest gave it
+    source_id: Mapped[str | None] = mapped_column(Text, default=None, index=True)
+    source_column: Mapped[str | None] = mapped_column(String(64), default=None)
+    source_digest: Mapped[str | None] = mapped_column(String(64), default=None)
+    source_meta: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class Shard(Base):
@@ -180,6 +186,16 @@ class ItemState:
     mtime_ns: int | None
     content_hash: str | None
     reason: str | None = None
+    source_digest: str | None = None  # manifest items only
+
+
+@dataclass(frozen=True)
+class SourceFields:
+    """What a manifest says about an item, written with its outcome (so that a crash before the
+    outcome leaves the old digest, and the next run sees the change again)."""
+
+    digest: str
+    meta: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -192,6 +208,8 @@ class EmbeddedItem:
     size: int
     mtime_ns: int
     meta: dict[str, Any]
+    modality: str | None = None  # set when decoding found it (a manifest URL without an extension)
+    source: SourceFields | None = None
 
 
 @dataclass(frozen=True)
@@ -204,6 +222,49 @@ class ItemOutcome:
     content_hash: str | None
     size: int | None
     mtime_ns: int | None
+    source: SourceFields | None = None
+
+
+def _source_values(source: SourceFields | None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The columns an outcome sets on a manifest item: its digest, its manifest metadata and, when the
+    decoded media's own metadata is given, both merged into ``meta`` (the manifest's keys win)."""
+    if source is None:
+        return {}
+    out: dict[str, Any] = {"source_digest": source.digest, "source_meta": source.meta}
+    if meta is not None:
+        out["meta"] = {**meta, **source.meta}
+    return out
+
+
+def _bulk_update(s: Session, rows: list[dict[str, Any]]) -> None:
+    """ORM bulk UPDATE by primary key, one statement per set of columns."""
+    by_keys: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        by_keys.setdefault(tuple(sorted(row)), []).append(row)
+    for group in by_keys.values():
+        s.execute(update(Item), group)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Bring a catalog made by an earlier xmodal up to date: columns added since (all nullable) are
+    added to its tables with ``ALTER TABLE ... ADD COLUMN``, and their indexes created."""
+    inspector = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        missing = [c for c in table.columns if c.name not in present]
+        if not missing:
+            continue
+        with engine.begin() as conn:
+            for column in missing:
+                assert column.nullable, f"{table.name}.{column.name} is added to old catalogs: it must be nullable"
+                kind = column.type.compile(dialect=engine.dialect)
+                conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+                log.info("catalog: added column %s.%s", table.name, column.name)
+            for index in table.indexes:
+                if any(c in missing for c in index.columns):
+                    index.create(conn, checkfirst=True)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -237,6 +298,7 @@ class Catalog:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         if create:
             Base.metadata.create_all(self.engine)
+            _add_missing_columns(self.engine)
         elif not inspect(self.engine).has_table(Collection.__tablename__):
             raise UserError(f"no xmodal catalog in {parsed.render_as_string(hide_password=True)}: run `xmodal index` first")
         self.Session = sessionmaker(self.engine, expire_on_commit=False)
@@ -308,12 +370,51 @@ class Catalog:
         """uri -> state of every item of the collection (deleted ones too), for the scanner to diff against."""
         out: dict[str, ItemState] = {}
         q = select(Item.id, Item.uri, Item.status, Item.size, Item.mtime_ns, Item.content_hash, Item.reason).where(
-            Item.collection_id == collection_id
+            Item.collection_id == collection_id, Item.source_id.is_(None)
         )
         with self.Session() as s:
             for row in s.execute(q).yield_per(10_000):
                 out[row.uri] = ItemState(row.id, row.status, row.size, row.mtime_ns, row.content_hash, row.reason)
         return out
+
+    def manifest_states(self, collection_id: int) -> dict[str, ItemState]:
+        """Manifest key (``manifest:<id>#<column>``) -> state of every manifest item of the collection."""
+        from xmodal.indexer.manifest import entry_key
+
+        out: dict[str, ItemState] = {}
+        q = select(Item.id, Item.source_id, Item.source_column, Item.status, Item.size, Item.mtime_ns,
+                   Item.content_hash, Item.reason, Item.source_digest).where(
+            Item.collection_id == collection_id, Item.source_id.is_not(None))
+        with self.Session() as s:
+            for row in s.execute(q).yield_per(10_000):
+                out[entry_key(row.source_id, row.source_column or "")] = ItemState(
+                    row.id, row.status, row.size, row.mtime_ns, row.content_hash, row.reason, row.source_digest)
+        return out
+
+    def add_source_items(self, collection_id: int, entries: Sequence[tuple[str, str, str, str, str]]) -> dict[str, int]:
+        """Insert pending manifest items for (key, uri, modality, source id, column); returns key -> new id.
+        Their digest stays empty until their first outcome, so a crash before it reads as new again."""
+        rows = [
+            {"collection_id": collection_id, "uri": uri, "uri_key": uri_key(key), "modality": modality,
+             "status": STATUS_PENDING, "meta": {}, "source_id": source_id, "source_column": column}
+            for key, uri, modality, source_id, column in entries
+        ]
+        out: dict[str, int] = {}
+        with self.Session.begin() as s:
+            for start in range(0, len(rows), 1000):
+                chunk = rows[start : start + 1000]
+                ids = s.scalars(insert(Item).returning(Item.id, sort_by_parameter_order=True), chunk)
+                for entry, new_id in zip(entries[start : start + 1000], ids, strict=True):
+                    out[entry[0]] = int(new_id)
+        return out
+
+    def move_source_items(self, rows: Sequence[tuple[int, str, str]]) -> None:
+        """Set (id, uri, modality) of manifest items whose media moved (a new URL). Their status, vector and
+        digest stay until the new media's outcome is committed."""
+        if not rows:
+            return
+        with self.Session.begin() as s:
+            _bulk_update(s, [{"id": i, "uri": uri, "modality": modality} for i, uri, modality in rows])
 
     def add_items(self, collection_id: int, entries: Iterable[tuple[str, str]]) -> dict[str, int]:
         """Insert pending items for (uri, modality) pairs; returns uri -> new id."""
@@ -340,14 +441,34 @@ class Catalog:
         if not outcomes:
             return
         with self.Session.begin() as s:
-            s.execute(
-                update(Item),
-                [
-                    {"id": o.item_id, "status": o.status, "reason": o.reason, "content_hash": o.content_hash,
-                     "size": o.size, "mtime_ns": o.mtime_ns}
-                    for o in outcomes
-                ],
-            )
+            if any(o.source is not None for o in outcomes):
+                self._merge_source_meta(s, outcomes)
+            _bulk_update(s, [
+                {"id": o.item_id, "status": o.status, "reason": o.reason, "content_hash": o.content_hash,
+                 "size": o.size, "mtime_ns": o.mtime_ns, **_source_values(o.source)}
+                for o in outcomes
+            ])
+
+    def _merge_source_meta(self, s: Session, changes: Sequence[Any]) -> None:
+        """Set the manifest metadata of items whose media stays as it is: ``meta`` keeps the keys the
+        media's decoding gave and takes the manifest's (old manifest keys go)."""
+        by_id = {c.item_id: c.source for c in changes if c.source is not None}
+        rows = []
+        for chunk in _chunks(list(by_id)):
+            for item_id, meta, old_source in s.execute(
+                    select(Item.id, Item.meta, Item.source_meta).where(Item.id.in_(chunk))):
+                source = by_id[int(item_id)]
+                decoded = {k: v for k, v in (meta or {}).items() if k not in (old_source or {})}
+                rows.append({"id": int(item_id), "meta": {**decoded, **source.meta}})
+        _bulk_update(s, rows)
+
+    def update_source_meta(self, changes: Sequence[ItemOutcome]) -> None:
+        """Metadata-only manifest changes: new digest and metadata, the vector kept, in one transaction."""
+        if not changes:
+            return
+        with self.Session.begin() as s:
+            self._merge_source_meta(s, changes)
+            _bulk_update(s, [{"id": c.item_id, **_source_values(c.source)} for c in changes])
 
     def commit_shard(
         self, collection_id: int, space: str, path: str, rows: int, sha256: str, nbytes: int,
@@ -368,11 +489,12 @@ class Catalog:
                 [{"item_id": e.item_id, "space": space, "shard_id": shard.id, "row": e.row,
                   "content_hash": e.content_hash} for e in items],
             )
-            s.execute(
-                update(Item),
-                [{"id": e.item_id, "status": STATUS_OK, "reason": None, "content_hash": e.content_hash,
-                  "size": e.size, "mtime_ns": e.mtime_ns, "meta": e.meta} for e in items],
-            )
+            _bulk_update(s, [
+                {"id": e.item_id, "status": STATUS_OK, "reason": None, "content_hash": e.content_hash,
+                 "size": e.size, "mtime_ns": e.mtime_ns, "meta": e.meta,
+                 **({"modality": e.modality} if e.modality else {}), **_source_values(e.source, e.meta)}
+                for e in items
+            ])
             return int(shard.id)
 
     def items_needing_vectors(self, collection_id: int, space: str, modalities: Iterable[str]) -> list[int]:
