@@ -486,3 +486,62 @@ def test_probe_sample_reads_rows_from_each_part_without_copying_them_whole(tmp_p
     share_b = float((sample[:, 0] == 2.0).mean())
     assert 0.08 < share_b < 0.22  # uniform over the rows taken together: 500 of 3500
     assert np.array_equal(_probe_sample([b[:10], b[:5]], size=1000), np.concatenate([b[:10], b[:5]]))
+
+
+@pytest.mark.parametrize("opq", [False, True])
+@pytest.mark.parametrize("ondisk", [False, True])
+def test_gpu_add_branch_gives_the_same_index_as_the_cpu_add(
+    monkeypatch: pytest.MonkeyPatch, data: tuple[np.ndarray, np.ndarray], tmp_path: Any, opq: bool, ondisk: bool
+) -> None:
+    """Adds with the coarse assignment done by a separate assigner (a GPU copy of the centroids; here
+    a CPU stand-in, counted) write exactly the index the CPU add writes, OPQ and on-disk lists too."""
+    x, ids = decaying(3000), make_ids(3000)
+    recipe = IndexRecipe(kind="ivfpq", nlist=16, m=8, nbits=6, nprobe=4, opq=opq, ondisk=ondisk)
+    assigned: list[int] = []
+
+    class Counting:
+        def __init__(self, quantizer: faiss.Index) -> None:
+            self.inner = faiss.clone_index(quantizer)
+
+        def search(self, xs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            assigned.append(xs.shape[0])
+            return self.inner.search(xs, k)
+
+    def fake_assigner(quantizer: faiss.Index) -> tuple[Any, object]:
+        return Counting(quantizer), object()
+
+    monkeypatch.setattr(build_mod, "_gpu_available", lambda: False)
+    cpu = build_index(x, ids, recipe, seed=5, lists_dir=tmp_path / "cpu")
+    monkeypatch.setattr(build_mod, "_gpu_available", lambda: True)
+    monkeypatch.setattr(build_mod, "_gpu_clustering_index", lambda dim: (faiss.IndexFlatIP(dim), object()))
+    monkeypatch.setattr(build_mod, "_gpu_assigner", fake_assigner)
+    gpu = build_index(x, ids, recipe, seed=5, lists_dir=tmp_path / "gpu")
+    assert (cpu.stats["add_device"], gpu.stats["add_device"]) == ("cpu", "gpu")
+    assert sum(assigned) == 3000  # every vector assigned by the stand-in
+    assert gpu.stats["opq"] is opq and gpu.index.ntotal == cpu.index.ntotal == 3000
+    a, b = ivf_of(cpu.index), ivf_of(gpu.index)
+    for lst in range(recipe.nlist):
+        assert a.invlists.list_size(lst) == b.invlists.list_size(lst)
+        na = a.invlists.list_size(lst)
+        ids_a = faiss.rev_swig_ptr(a.invlists.get_ids(lst), na).copy()
+        ids_b = faiss.rev_swig_ptr(b.invlists.get_ids(lst), na).copy()
+        codes_a = faiss.rev_swig_ptr(a.invlists.get_codes(lst), na * a.code_size).copy()
+        codes_b = faiss.rev_swig_ptr(b.invlists.get_codes(lst), na * b.code_size).copy()
+        assert np.array_equal(ids_a, ids_b) and np.array_equal(codes_a, codes_b)
+    q = noisy_copies(x, 50)
+    assert np.array_equal(cpu.part.search(q, 10)[1], gpu.part.search(q, 10)[1])
+
+
+def test_gpu_add_setup_failure_falls_back_to_cpu(
+    monkeypatch: pytest.MonkeyPatch, data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, ids = data
+
+    def broken(quantizer: faiss.Index) -> tuple[Any, object]:
+        raise RuntimeError("no CUDA")
+
+    monkeypatch.setattr(build_mod, "_gpu_available", lambda: True)
+    monkeypatch.setattr(build_mod, "_gpu_clustering_index", lambda dim: (faiss.IndexFlatIP(dim), object()))
+    monkeypatch.setattr(build_mod, "_gpu_assigner", broken)
+    b = build_index(x[:2000], ids[:2000], IndexRecipe(kind="ivfpq", nlist=16, m=8, nbits=6, nprobe=1))
+    assert b.stats["add_device"] == "cpu" and b.index.ntotal == 2000

@@ -9,7 +9,8 @@ An IVF-PQ build:
    rotation where it pays: the parametric OPQ rotation (closed form: principal axes dealt out to
    the sub-spaces), kept when it lowers the PQ reconstruction error of a held-out slice of the
    sample by at least ``OPQ_GAIN`` (FAISS's iterative ``OPQMatrix.train`` costs minutes at 512-d);
-2. adds the vectors in chunks, ids kept in the inverted lists;
+2. adds the vectors in chunks, ids kept in the inverted lists; the coarse assignment (the bulk of
+   an add) runs on the GPU when there is one, the codes are written on the CPU (see ``_Adder``);
 3. keeps the exact vectors, sorted by id, as the re-rank store;
 4. tunes: probe queries (sampled from the collection, plus any the caller gives, e.g. vectors of
    the space's other modality) get exact top-10 lists (on the GPU when there is one); ``nprobe``
@@ -131,6 +132,12 @@ def _gpu_clustering_index(dim: int) -> tuple[faiss.Index, Any]:
     return faiss.index_cpu_to_gpu(res, 0, faiss.IndexFlatIP(dim)), res
 
 
+def _gpu_assigner(quantizer: faiss.Index) -> tuple[faiss.Index, Any]:
+    """A GPU copy of an IVF quantizer (the centroids) for coarse assignment, and its GPU resources."""
+    res = faiss.StandardGpuResources()
+    return faiss.index_cpu_to_gpu(res, 0, quantizer), res
+
+
 def _gpu_knn(queries: FloatArray, x: FloatArray, k: int) -> tuple[FloatArray, npt.NDArray[np.int64]]:
     """Exact inner-product top-``k`` on the GPU (brute force, the data streamed from RAM)."""
     res = faiss.StandardGpuResources()
@@ -160,12 +167,64 @@ def _chunked(x: FloatArray, ids: IdArray, progress: bool, desc: str) -> Iterator
             bar.update(stop - start)
 
 
-def _add_chunks(index: faiss.Index, x: FloatArray, ids: IdArray, progress: bool, desc: str = "adding vectors") -> None:
-    for xs, chunk_ids in _chunked(x, ids, progress, desc):
-        index.add_with_ids(xs, chunk_ids)
+class _Adder:
+    """Adds vectors to an IVF index with the coarse assignment (each vector's nearest centroid: the
+    bulk of an IVF-PQ add, n x nlist x dim) done by ``assigner``: a GPU copy of the centroids when
+    faiss-gpu sees a GPU, else the index's own CPU quantizer. The codes are then written on the CPU
+    (``add_core``), into RAM or on-disk lists alike, so the index is the same either way."""
+
+    def __init__(self, index: faiss.Index) -> None:
+        self.ivf = ivf_of(index)
+        self.device = "cpu"
+        self.assigner: Any = None
+        self._keep: tuple[Any, ...] = ()
+        if self.ivf is None:
+            return
+        self.assigner = self.ivf.quantizer
+        if _gpu_available():
+            try:
+                self._keep = _gpu_assigner(self.ivf.quantizer)
+                self.assigner = self._keep[0]
+                self.device = "gpu"
+            except Exception as exc:  # GPU present but unusable: fall back, say so
+                logger.warning("GPU add unavailable (%s); assigning on CPU", exc)
+
+    def add(self, index: faiss.Index, xs: FloatArray, ids: IdArray) -> None:
+        """Add to ``index`` (this adder's index or a clone of it: same centroids)."""
+        ivf = ivf_of(index)
+        if ivf is None or self.assigner is None:
+            index.add_with_ids(xs, ids)
+            return
+        outer = faiss.downcast_index(index)
+        if isinstance(outer, faiss.IndexPreTransform):  # OPQ: rotate first, as the index's own add would
+            chain: Any = outer.chain
+            for i in range(chain.size()):
+                xs = np.ascontiguousarray(faiss.downcast_VectorTransform(chain.at(i)).apply(xs), dtype=np.float32)
+        _, assign = self.assigner.search(xs, 1)
+        assign = np.ascontiguousarray(assign.ravel(), dtype=np.int64)
+        ivf.add_core(xs.shape[0], faiss.swig_ptr(xs), faiss.swig_ptr(ids), faiss.swig_ptr(assign))
+        index.ntotal = ivf.ntotal
+
+    def close(self) -> None:
+        self.assigner = None
+        self._keep = ()
 
 
-def _add_ondisk(index: faiss.Index, x: FloatArray, ids: IdArray, folder: Path, progress: bool) -> None:
+def _add_chunks(index: faiss.Index, x: FloatArray, ids: IdArray, progress: bool, desc: str = "adding vectors",
+                adder: _Adder | None = None) -> str:
+    """Add in chunks; returns the device that assigned them."""
+    own = adder is None
+    adder = adder or _Adder(index)
+    try:
+        for xs, chunk_ids in _chunked(x, ids, progress, desc):
+            adder.add(index, xs, chunk_ids)
+        return adder.device
+    finally:
+        if own:
+            adder.close()
+
+
+def _add_ondisk(index: faiss.Index, x: FloatArray, ids: IdArray, folder: Path, progress: bool) -> str:
     """Fill a trained, empty IVF index chunk by chunk into on-disk inverted lists (``lists.ivfdata`` in
     ``folder``): each chunk goes into a copy of the empty index written to disk, and FAISS's
     ``merge_ondisk`` merges them, so that neither the vectors nor the codes are ever all in RAM."""
@@ -173,16 +232,21 @@ def _add_ondisk(index: faiss.Index, x: FloatArray, ids: IdArray, folder: Path, p
 
     folder.mkdir(parents=True, exist_ok=True)
     chunks: list[str] = []
-    for xs, chunk_ids in _chunked(x, ids, progress, "adding vectors (on disk)"):
-        piece = faiss.clone_index(index)
-        piece.add_with_ids(xs, chunk_ids)
-        chunk = folder / f"chunk-{len(chunks):05d}.index"
-        faiss.write_index(piece, str(chunk))
-        chunks.append(str(chunk))
-        del piece
+    adder = _Adder(index)
+    try:
+        for xs, chunk_ids in _chunked(x, ids, progress, "adding vectors (on disk)"):
+            piece = faiss.clone_index(index)
+            adder.add(piece, xs, chunk_ids)
+            chunk = folder / f"chunk-{len(chunks):05d}.index"
+            faiss.write_index(piece, str(chunk))
+            chunks.append(str(chunk))
+            del piece
+    finally:
+        adder.close()
     merge_ondisk(index, chunks, str(folder / "lists.ivfdata"))
     for name in chunks:
         Path(name).unlink()
+    return adder.device
 
 
 def _build_flat(x: FloatArray, ids: IdArray, progress: bool) -> tuple[AnnPart, dict[str, Any]]:
@@ -373,9 +437,9 @@ def _grow(previous: AnnPart, x: FloatArray, ids: IdArray, progress: bool) -> tup
     drop = np.concatenate([gone, ids[changed]]).astype(np.int64)
     if drop.shape[0]:
         index.remove_ids(faiss.IDSelectorBatch(drop.shape[0], faiss.swig_ptr(drop)))
-    _add_chunks(index, x[new], ids[new], progress, desc="adding new vectors")
+    device = _add_chunks(index, x[new], ids[new], progress, desc="adding new vectors")
     info = {"removed": int(gone.shape[0]), "changed": int(changed.sum()), "appended": int(new.sum()),
-            "retrained": False}
+            "retrained": False, "add_device": device}
     logger.info("grew the trained index: %d removed, %d changed, %d added", gone.shape[0], changed.sum(),
                 new.sum() - changed.sum())
     return index, info
@@ -579,9 +643,9 @@ def build_index(
                 folder = lists_dir or store_dir
                 if folder is None:
                     raise ValueError("a recipe with on-disk lists needs lists_dir (where the lists go)")
-                _add_ondisk(index, x, id64, folder, progress)
+                info["add_device"] = _add_ondisk(index, x, id64, folder, progress)
             else:
-                _add_chunks(index, x, id64, progress)
+                info["add_device"] = _add_chunks(index, x, id64, progress)
             part = AnnPart(index, trained, _store(x, id64, trained, store_dir))
             tuned, tuning = _tune(part, x, id64, recall_target, seed, probes, recipe.nprobe)
             part.recipe = tuned
