@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from xmodal.api.deps import ServiceDep, require_api_key
 from xmodal.api.schemas import MAX_K, MAX_OFFSET, RECALL_DOC, ItemOut, SearchResponse, Target
@@ -32,8 +32,11 @@ def similar(
 
 
 @router.get("/{item_id}/media", response_class=FileResponse)
-def media(item_id: ItemId, service: ServiceDep) -> FileResponse:
-    path, media_type = service.media(item_id=item_id)
+def media(item_id: ItemId, service: ServiceDep) -> Response:
+    found = service.media(item_id=item_id)
+    if isinstance(found, str):  # a manifest item's media URL
+        return RedirectResponse(found, status_code=307)
+    path, media_type = found
     return FileResponse(path, media_type=media_type)
 
 
