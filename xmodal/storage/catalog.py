@@ -23,6 +23,7 @@ from sqlalchemy import (
     Engine,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -95,6 +96,7 @@ class Item(Base):
     __tablename__ = "items"
     __table_args__ = (
         UniqueConstraint("collection_id", "uri_key"),
+        Index("ix_items_collection_updated", "collection_id", "updated_at"),  # hidden_since, per request
         {"sqlite_autoincrement": True},
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -247,14 +249,16 @@ def _bulk_update(s: Session, rows: list[dict[str, Any]]) -> None:
 
 def _add_missing_columns(engine: Engine) -> None:
     """Bring a catalog made by an earlier xmodal up to date: columns added since (all nullable) are
-    added to its tables with ``ALTER TABLE ... ADD COLUMN``, and their indexes created."""
+    added to its tables with ``ALTER TABLE ... ADD COLUMN``, and indexes added since are created."""
     inspector = inspect(engine)
     for table in Base.metadata.sorted_tables:
         if not inspector.has_table(table.name):
             continue
         present = {c["name"] for c in inspector.get_columns(table.name)}
         missing = [c for c in table.columns if c.name not in present]
-        if not missing:
+        indexes = {ix["name"] for ix in inspector.get_indexes(table.name)}
+        new_indexes = [ix for ix in table.indexes if ix.name not in indexes]
+        if not missing and not new_indexes:
             continue
         with engine.begin() as conn:
             for column in missing:
@@ -262,9 +266,9 @@ def _add_missing_columns(engine: Engine) -> None:
                 kind = column.type.compile(dialect=engine.dialect)
                 conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
                 log.info("catalog: added column %s.%s", table.name, column.name)
-            for index in table.indexes:
-                if any(c in missing for c in index.columns):
-                    index.create(conn, checkfirst=True)
+            for index in new_indexes:
+                index.create(conn, checkfirst=True)
+                log.info("catalog: added index %s", index.name)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -508,6 +512,7 @@ class Catalog:
                 Item.modality.in_(list(modalities)),
                 (ItemVector.item_id.is_(None)) | (ItemVector.content_hash != Item.content_hash),
             )
+            .order_by(Item.id)
         )
         with self.Session() as s:
             return [int(i) for i in s.scalars(q)]
