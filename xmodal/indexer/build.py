@@ -40,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from xmodal.indexer.recipe import IndexRecipe, recipe_kind
+from xmodal.indexer.recipe import IndexRecipe, recipe_kind, shape_changes
 from xmodal.storage.ann import AnnPart, RerankStore, as_vectors, ivf_of
 
 logger = logging.getLogger(__name__)
@@ -669,5 +669,5 @@ def _can_grow(previous: AnnPart, recipe: IndexRecipe, dim: int) -> bool:
     its exact vectors (to see which ids changed)."""
     p = previous.recipe
     return (p.kind == "ivfpq" and previous.store is not None and previous.d == dim and ivf_of(previous.index) is not None
-            and (p.nlist, p.m, p.nbits) == (recipe.nlist, recipe.m, recipe.nbits)
+            and not shape_changes(p, recipe)  # the same test `xmodal stats` uses to say a retrain is due
             and not p.ondisk and not recipe.ondisk)  # on-disk lists are rebuilt, not grown in place

@@ -23,7 +23,7 @@ from xmodal.storage.ann import RECIPE_KINDS, IndexRecipe, RecipeKind, recipe_kin
 
 __all__ = [
     "RECIPE_KINDS", "IndexRecipe", "RecipeKind", "choose_m", "choose_nbits", "choose_nlist", "choose_recipe",
-    "estimate_bytes", "recipe_kind", "retrain_reason",
+    "estimate_bytes", "recipe_kind", "retrain_reason", "shape_changes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -162,11 +162,19 @@ def retrain_reason(trained: IndexRecipe, n: int, dim: int, *, exact_threshold: i
         return str(exc)
     if now.kind != trained.kind:
         return f"{n:,} vectors now call for a {now.kind} index, not {trained.kind}"
-    if now.kind == "flat":
-        return None
-    changed = [f"{key} {getattr(trained, key)} -> {getattr(now, key)}" for key in ("nlist", "m", "nbits")
-               if getattr(now, key) != getattr(trained, key)]
+    changed = shape_changes(trained, now)
     return f"{n:,} vectors call for {', '.join(changed)}" if changed else None
+
+
+def shape_changes(trained: IndexRecipe, now: IndexRecipe) -> list[str]:
+    """What differs between a trained recipe and the one the chooser picks now, in the fields that need
+    a retrain (kind, nlist, m, nbits); empty when the trained index can keep growing."""
+    if now.kind != trained.kind:
+        return [f"kind {trained.kind} -> {now.kind}"]
+    if now.kind == "flat":
+        return []
+    return [f"{key} {getattr(trained, key)} -> {getattr(now, key)}" for key in ("nlist", "m", "nbits")
+            if getattr(now, key) != getattr(trained, key)]
 
 
 def _human(nbytes: int) -> str:
