@@ -239,10 +239,12 @@ def test_cli_manifest_and_dry_run(settings, tmp_path, capsys):
         assert "error" in capsys.readouterr().err.lower()
 
 
-def test_killed_manifest_run_then_rerun_embeds_each_entry_once(settings, tmp_path):
+@pytest.mark.parametrize("point", ["after-scan", "after-encode-batch", "before-shard-commit", "after-shard-commit",
+                                   "before-publish"])
+def test_killed_manifest_run_then_rerun_embeds_each_entry_once(settings, tmp_path, point):
     rows = products(tmp_path, 12)
     manifest = write_csv(tmp_path / "p.csv", rows)
-    s = settings.model_copy(update={"shard_rows": 5})
+    s = settings.model_copy(update={"shard_rows": 5, "batch_size": 2})
     index_manifest(s, manifest, "c", media=MEDIA, progress=False)
     rows[0]["image"] = "img/photo_0005.jpg"
     rows[1]["price"] = "1.00"
@@ -251,7 +253,7 @@ def test_killed_manifest_run_then_rerun_embeds_each_entry_once(settings, tmp_pat
     rows.append({"id": "SKU-LATE", "image": "img/late.jpg", "title": "late arrival"})
     write_csv(manifest, rows)
     with pytest.raises(Crash):
-        index_manifest(s, manifest, "c", media=MEDIA, progress=False, crash_at=crash_once_at("after-shard-commit"))
+        index_manifest(s, manifest, "c", media=MEDIA, progress=False, crash_at=crash_once_at(point))
     summary = index_manifest(s, manifest, "c", media=MEDIA, progress=False)
     assert summary.failed == 0
     got = items(s)
