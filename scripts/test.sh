@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[dev,audio]'
+.venv/bin/python -m pip install --quiet -e '.[dev,audio,ray]'
 bash scripts/install-browser.sh   # Debian chromium for the Playwright browser test
 .venv/bin/ruff check xmodal tests scripts benchmarks
 .venv/bin/mypy

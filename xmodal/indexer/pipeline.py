@@ -134,9 +134,14 @@ class IndexRun:
                  ray_address: str | None = None) -> None:
         if engine not in ENGINES:
             raise UserError(f"unknown engine {engine!r} (one of {', '.join(ENGINES)})")
+        if engine == "ray":  # a missing Ray fails before anything is scanned or written
+            from xmodal.indexer.ray_engine import require_ray
+
+            require_ray()
         self.settings = settings
         self.engine = engine
         self.ray_address = ray_address
+        self._ray_device: str | None = None
         self.collection = collection
         self.progress = progress
         self.layout = Layout(settings.home)
@@ -222,7 +227,9 @@ class IndexRun:
         summary.seconds["build"] = round(time.monotonic() - t2, 3)
         summary.seconds["total"] = round(time.monotonic() - t0, 3)
         summary.totals = self.catalog.counts(self.collection_id)["status"]
-        if self._encoders:
+        if self._ray_device:  # where the Ray engine's encoder actors ran
+            summary.device = f"ray:{self._ray_device}"
+        elif self._encoders:
             summary.device = next(iter(self._encoders.values())).device
         if self._audio_error:
             summary.warnings.append(self._audio_error)
@@ -473,7 +480,7 @@ class IndexRun:
             if self.engine == "ray":
                 from xmodal.indexer.ray_engine import embed_on_ray
 
-                embed_on_ray(self, tasks, config, sink, bar, address=self.ray_address)
+                self._ray_device = embed_on_ray(self, tasks, config, sink, bar, address=self.ray_address)
             else:
                 self._embed_local(tasks, config, sink, bar)
             sink.finish()
