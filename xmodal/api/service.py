@@ -24,14 +24,14 @@ from xmodal.api.errors import ApiError
 from xmodal.api.metrics import Metrics
 from xmodal.config import Settings
 from xmodal.errors import MediaError, UserError
-from xmodal.media.fetch import fetch_bytes
+from xmodal.media.fetch import fetch_bytes, is_remote
 from xmodal.media.image import decode_image_with_info
 from xmodal.media.read import read_file
 from xmodal.media.types import MediaLimits
 from xmodal.search.engine import QueryMediaError, Searcher, SearchOutcome
 from xmodal.search.filters import compile_filter, metadata_fields
 from xmodal.storage.catalog import STATUS_OK, Catalog, Item
-from xmodal.storage.uris import FILE_SCHEME, uri_to_path
+from xmodal.storage.uris import uri_to_path
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class Service:
         """The original file of an item (by id only: no client path ever reaches the filesystem), or the
         URL of a manifest item's remote media (the client is redirected there: never proxied)."""
         it = self._item(item_id)
-        if _remote(it.uri):
+        if is_remote(it.uri):
             if it.uri.lower().startswith(("http://", "https://")):
                 return it.uri
             raise ApiError(404, "not_found", f"the media of item {item_id} is at {it.uri}, which is not served here")
@@ -225,7 +225,7 @@ class Service:
             return cached
         limits = MediaLimits.from_settings(self.settings)
         try:
-            if _remote(it.uri):  # a manifest's image URL: fetched within the indexer's bounds, cached
+            if is_remote(it.uri):  # a manifest's image URL: fetched within the indexer's bounds, cached
                 s = self.settings
                 data = fetch_bytes(it.uri, timeout_s=s.fetch_timeout, deadline_s=s.fetch_deadline,
                                    retries=s.fetch_retries, max_bytes=s.max_file_bytes)
@@ -241,10 +241,6 @@ class Service:
         image.save(tmp, "JPEG", quality=85)
         os.replace(tmp, cached)
         return cached
-
-
-def _remote(uri: str) -> bool:
-    return "://" in uri and not uri.startswith(FILE_SCHEME)
 
 
 def _media_status(reason: str) -> tuple[int, str]:

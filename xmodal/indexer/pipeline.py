@@ -44,7 +44,7 @@ from xmodal.indexer.maintenance import NATIVE_MODALITIES, sweep_orphans
 from xmodal.indexer.manifest import ManifestDiffer, ManifestEntry, ManifestReader, read_manifest
 from xmodal.indexer.publish import build_and_publish
 from xmodal.indexer.scan import FileEntry, scan, under_roots
-from xmodal.media.fetch import FetchOptions
+from xmodal.media.fetch import FetchOptions, is_remote
 from xmodal.media.types import MediaLimits, modality_for_uri
 from xmodal.storage.catalog import (
     STATUS_DELETED,
@@ -59,7 +59,7 @@ from xmodal.storage.catalog import (
 )
 from xmodal.storage.layout import Layout
 from xmodal.storage.shards import Windows, write_shard
-from xmodal.storage.uris import FILE_SCHEME, uri_to_path
+from xmodal.storage.uris import uri_to_path
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,6 @@ SPACE_MODALITIES = NATIVE_MODALITIES
 SPACE_FAMILIES = {"clip": "open_clip", "clap": "clap"}
 #: failure reasons that start with this are retried as soon as a run can embed audio again
 AUDIO_UNAVAILABLE = "audio unavailable: "
-#: failure reasons that start with this (a fetch timeout, an HTTP 503) are retried by the next run
-TEMPORARY = TEMPORARY_FAILURE
 ENGINES = ("local", "ray")
 
 
@@ -335,8 +333,7 @@ class IndexRun:
         next run sees the same change again. New items are inserted without a digest for the same reason.
         """
         states = self.catalog.manifest_states(self.collection_id)
-        differ = ManifestDiffer({k: st.source_digest for k, st in states.items()
-                                 if st.status != STATUS_DELETED and st.source_digest})
+        differ = _manifest_differ(states)
         known_spaces = ["clip", "clap"] if "clap" in self._records else ["clip"]
         missing: dict[int, list[str]] = {}
         for space in known_spaces:
@@ -351,13 +348,13 @@ class IndexRun:
 
         def task(item_id: int, entry: ManifestEntry, modality: str, known: str | None) -> DecodeTask:
             uri = entry.uri
-            remote = uri is not None and "://" in uri and not uri.startswith(FILE_SCHEME)
+            remote = uri is not None and is_remote(uri)
             path = uri if remote or uri is None else uri_to_path(uri)
             return DecodeTask(item_id, path or entry.key, modality, known, remote=remote, text=entry.text)
 
         def local_stat(entry: ManifestEntry) -> tuple[int | None, int | None]:
             """(size, mtime) of a local file entry: a file changed in place is embedded again."""
-            if entry.uri is None or ("://" in entry.uri and not entry.uri.startswith(FILE_SCHEME)):
+            if entry.uri is None or is_remote(entry.uri):
                 return None, None
             try:
                 st = os.stat(uri_to_path(entry.uri))
@@ -410,7 +407,7 @@ class IndexRun:
                 if len(meta_changes) >= 5000:
                     self.catalog.update_source_meta(meta_changes)
                     meta_changes.clear()
-            retry = retry_failed or (st.reason or "").startswith((AUDIO_UNAVAILABLE, TEMPORARY))
+            retry = _retry(st, retry_failed)
             moved = stat[0] is not None and (stat[0], stat[1]) != (st.size, st.mtime_ns)
             if st.status == STATUS_OK and st.id in missing:
                 work.append((task(st.id, entry, modality, None), missing[st.id]))
@@ -749,6 +746,19 @@ def _gone(states: dict[str, ItemState], seen: set[str], roots: list[str], unlist
             and under_roots(uri, roots) and not under_roots(uri, unlisted)]
 
 
+def _manifest_differ(states: dict[str, ItemState]) -> ManifestDiffer:
+    """A differ against the collection's live manifest entries: a deleted one, or one never finished
+    (no digest yet), reads as new."""
+    return ManifestDiffer({k: st.source_digest for k, st in states.items()
+                           if st.status != STATUS_DELETED and st.source_digest})
+
+
+def _retry(st: ItemState, retry_failed: bool) -> bool:
+    """Whether a failed manifest item is tried again: asked to, or its failure may not recur (no audio
+    model then, a fetch timeout or 5xx)."""
+    return retry_failed or (st.reason or "").startswith((AUDIO_UNAVAILABLE, TEMPORARY_FAILURE))
+
+
 def _read_states(settings: Settings, collection: str, *, manifest: bool) -> tuple[dict[str, ItemState], bool]:
     """The catalog's item states of a collection for a dry run, read only, and whether it exists: a new
     collection, or a new data dir, has none (everything is new)."""
@@ -811,8 +821,7 @@ def plan_manifest(settings: Settings, manifest: Path, collection: str, *, media:
     ``metadata_updated`` only new metadata (written in place, the vector kept)."""
     reader = read_manifest(manifest, media=media, column_types=column_types)
     states, exists = _read_states(settings, collection, manifest=True)
-    differ = ManifestDiffer({k: st.source_digest for k, st in states.items()
-                             if st.status != STATUS_DELETED and st.source_digest})
+    differ = _manifest_differ(states)
     kinds: dict[str, list[str]] = {k: [] for k in ("inserted", "updated", "metadata_updated", "unfinished", "retry",
                                                      "unchanged")}
     names = {"insert": "inserted", "update": "updated", "metadata": "metadata_updated", "unchanged": "unchanged"}
@@ -820,7 +829,7 @@ def plan_manifest(settings: Settings, manifest: Path, collection: str, *, media:
         kind = names[differ.classify(entry)]
         st = states.get(entry.key)
         if kind in ("unchanged", "metadata_updated") and st is not None and st.status != STATUS_OK:
-            retry = retry_failed or (st.reason or "").startswith((AUDIO_UNAVAILABLE, TEMPORARY))
+            retry = _retry(st, retry_failed)
             if st.status != STATUS_FAILED:
                 kinds["unfinished"].append(entry.key)
             elif retry:

@@ -155,6 +155,12 @@ def local_path(uri: str) -> str | None:
     return os.fsdecode(unquote_to_bytes(rest))
 
 
+def is_remote(uri: str) -> bool:
+    """Whether ``uri`` names media to fetch (http(s), an fsspec scheme) rather than a local file."""
+    match = _SCHEME.match(uri)
+    return match is not None and match.group(1).lower() != "file"
+
+
 class Fetcher:
     """Fetches media within :class:`FetchOptions`; thread-safe; close it (or use ``with``) when done.
 
