@@ -152,13 +152,15 @@ def serving(env: dict[str, str], log: Path, *collections: str, ready_seconds: fl
             [xmodal, "serve", "--host", "127.0.0.1", "--port", str(port), "--collection", *collections],
             env={**env, **extra_env}, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
+    keys = [k for k in {**env, **extra_env}.get("XMODAL_API_KEYS", "").split(",") if k.strip()]
+    headers = {"X-API-Key": keys[0].strip()} if keys else {}  # /readyz is behind the key when keys are set
     try:
         deadline = time.monotonic() + ready_seconds
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"xmodal serve exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
             try:
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                if httpx.get(base + "/readyz", headers=headers, timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
@@ -173,3 +175,40 @@ def serving(env: dict[str, str], log: Path, *collections: str, ready_seconds: fl
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@contextmanager
+def live_app(settings: Any, *collections: str, ready_seconds: float = 60) -> Iterator[tuple[str, Any]]:
+    """The real app (`xmodal serve`'s) in a real uvicorn server on a free 127.0.0.1 port, in a thread of
+    this process: (base URL, the Service) once /readyz answers 200; always stopped."""
+    import threading
+
+    import uvicorn
+
+    from xmodal.api import server
+    from xmodal.api.app import create_app
+    from xmodal.api.service import Service
+
+    service = Service(settings, list(collections) or None)
+    port = free_port()
+    uv = uvicorn.Server(server.config(create_app(service), settings, host="127.0.0.1", port=port))
+    thread = threading.Thread(target=uv.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    headers = {"X-API-Key": settings.api_key_list[0]} if settings.api_key_list else {}
+    try:
+        deadline = time.monotonic() + ready_seconds
+        while True:
+            try:
+                if httpx.get(base + "/readyz", headers=headers, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert thread.is_alive(), "the server thread ended"
+            assert service.load_error is None, service.load_error
+            assert time.monotonic() < deadline, f"not ready in {ready_seconds} s"
+            time.sleep(0.1)
+        yield base, service
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=20)

@@ -364,16 +364,16 @@ def _device_report() -> dict[str, Any]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from xmodal.api import server
     from xmodal.api.app import create_app
     from xmodal.api.service import Service
 
-    service = Service(_settings(args), args.collection or None)
+    settings = _settings(args)
+    service = Service(settings, args.collection or None)
     print(f"xmodal: serving {', '.join(service.names)} on http://{args.host}:{args.port} "
           f"(docs at /docs; /readyz turns 200 once models and indexes are loaded)", file=sys.stderr)
-    uvicorn.run(create_app(service), host=args.host, port=args.port,
-                log_level="info" if getattr(args, "verbose", 0) else "warning", timeout_graceful_shutdown=10)
+    server.run(create_app(service), settings, host=args.host, port=args.port,
+               log_level="info" if getattr(args, "verbose", 0) else "warning")
     return 0
 
 

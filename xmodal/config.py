@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=100_000_000, ge=1)
     max_text_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     max_audio_seconds: float = Field(default=3600.0, gt=0, le=86_400, description="longer clips are failed")
+    follow_external_symlinks: bool = Field(
+        default=False, description="index files that symlinks lead to outside the sources (their targets are then "
+        "served too); off: such links are recorded failed and symlinked folders outside are not walked")
     # remote media (manifest URLs); max_file_bytes caps their size too
     fetch_timeout: float = Field(default=10.0, gt=0, description="seconds to connect, and for each read")
     fetch_deadline: float = Field(default=60.0, gt=0, description="seconds for one fetch, retries included")
@@ -72,8 +75,21 @@ class Settings(BaseSettings):
 
     # service
     api_keys: str = Field(default="", description="comma-separated API keys; empty = no auth")
-    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
-    max_query_chars: int = Field(default=1000, ge=1, le=100_000)
+    public_metrics: bool = Field(default=False, description="with API keys set: /metrics and /readyz answer "
+                                 "without a key too (/healthz always does)")
+    client_uris: Literal["absolute", "relative", "none"] = Field(
+        default="absolute", description="what results and items show of a file's path: the absolute server path, "
+        "the path relative to its source folder (prefixed by that folder's name), or nothing (media by id only)")
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="bytes of one request body")
+    max_query_chars: int = Field(default=1000, ge=1, le=100_000, description="characters of a text query")
+    query_max_image_pixels: int = Field(default=40_000_000, ge=1, description="pixels of an uploaded query image")
+    query_max_audio_seconds: float = Field(default=60.0, gt=0, le=3600, description="seconds of an uploaded query "
+                                           "sound")
+    query_concurrency: int = Field(default=2, ge=1, le=64, description="uploaded media decoded and embedded at once; "
+                                   "more answer 503 with Retry-After")
+    request_header_timeout: float = Field(default=10.0, gt=0, le=600, description="seconds for a request's headers")
+    request_body_timeout: float = Field(default=15.0, gt=0, le=600, description="seconds a request body may pause")
+    request_body_seconds: float = Field(default=120.0, gt=0, le=3600, description="seconds for a whole request body")
     index_poll_seconds: float = Field(default=2.0, gt=0, description="how often serve looks for new versions")
     thumbnail_size: int = Field(default=256, ge=16, le=2048)
 

@@ -131,8 +131,9 @@ def test_upload_errors(server: Server) -> None:
     bomb = io.BytesIO()
     Image.new("1", (5000, 5000)).save(bomb, "PNG")  # 25 Mpx in a few KB, over the 4 Mpx limit
     assert len(bomb.getvalue()) < MAX_UPLOAD
-    body = err(c.post("/v1/search/upload", data=data, files={"file": ("b.png", bomb.getvalue(), "image/png")}), 422)
-    assert "too large" in body["message"]
+    # over a limit (bytes, pixels or seconds): 413, whichever limit it is
+    body = err(c.post("/v1/search/upload", data=data, files={"file": ("b.png", bomb.getvalue(), "image/png")}), 413)
+    assert "too large" in body["message"] and body["error"] == "too_large"
     big = os.urandom(MAX_UPLOAD + 10)
     err(c.post("/v1/search/upload", data=data, files={"file": ("big.png", big, "image/png")}), 413)
 
@@ -211,7 +212,9 @@ def test_api_keys(server: Server) -> None:
     err(httpx.get(server.base + "/v1/collections"), 401)
     ok(httpx.post(server.base + "/v1/search", json=body, headers={"Authorization": f"Bearer {KEY}"}))
     ok(httpx.post(server.base + "/v1/search", json=body, headers={"X-API-Key": "other-key"}))
-    assert httpx.get(server.base + "/readyz").status_code == 200
+    assert httpx.get(server.base + "/healthz").status_code == 200  # the one probe open with keys set
+    err(httpx.get(server.base + "/readyz"), 401)
+    err(httpx.get(server.base + "/metrics"), 401)
 
 
 def test_publish_while_requests_run(server: Server) -> None:

@@ -399,3 +399,35 @@ def test_http_media_slow_failing_flaky_and_oversized(settings, tmp_path, http):
     assert got[("slow", "uri")].status == STATUS_OK and got[("e500", "uri")].status == STATUS_OK
     assert got[("e404", "uri")].status == STATUS_FAILED and again.embedded == 2
     assert http.hits["/p/0.jpg"] == hits["/p/0.jpg"] and http.hits["/p/e404.jpg"] == hits["/p/e404.jpg"]
+
+
+def test_local_files_are_roots_and_a_link_out_of_its_folder_is_refused(settings: Any, tmp_path: Path) -> None:
+    from xmodal.indexer.scan import OUTSIDE
+
+    rows = products(tmp_path, 3)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    photo(99).save(outside / "secret.jpg")
+    (tmp_path / "img" / "linked.jpg").symlink_to(outside / "secret.jpg")
+    rows.append({"id": "SKU-LINK", "image": "img/linked.jpg", "title": "a link out", "category": "shoes"})
+    summary = index_manifest(settings, write_csv(tmp_path / "p.csv", rows), "c", media=MEDIA, progress=False)
+    got = items(settings)
+    assert (got["SKU-LINK", "image"].status, got["SKU-LINK", "image"].reason) == (STATUS_FAILED, OUTSIDE)
+    assert got["SKU-000", "image"].status == STATUS_OK and summary.failed == 1
+    catalog = Catalog(settings.resolved_database_url)
+    try:
+        roots = catalog.source_roots(catalog.collection_id("c"))
+    finally:
+        catalog.close()
+    assert roots == [str((tmp_path / "img").resolve())]  # the folder the manifest's files are in, nothing more
+
+    allowed = settings.model_copy(update={"follow_external_symlinks": True})
+    index_manifest(allowed, write_csv(tmp_path / "p.csv", rows), "c", media=MEDIA, progress=False,
+                   retry_failed=True)
+    assert items(settings)["SKU-LINK", "image"].status == STATUS_OK
+    catalog = Catalog(settings.resolved_database_url)
+    try:
+        roots = catalog.source_roots(catalog.collection_id("c"))
+    finally:
+        catalog.close()
+    assert str((outside / "secret.jpg").resolve()) in roots

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from xmodal.errors import UserError
-from xmodal.indexer.scan import FileEntry, scan, under_roots
+from xmodal.indexer.scan import OUTSIDE, FileEntry, Scan, scan, under_roots
 from xmodal.storage.uris import FILE_SCHEME, path_to_uri, uri_to_path
 
 
@@ -98,17 +98,32 @@ def test_two_links_to_one_folder_walk_it_once(tmp_path: Path) -> None:
     assert len({e.uri for e in entries}) == 2
 
 
-def test_links_out_of_the_source_are_followed(tmp_path: Path) -> None:
+def test_links_out_of_the_source_are_refused_unless_allowed(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     touch(outside / "far.jpg", b"far away")
     touch(outside / "file.txt", b"hello")
     src = tmp_path / "src"
     src.mkdir()
+    touch(src / "own.txt", b"mine")
     (src / "dir-link").symlink_to(outside, target_is_directory=True)
     (src / "file-link.txt").symlink_to(outside / "file.txt")
-    entries = scanned(src)
-    assert paths(entries, src) == ["file-link.txt", "dir-link/far.jpg", "dir-link/file.txt"]
-    assert entries[0].size == 5 and entries[0].error is None
+    (src / "inside-link.txt").symlink_to(src / "own.txt")  # a link that stays inside is followed
+    found = Scan()
+    entries = list(scan([src], found=found))
+    assert paths(entries, src) == ["file-link.txt", "inside-link.txt", "own.txt"]
+    by_name = {os.path.basename(e.path): e for e in entries}
+    assert by_name["file-link.txt"].error == OUTSIDE and by_name["file-link.txt"].size is None
+    assert by_name["inside-link.txt"].error is None and by_name["inside-link.txt"].size == 4
+    assert found.refused == [str(src / "dir-link")] and found.roots == [(str(src.resolve()), "folder")]
+
+    allowed = Scan()
+    entries = list(scan([src], follow_external=True, found=allowed))
+    assert paths(entries, src) == ["file-link.txt", "inside-link.txt", "own.txt", "dir-link/far.jpg",
+                                   "dir-link/file.txt"]
+    assert all(e.error is None for e in entries) and entries[0].size == 5
+    assert allowed.refused == []
+    assert allowed.roots == [(str(src.resolve()), "folder"), (str((outside / "file.txt").resolve()), "link"),
+                             (str(outside.resolve()), "link")]
 
 
 def test_fifo_and_dangling_link_are_reported_not_opened(tmp_path: Path) -> None:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from xmodal.api.errors import ApiError
 from xmodal.api.service import Service
+from xmodal.errors import ErrorKind, XmodalError
 
-_header = APIKeyHeader(name="X-API-Key", auto_error=False)
-_bearer = HTTPBearer(auto_error=False)
+_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="one of XMODAL_API_KEYS")
+_bearer = HTTPBearer(auto_error=False, description="one of XMODAL_API_KEYS, as a bearer token")
 
 
 def get_service(request: Request) -> Service:
@@ -28,16 +28,20 @@ def require_api_key(
     header_key: Annotated[str | None, Depends(_header)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """When XMODAL_API_KEYS is set, a request needs one of them (X-API-Key, or Authorization: Bearer)."""
+    """A request needs one of XMODAL_API_KEYS (X-API-Key, or Authorization: Bearer)."""
     keys = service.settings.api_key_list
-    if not keys:
-        return
     given = header_key or (bearer.credentials if bearer else None)
     if not given:
-        raise ApiError(401, "unauthorized", "an API key is required (header X-API-Key)")
-    supplied = given.encode()
+        raise XmodalError("an API key is required (header X-API-Key)", kind=ErrorKind.UNAUTHORIZED)
+    supplied = given.encode("utf-8", "surrogateescape")
     match = False
     for key in keys:  # every key compared, in constant time each: no early exit to time
         match |= hmac.compare_digest(supplied, key.encode())
     if not match:
-        raise ApiError(401, "unauthorized", "unknown API key")
+        raise XmodalError("unknown API key", kind=ErrorKind.UNAUTHORIZED)
+
+
+def auth(keys: list[str]) -> list[Any]:
+    """The dependencies that guard a router: the key check when keys are set (and only then does the
+    OpenAPI document say the operations need one), else none."""
+    return [Depends(require_api_key)] if keys else []

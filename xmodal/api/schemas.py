@@ -1,43 +1,250 @@
-"""Request and response bodies. Every field is bounded."""
+"""Request and response bodies. Every field is bounded, and the published schema is what is enforced.
+
+- JSON bodies are strict: an integer is a JSON integer (``true``, ``1.0`` and ``"1"`` are refused),
+  unknown keys are refused, and text holds no lone surrogates (``"\\ud800"`` is valid JSON but no text).
+- Path, query and form values are strings: integers there are plain digits (``1_0``, ``+1``, `` 1``
+  and ``1.0`` are refused), numbers plain decimals.
+- The text-query limit is the configured one (``XMODAL_MAX_QUERY_CHARS``): the models are built per app.
+- ``filters`` is validated by ``xmodal.search.filters`` (with the path of the problem); its grammar is
+  published as the ``Filter`` schema built from the models below.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+)
+
+from xmodal.errors import UserError
+from xmodal.search.filters import MAX_DEPTH, MAX_STRING, MAX_VALUES
+from xmodal.storage.catalog import COLLECTION_NAME_RE
 
 Target = Literal["any", "image", "text", "audio"]
 MAX_K = 100
 RECALL_DOC = ("recall@10 wanted from approximate indexes: the cheapest operating point measured at build time "
               "that reaches it (lower is faster); default: the point the build tuned for")
 MAX_OFFSET = 900  # k + offset stays within what one search may fetch (1000)
-MAX_TEXT = 1000
+MAX_ID = 2**63 - 1
+MAX_FILTER_TEXT = 20_000
+FILTER_DOC = ("a structured filter over metadata fields (schema Filter): {\"field\", \"op\", \"value\"} conditions "
+              f"combined with {{\"and\": [...]}}, {{\"or\": [...]}}, {{\"not\": ...}}, at most {MAX_DEPTH} levels deep")
+
+_DIGITS = re.compile(r"(0|[1-9][0-9]*)")
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?|\.[0-9]+")
 
 
-class SearchRequest(BaseModel):
+def _no_surrogates(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode text (it holds a lone surrogate such as \\ud800)") from None
+    return value
+
+
+def _plain_int(value: Any) -> Any:
+    if isinstance(value, str):
+        if not _DIGITS.fullmatch(value):
+            raise ValueError("expected an integer written as plain digits")
+        return int(value)
+    return value
+
+
+def _plain_number(value: Any) -> Any:
+    if isinstance(value, str):
+        if not _DECIMAL.fullmatch(value):
+            raise ValueError("expected a number written as plain decimal digits")
+        return float(value)
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_surrogates)]
+#: an integer in a path, query string or form: digits only
+PlainInt = Annotated[int, BeforeValidator(_plain_int), Field(strict=True)]
+#: a number in a query string or form: decimal digits only
+PlainNumber = Annotated[float, BeforeValidator(_plain_number)]
+CollectionName = Annotated[Text, Field(min_length=1, max_length=64, pattern=COLLECTION_NAME_RE.pattern)]
+
+
+# the filter grammar, as published (validation: xmodal.search.filters.compile_filter) -----------------
+
+Scalar = Annotated[Annotated[str, Field(max_length=MAX_STRING)] | float | bool, Field(title="Scalar")]
+FieldName = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class Compare(BaseModel):
+    """A field equals, differs from, or is ordered against a value (on a list field: contains it)."""
+
     model_config = ConfigDict(extra="forbid")
+    field: FieldName
+    op: Literal["eq", "ne", "gt", "gte", "lt", "lte"]
+    value: Scalar
 
-    collection: str = Field(min_length=1, max_length=64)
-    text: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT)
-    item_id: int | None = Field(default=None, ge=1, le=2**63 - 1)
+
+class Among(BaseModel):
+    """A field's value is (``in``) or is not (``nin``) one of the values (on a list field: contains one)."""
+
+    model_config = ConfigDict(extra="forbid")
+    field: FieldName
+    op: Literal["in", "nin"]
+    value: list[Scalar] = Field(min_length=1, max_length=MAX_VALUES)
+
+
+class Bounds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    gt: Scalar | None = None
+    gte: Scalar | None = None
+    lt: Scalar | None = None
+    lte: Scalar | None = None
+
+
+class Between(BaseModel):
+    """A field lies within bounds: one lower (gt or gte) and/or one upper (lt or lte)."""
+
+    model_config = ConfigDict(extra="forbid")
+    field: FieldName
+    op: Literal["range"]
+    value: Bounds
+
+
+class Exists(BaseModel):
+    """A field is present (true) or absent (false)."""
+
+    model_config = ConfigDict(extra="forbid")
+    field: FieldName
+    op: Literal["exists"]
+    value: bool
+
+
+class All(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    and_: list[Filter] = Field(alias="and", min_length=1)
+
+
+class AnyOf(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    or_: list[Filter] = Field(alias="or", min_length=1)
+
+
+class Negation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    not_: Filter = Field(alias="not")
+
+
+Filter = Annotated[Compare | Among | Between | Exists | All | AnyOf | Negation, Field(title="Filter")]
+for _model in (All, AnyOf, Negation):
+    _model.model_rebuild()
+
+
+def filter_components() -> dict[str, Any]:
+    """The grammar's JSON schemas, keyed by name, for the OpenAPI document's components."""
+    schema = TypeAdapter(Filter).json_schema(ref_template="#/components/schemas/{model}")
+    defs: dict[str, Any] = schema.pop("$defs", {})
+    defs["Filter"] = schema
+    return defs
+
+
+FILTER_REF = {"$ref": "#/components/schemas/Filter"}
+#: a filter in a JSON body: any JSON object, checked by the filter compiler, published as ``Filter``
+FilterSpec = Annotated[dict[str, Any], Field(json_schema_extra=lambda s: (s.clear(), s.update(FILTER_REF)))]
+
+
+def parse_filter_text(raw: str | None) -> dict[str, Any] | None:
+    """A filter sent as JSON text (the upload form's ``filters``), or None when absent."""
+    if not raw:
+        return None
+    _no_surrogates(raw)
+    if _nesting(raw) > 2 * MAX_DEPTH + 2:  # json.loads would recurse as deep as the brackets go
+        raise UserError(f"filters: nested deeper than {MAX_DEPTH} levels")
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"filters: not valid JSON ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(parsed, dict):
+        raise UserError("filters: must be a JSON object")
+    return parsed
+
+
+def _nesting(text: str) -> int:
+    """How deep brackets nest in JSON text (outside strings)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+# requests ---------------------------------------------------------------------------------------------
+
+
+class SearchOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    collection: CollectionName
     target: Target = "any"
     k: int = Field(default=12, ge=1, le=MAX_K)
     offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
-    filters: dict[str, Any] | None = None
+    filters: FilterSpec | None = None
     recall: float | None = Field(default=None, gt=0, le=1, description=RECALL_DOC)
 
-    @model_validator(mode="after")
-    def _one_query(self) -> SearchRequest:
-        if (self.text is None) == (self.item_id is None):
-            raise ValueError("give exactly one of text or item_id (upload a file with /v1/search/upload)")
-        if self.text is not None and not self.text.strip():
-            raise ValueError("text must not be blank")
-        return self
+
+class ItemSearch(SearchOptions):
+    """More like an indexed item (the item itself is left out)."""
+
+    item_id: int = Field(ge=1, le=MAX_ID)
+    text: None = Field(default=None, description="null or absent (a query is a text or an item)")
+
+
+def _query_kind(body: Any) -> str:
+    """Which query a body is: a text unless it names an item and no text (null counts as absent)."""
+    if isinstance(body, dict) and body.get("item_id") is not None and body.get("text") is None:
+        return "item"
+    return "text"
+
+
+def search_request(max_text: int) -> Any:
+    """The body of ``POST /v1/search``: a text query of at most ``max_text`` characters, or an item id
+    (one of the two: a body with ``text`` is read as a text search, so its problems are reported as such)."""
+
+    class TextSearch(SearchOptions):
+        """A text query, embedded by each space's text tower."""
+
+        text: Text = Field(min_length=1, max_length=max_text, pattern=r"\S")
+        item_id: None = Field(default=None, description="null or absent (a query is a text or an item)")
+
+    return Annotated[Annotated[TextSearch, Tag("text")] | Annotated[ItemSearch, Tag("item")],
+                     Discriminator(_query_kind)]
+
+
+# responses --------------------------------------------------------------------------------------------
 
 
 class ResultOut(BaseModel):
     id: int
-    uri: str
+    uri: str | None  # as XMODAL_CLIENT_URIS says: absolute, relative to its source folder, or None
     modality: str
     score: float
     space: str
@@ -66,7 +273,7 @@ class SearchResponse(BaseModel):
 class ItemOut(BaseModel):
     id: int
     collection: str
-    uri: str
+    uri: str | None
     modality: str
     metadata: dict[str, Any]
     content_hash: str | None
@@ -88,6 +295,7 @@ class CollectionsOut(BaseModel):
     collections: list[CollectionOut]
 
 
-class ErrorOut(BaseModel):
-    error: str
-    message: str
+class ReadyOut(BaseModel):
+    status: Literal["ready", "loading", "failed"]
+    collections: dict[str, int] | None = None
+    message: str | None = None

@@ -9,6 +9,7 @@ last such request lets go of it (reference counting), so no request fails or sta
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import mimetypes
 import os
@@ -19,19 +20,28 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from starlette.requests import Request
 
-from xmodal.api.errors import ApiError
+from xmodal.api.files import VerifiedFile, open_verified
+from xmodal.api.heavy import HeavyWork, until_disconnect
 from xmodal.api.metrics import Metrics
 from xmodal.config import Settings
-from xmodal.errors import MediaError, UserError
+from xmodal.errors import (
+    ConflictError,
+    ErrorKind,
+    MediaError,
+    NotFoundError,
+    NotReadyError,
+    UserError,
+    XmodalError,
+)
 from xmodal.media.fetch import fetch_bytes, is_remote
 from xmodal.media.image import decode_image_with_info
-from xmodal.media.read import read_file
 from xmodal.media.types import MediaLimits
-from xmodal.search.engine import QueryMediaError, Searcher, SearchOutcome
+from xmodal.search.engine import Searcher, SearchOutcome
 from xmodal.search.filters import compile_filter, metadata_fields
 from xmodal.storage.catalog import STATUS_OK, Catalog, Item
-from xmodal.storage.uris import uri_to_path
+from xmodal.storage.uris import is_under, uri_to_path
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +63,10 @@ class Service:
         self.metrics = Metrics()
         self.searchers: dict[str, Searcher] = {}
         self.fields: dict[str, dict[str, str]] = {}
+        self._roots: dict[str, list[str]] = {}
         self._by_id: dict[int, str] = {}
+        self.heavy = HeavyWork(settings.query_concurrency)
+        self._thumbnails = threading.BoundedSemaphore(settings.query_concurrency)  # made one at a time each
         self.ready = threading.Event()
         self.load_error: str | None = None
         self._stop = threading.Event()
@@ -97,6 +110,7 @@ class Service:
     def _after_load(self, name: str) -> None:
         searcher = self.searchers[name]
         self.fields[name] = metadata_fields(self.catalog, searcher.collection_id)
+        self._roots[name] = self.catalog.source_roots(searcher.collection_id)
         loaded = searcher.loaded
         files = loaded.manifest.get("files", {})
         self.metrics.index(name, searcher.SPACE, loaded.version,
@@ -113,10 +127,10 @@ class Service:
 
     def _searcher(self, collection: str) -> Searcher:
         if not self.ready.is_set():
-            raise ApiError(503, "not_ready", "the service is still loading its models and indexes")
+            raise NotReadyError("the service is still loading its models and indexes")
         searcher = self.searchers.get(collection)
         if searcher is None:
-            raise ApiError(404, "not_found", f"collection {collection!r} is not served (served: {', '.join(self.names)})")
+            raise NotFoundError(f"collection {collection!r} is not served (served: {', '.join(self.names)})")
         return searcher
 
     # collections -------------------------------------------------------------------------------
@@ -139,25 +153,39 @@ class Service:
     def search(self, *, collection: str, text: str | None = None, item_id: int | None = None,
                image_bytes: bytes | None = None, audio_bytes: bytes | None = None, target: str = "any",
                k: int = 12, offset: int = 0, filters: dict[str, Any] | None = None,
-               recall: float | None = None) -> dict[str, Any]:
+               recall: float | None = None, cancel: threading.Event | None = None) -> dict[str, Any]:
         searcher = self._searcher(collection)
         where = compile_filter(filters, self.fields.get(collection, {})) if filters else None
         t0 = time.perf_counter()
-        try:
-            outcome = searcher.run(text=text, item=item_id, image_bytes=image_bytes, audio_bytes=audio_bytes,
-                                   target=target, k=k, offset=offset, where=where, recall=recall)
-        except QueryMediaError as exc:
-            raise ApiError(*_media_status(exc.reason), str(exc)) from exc
+        outcome = searcher.run(text=text, item=item_id, image_bytes=image_bytes, audio_bytes=audio_bytes,
+                               target=target, k=k, offset=offset, where=where, recall=recall,
+                               stop=cancel.is_set if cancel is not None else None)
         total_ms = (time.perf_counter() - t0) * 1000
         self.metrics.stages(outcome.timings)
         return self._response(collection, target, k, offset, outcome, total_ms)
+
+    async def search_upload(self, *, request: Request, collection: str, data: bytes, media_type: str,
+                            target: str = "any", k: int = 12, offset: int = 0,
+                            filters: dict[str, Any] | None = None, recall: float | None = None) -> dict[str, Any]:
+        """A query by uploaded media: at most ``query_concurrency`` at once (503 beyond), in a worker
+        thread, abandoned if the client disconnects (499 in the metrics)."""
+        declared = media_type.split(";")[0].strip().lower()
+        if declared not in IMAGE_TYPES | AUDIO_TYPES:
+            raise XmodalError(f"file type {declared or 'unknown'!r} is not accepted; send one of "
+                              f"{', '.join(sorted(IMAGE_TYPES | AUDIO_TYPES))}", kind=ErrorKind.UNSUPPORTED_MEDIA)
+        self._searcher(collection)  # not ready, unknown collection: said before any work
+        audio = declared in AUDIO_TYPES
+        async with self.heavy.slot():
+            return await until_disconnect(request, lambda cancel: self.search(
+                collection=collection, image_bytes=None if audio else data, audio_bytes=data if audio else None,
+                target=target, k=k, offset=offset, filters=filters, recall=recall, cancel=cancel))
 
     def similar(self, *, item_id: int, collection: str | None = None, target: str = "any", k: int = 12,
                 offset: int = 0, recall: float | None = None) -> dict[str, Any]:
         item = self._item(item_id)
         served = self._by_id.get(item.collection_id)
         if collection is not None and collection != served:
-            raise ApiError(404, "not_found", f"item {item_id} is not in collection {collection!r}")
+            raise NotFoundError(f"item {item_id} is not in collection {collection!r}")
         assert served is not None
         return self.search(collection=served, item_id=item_id, target=target, k=k, offset=offset, recall=recall)
 
@@ -168,7 +196,7 @@ class Service:
             "collection": collection, "target": target, "k": k, "offset": offset,
             "index_version": outcome.version, "routes": outcome.routes, "fusion": outcome.fusion, "ann": outcome.ann,
             "results": [
-                {**r.as_dict(), "media_url": f"/v1/items/{r.id}/media",
+                {**r.as_dict(), "uri": self._client_uri(collection, r.uri), "media_url": f"/v1/items/{r.id}/media",
                  "thumbnail_url": f"/v1/items/{r.id}/thumbnail" if r.modality == "image" else None}
                 for r in outcome.results
             ],
@@ -176,78 +204,101 @@ class Service:
                            "total": round(total_ms, 3)},
         }
 
+    def _client_uri(self, collection: str, uri: str) -> str | None:
+        """What a client sees of an item's location (``client_uris``): the absolute server path, the path
+        from its source folder (named by that folder: ``Pictures/2024/a.jpg``), or nothing. URLs and
+        manifest keys are not server paths and are shown as they are."""
+        mode = self.settings.client_uris
+        if mode == "absolute" or is_remote(uri) or uri.startswith("manifest:"):
+            return uri
+        if mode == "none":
+            return None
+        path = uri_to_path(uri)
+        roots = self._roots.get(collection, [])
+        for candidate in (path, os.path.realpath(path)):
+            under = [r for r in roots if is_under(candidate, [r])]
+            if under:
+                root = max(under, key=len)
+                return os.path.join(os.path.basename(root.rstrip(os.sep)), os.path.relpath(candidate, root))
+        return os.path.basename(path)
+
     # items -------------------------------------------------------------------------------------
 
     def _item(self, item_id: int) -> Item:
         if not self.ready.is_set():
-            raise ApiError(503, "not_ready", "the service is still loading its models and indexes")
+            raise NotReadyError("the service is still loading its models and indexes")
         found = self.catalog.items([item_id]).get(item_id)
         if found is None or found.status != STATUS_OK or found.collection_id not in self._by_id:
-            raise ApiError(404, "not_found", f"no item with id {item_id}")
+            raise NotFoundError(f"no item with id {item_id}")
         return found
 
     def item(self, *, item_id: int) -> dict[str, Any]:
         it = self._item(item_id)
-        return {"id": it.id, "collection": self._by_id[it.collection_id], "uri": it.uri, "modality": it.modality,
-                "metadata": it.meta or {}, "content_hash": it.content_hash, "size": it.size,
+        collection = self._by_id[it.collection_id]
+        return {"id": it.id, "collection": collection, "uri": self._client_uri(collection, it.uri),
+                "modality": it.modality, "metadata": it.meta or {}, "content_hash": it.content_hash, "size": it.size,
                 "media_url": f"/v1/items/{it.id}/media",
                 "thumbnail_url": f"/v1/items/{it.id}/thumbnail" if it.modality == "image" else None}
 
-    def media(self, *, item_id: int) -> tuple[Path, str] | str:
-        """The original file of an item (by id only: no client path ever reaches the filesystem), or the
-        URL of a manifest item's remote media (the client is redirected there: never proxied)."""
+    def media(self, *, item_id: int) -> tuple[VerifiedFile, str] | str:
+        """The original file of an item, open and checked (``api.files``: by id only, from under the
+        collection's sources, still the indexed content), or the URL of a manifest item's remote media
+        (the client is redirected there: never proxied)."""
         it = self._item(item_id)
         if is_remote(it.uri):
             if it.uri.lower().startswith(("http://", "https://")):
                 return it.uri
-            raise ApiError(404, "not_found", f"the media of item {item_id} is at {it.uri}, which is not served here")
+            raise NotFoundError(f"the media of item {item_id} is at {it.uri}, which is not served here")
         if it.source_id is not None and it.uri.startswith("manifest:"):
-            raise ApiError(404, "not_found", f"item {item_id} is text given inline by a manifest: it has no file "
-                                             "(its text is in metadata.snippet)")
-        path = Path(uri_to_path(it.uri))
-        if not path.is_file():
-            raise ApiError(404, "not_found", f"the original file of item {item_id} is no longer at its path")
-        media_type = mimetypes.guess_type(path.name)[0] or (
+            raise NotFoundError(f"item {item_id} is text given inline by a manifest: it has no file "
+                                "(its text is in metadata.snippet)")
+        opened = open_verified(it, self.catalog.source_roots(it.collection_id), max_bytes=self.settings.max_file_bytes)
+        media_type = mimetypes.guess_type(opened.path)[0] or (
             "text/plain" if it.modality == "text" else "application/octet-stream")
         if it.modality == "text" and media_type.startswith("text/"):
             media_type += "; charset=utf-8"
-        return path, media_type
+        return opened, media_type
 
     def thumbnail(self, *, item_id: int) -> Path:
-        """A JPEG thumbnail, generated once and cached under the data dir (keyed by content hash)."""
+        """A JPEG thumbnail of an image item, made once from the bytes actually read and cached under the
+        data dir, named by their SHA-256 (so a changed file never gets the old one's thumbnail)."""
         it = self._item(item_id)
         if it.modality != "image":
-            raise ApiError(404, "not_found", f"item {item_id} is {it.modality}: only images have thumbnails")
+            raise NotFoundError(f"item {item_id} is {it.modality}: only images have thumbnails")
         size = self.settings.thumbnail_size
         folder = self.settings.home / "thumbnails"
-        cached = folder / f"{it.id}-{(it.content_hash or 'x')[:16]}-{size}.jpg"
-        if cached.is_file():
-            return cached
-        limits = MediaLimits.from_settings(self.settings)
-        try:
-            if is_remote(it.uri):  # a manifest's image URL: fetched within the indexer's bounds, cached
-                s = self.settings
-                data = fetch_bytes(it.uri, timeout_s=s.fetch_timeout, deadline_s=s.fetch_deadline,
-                                   retries=s.fetch_retries, max_bytes=s.max_file_bytes)
+        s = self.settings
+        with self._thumbnails:
+            if is_remote(it.uri):  # a manifest's image URL: fetched within the indexer's bounds
+                try:
+                    data = fetch_bytes(it.uri, timeout_s=s.fetch_timeout, deadline_s=s.fetch_deadline,
+                                       retries=s.fetch_retries, max_bytes=s.max_file_bytes)
+                except MediaError as exc:
+                    raise NotFoundError(f"the original of item {item_id} can't be fetched: {exc.reason}") from exc
             else:
-                data = read_file(uri_to_path(it.uri), limits)
-            info = decode_image_with_info(data, limits, min_side=size)
-        except MediaError as exc:
-            raise ApiError(404, "not_found", f"the original of item {item_id} can't be read: {exc.reason}") from exc
-        image = info.image
-        image.thumbnail((size, size), Image.Resampling.LANCZOS)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{cached.name}.{uuid.uuid4().hex}.tmp"
-        image.save(tmp, "JPEG", quality=85)
-        os.replace(tmp, cached)
-        return cached
-
-
-def _media_status(reason: str) -> tuple[int, str]:
-    if reason.startswith("image too large") or "Mpx" in reason:
-        return 422, "too_many_pixels"  # a decompression bomb: small file, huge image
-    if reason.startswith(("file too large", "audio too large")):
-        return 413, "too_large"
-    if any(s in reason for s in ("not a recognised", "not an audio file", "unreadable audio", "empty")):
-        return 415, "unsupported_media"
-    return 422, "invalid_media"
+                opened = open_verified(it, self.catalog.source_roots(it.collection_id), max_bytes=s.max_file_bytes)
+                try:
+                    cached = folder / f"{it.id}-{opened.content_hash}-{size}.jpg"
+                    if cached.is_file():
+                        return cached
+                    data = opened.read(s.max_file_bytes)
+                finally:
+                    opened.close()
+            digest = hashlib.sha256(data).hexdigest()
+            if not is_remote(it.uri) and digest != it.content_hash:  # changed while size and time stayed
+                raise ConflictError(f"the file of item {item_id} changed since it was indexed: run `xmodal index` "
+                                    "on its source to index it again")
+            cached = folder / f"{it.id}-{digest}-{size}.jpg"
+            if cached.is_file():
+                return cached
+            try:
+                info = decode_image_with_info(data, MediaLimits.from_settings(s), min_side=size)
+            except MediaError as exc:
+                raise NotFoundError(f"the original of item {item_id} can't be read: {exc.reason}") from exc
+            image = info.image
+            image.thumbnail((size, size), Image.Resampling.LANCZOS)
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{cached.name}.{uuid.uuid4().hex}.tmp"
+            image.save(tmp, "JPEG", quality=85)
+            os.replace(tmp, cached)
+            return cached

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from xmodal.encoders.base import autocast, resolve_device, unit_rows
 from xmodal.encoders.files import file_record, first_line, hub_mode
-from xmodal.errors import ModelLoadError, UserError
+from xmodal.errors import Cancelled, ModelLoadError, UserError
 from xmodal.storage.layout import file_sha256
 
 if TYPE_CHECKING:  # soundfile and soxr come with the audio extra: imported when audio is decoded
@@ -164,9 +164,15 @@ class AudioTransform:
         return np.asarray(out["input_features"][0], dtype=np.float32)
 
 
-def embed_windows(encoder: Any, features: np.ndarray, batch: int) -> np.ndarray:
-    """Window vectors of window features (from one clip or several), ``batch`` windows per forward pass."""
-    return np.concatenate([encoder.embed_audio(features[i : i + batch]) for i in range(0, len(features), batch)])
+def embed_windows(encoder: Any, features: np.ndarray, batch: int, stop: Callable[[], bool] | None = None) -> np.ndarray:
+    """Window vectors of window features (from one clip or several), ``batch`` windows per forward pass;
+    ``stop`` is asked before each pass (True: :class:`Cancelled`)."""
+    out = []
+    for i in range(0, len(features), batch):
+        if stop is not None and stop():
+            raise Cancelled("stopped while embedding audio")
+        out.append(encoder.embed_audio(features[i : i + batch]))
+    return np.concatenate(out)
 
 
 def pool_windows(vectors: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xmodal.encoders.base import ImageTransform
-from xmodal.errors import MediaError
+from xmodal.errors import ErrorKind, MediaError
 from xmodal.media.fetch import Fetcher, FetchError, FetchOptions
 from xmodal.media.image import decode_image_with_info
 from xmodal.media.read import read_file
@@ -114,7 +114,8 @@ def _read(task: DecodeTask, config: DecodeConfig) -> bytes:
     if task.text is not None:
         data = task.text.encode("utf-8", "surrogatepass")
         if len(data) > config.limits.max_text_bytes:
-            raise MediaError(f"text too long: {len(data)} bytes, over the limit of {config.limits.max_text_bytes}")
+            raise MediaError(f"text too long: {len(data)} bytes, over the limit of {config.limits.max_text_bytes}",
+                             ErrorKind.TOO_LARGE)
         return data
     if task.remote:
         return _fetcher(config.fetch).fetch_bytes(task.path)

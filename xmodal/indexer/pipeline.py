@@ -43,7 +43,7 @@ from xmodal.indexer.lock import collection_lock
 from xmodal.indexer.maintenance import NATIVE_MODALITIES, sweep_orphans
 from xmodal.indexer.manifest import ManifestDiffer, ManifestEntry, ManifestReader, read_manifest
 from xmodal.indexer.publish import build_and_publish
-from xmodal.indexer.scan import FileEntry, scan, under_roots
+from xmodal.indexer.scan import OUTSIDE, FileEntry, Scan, scan, under_roots
 from xmodal.media.fetch import FetchOptions, is_remote
 from xmodal.media.types import MediaLimits, modality_for_uri
 from xmodal.storage.catalog import (
@@ -59,7 +59,7 @@ from xmodal.storage.catalog import (
 )
 from xmodal.storage.layout import Layout
 from xmodal.storage.shards import Windows, write_shard
-from xmodal.storage.uris import uri_to_path
+from xmodal.storage.uris import is_under, uri_to_path
 
 log = logging.getLogger(__name__)
 
@@ -255,13 +255,17 @@ class IndexRun:
         """Compare the files on disk with the catalog: record new items, deletions; return the work."""
         entries: list[FileEntry] = []
         unlisted: list[str] = []
+        found = Scan()
         bar = tqdm(desc="scan", unit=" files", disable=not self.progress, leave=False)
-        for entry in scan(sources, unlisted):
+        for entry in scan(sources, unlisted, follow_external=self.settings.follow_external_symlinks, found=found):
             entries.append(entry)
             bar.update()
         bar.close()
         summary.scanned = len(entries)
         roots = [os.path.abspath(s) for s in sources]
+        self.catalog.record_roots(self.collection_id, found.roots)
+        summary.warnings += [f"not walked: {d} links to a folder outside the sources "
+                             "(XMODAL_FOLLOW_EXTERNAL_SYMLINKS=true walks it)" for d in found.refused]
 
         states = self.catalog.item_states(self.collection_id)
         new = [(e.uri, e.modality) for e in entries if e.uri not in states]
@@ -352,12 +356,16 @@ class IndexRun:
             path = uri if remote or uri is None else uri_to_path(uri)
             return DecodeTask(item_id, path or entry.key, modality, known, remote=remote, text=entry.text)
 
+        folders: set[str] = set()  # the real folders of the local files named: roots of what may be served
+
         def local_stat(entry: ManifestEntry) -> tuple[int | None, int | None]:
             """(size, mtime) of a local file entry: a file changed in place is embedded again."""
             if entry.uri is None or is_remote(entry.uri):
                 return None, None
+            path = uri_to_path(entry.uri)
+            folders.add(os.path.realpath(os.path.dirname(os.path.abspath(path))))
             try:
-                st = os.stat(uri_to_path(entry.uri))
+                st = os.stat(path)
             except OSError:
                 return -1, -1  # gone or unreadable: decoding it again records why
             return st.st_size, st.st_mtime_ns
@@ -448,11 +456,21 @@ class IndexRun:
         if report.problem_count > 20:
             summary.warnings.append(f"manifest: ... and {report.problem_count - 20} more problems (see the report)")
 
+        roots = [(f, "manifest") for f in sorted(folders)]
         audio = any(t.modality in ("audio", UNKNOWN) for t, _ in work) or "clap" in self._records
         active = ["clip", "clap"] if audio and self._audio_ready() else ["clip"]
         tasks: list[DecodeTask] = []
         unusable: list[ItemOutcome] = []
         for t, lacking in work:
+            target = None if t.remote or t.text is not None else _link_out_of_folder(t.path)
+            if target is not None and not self.settings.follow_external_symlinks:
+                unusable.append(ItemOutcome(t.item_id, STATUS_FAILED, OUTSIDE, None, None, None,
+                                            self._sources[t.item_id]))
+                summary.failed += 1
+                summary.failures.append((self._entries[t.item_id].uri, OUTSIDE))
+                continue
+            if target is not None:
+                roots.append((target, "link"))
             spaces = tuple(lacking) if lacking else tuple(
                 sp for sp in active if t.modality == UNKNOWN or t.modality in SPACE_MODALITIES[sp])
             if not spaces:  # audio, and no CLAP model this run
@@ -465,6 +483,7 @@ class IndexRun:
             self._needs[t.item_id] = spaces
             tasks.append(t)
         self.catalog.record_outcomes(unusable)
+        self.catalog.record_roots(self.collection_id, roots)
         return tasks
 
     # ------------------------------------------------------------------------------------------
@@ -746,6 +765,16 @@ def _gone(states: dict[str, ItemState], seen: set[str], roots: list[str], unlist
             and under_roots(uri, roots) and not under_roots(uri, unlisted)]
 
 
+def _link_out_of_folder(path: str) -> str | None:
+    """The real target of a manifest's local file when it is a symlink out of the folder the manifest
+    names (such a link is followed only by permission, like one out of a scanned folder), else None."""
+    if not os.path.islink(path):
+        return None
+    target = os.path.realpath(path)
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    return None if is_under(target, [folder]) else target
+
+
 def _manifest_differ(states: dict[str, ItemState]) -> ManifestDiffer:
     """A differ against the collection's live manifest entries: a deleted one, or one never finished
     (no digest yet), reads as new."""
@@ -784,7 +813,7 @@ def plan_sources(settings: Settings, sources: Iterable[Path], collection: str, *
     content hash means a new vector. Returns counts and the first ``limit`` paths of each kind."""
     roots = [os.path.abspath(s) for s in sources]
     unlisted: list[str] = []
-    entries = list(scan(list(sources), unlisted))
+    entries = list(scan(list(sources), unlisted, follow_external=settings.follow_external_symlinks))
     states, exists = _read_states(settings, collection, manifest=False)
     kinds: dict[str, list[str]] = {k: [] for k in ("new", "changed", "unfinished", "retry", "unchanged",
                                                      "unreadable", "deleted")}

@@ -38,7 +38,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from xmodal.errors import MediaError
+from xmodal.errors import Cancelled, ErrorKind, MediaError
 from xmodal.media.types import AUDIO_EXTENSIONS, looks_like_text  # noqa: F401 - AUDIO_EXTENSIONS re-exported
 
 logger = logging.getLogger(__name__)
@@ -123,7 +123,8 @@ class DecodedAudio:
 
 
 def decode_audio(
-    data: bytes, spec: AudioSpec, transform: Callable[[np.ndarray], np.ndarray] | None = None
+    data: bytes, spec: AudioSpec, transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> DecodedAudio:
     """Decode ``data`` into mono windows of ``spec.window_s`` seconds at ``spec.sample_rate``.
 
@@ -132,16 +133,17 @@ def decode_audio(
     window covering the last W samples (overlapping the one before). ``transform``, if given, is
     applied to each window (a fresh array it may keep or change) as soon as it is cut, and only
     its float32 results are kept. Exceptions raised by ``transform`` propagate unchanged; anything
-    wrong with ``data`` raises :class:`MediaError`.
+    wrong with ``data`` raises :class:`MediaError`. ``stop`` is asked between blocks: when it says
+    True, decoding ends with :class:`Cancelled` (a query whose client has gone).
     """
     try:
-        return _decode(data, spec, transform)
-    except MediaError:
+        return _decode(data, spec, transform, stop)
+    except (MediaError, Cancelled):
         raise
     except _TransformError as exc:
         raise exc.error from None
     except MemoryError:
-        raise MediaError("audio too large: out of memory while decoding") from None
+        raise MediaError("audio too large: out of memory while decoding", ErrorKind.TOO_LARGE) from None
     except Exception as exc:  # safety net: no other exception may escape for any bytes
         logger.debug("unexpected error decoding audio", exc_info=True)
         raise MediaError(f"corrupt audio: {_describe(exc)}") from None
@@ -169,16 +171,17 @@ class _TransformError(Exception):
 
 
 def _decode(
-    data: bytes, spec: AudioSpec, transform: Callable[[np.ndarray], np.ndarray] | None
+    data: bytes, spec: AudioSpec, transform: Callable[[np.ndarray], np.ndarray] | None,
+    stop: Callable[[], bool] | None,
 ) -> DecodedAudio:
     if not data:
-        raise MediaError("empty file (0 bytes)")
+        raise MediaError("empty file (0 bytes)", ErrorKind.UNSUPPORTED_MEDIA)
     try:
         sound = sf.SoundFile(io.BytesIO(data))
     except MemoryError:
         raise
     except Exception as exc:  # LibsndfileError, RuntimeError, ValueError...: all mean "not readable"
-        raise MediaError(_open_failure(data, exc)) from None
+        raise MediaError(_open_failure(data, exc), ErrorKind.UNSUPPORTED_MEDIA) from None
 
     with sound:
         rate, channels, frames = int(sound.samplerate), int(sound.channels), int(sound.frames)
@@ -200,9 +203,9 @@ def _decode(
             raise MediaError(f"truncated: the Ogg data ends inside a page after {_seconds(frames / rate)} s")
         if known and not estimated and frames > spec.max_seconds * rate:
             length, limit = _pair(frames / rate, spec.max_seconds)
-            raise MediaError(f"too long: {length} s, at most {limit} s")
+            raise MediaError(f"too long: {length} s, at most {limit} s", ErrorKind.TOO_LARGE)
 
-        decoded, peak, windows = _stream(sound, rate, channels, spec, transform)
+        decoded, peak, windows = _stream(sound, rate, channels, spec, transform, stop)
 
     duration = decoded / rate
     if known and not estimated:
@@ -243,6 +246,7 @@ def _stream(
     channels: int,
     spec: AudioSpec,
     transform: Callable[[np.ndarray], np.ndarray] | None,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[int, float, _Windower]:
     """Read, check, mix down, resample and window the whole stream; (frames read, mono peak, windows)."""
     block = np.empty((max(1, _BLOCK_SAMPLES // channels), channels), dtype=np.float32)
@@ -253,6 +257,8 @@ def _stream(
     limit = spec.max_seconds * rate
     decoded, peak = 0, 0.0
     while True:
+        if stop is not None and stop():
+            raise Cancelled("stopped while decoding audio")
         try:
             # read(out=...) returns only the part of ``block`` it filled; blocks() would hand back
             # stale samples after a short read (a truncated MP3 then "decodes" to full length).
@@ -276,7 +282,7 @@ def _stream(
             decoded += count
             if decoded > limit:
                 length, most = _pair(decoded / rate, spec.max_seconds)
-                raise MediaError(f"too long: at least {length} s, at most {most} s")
+                raise MediaError(f"too long: at least {length} s, at most {most} s", ErrorKind.TOO_LARGE)
             windows.feed(mono if resampler is None else resampler.resample_chunk(mono))
         if count == 0:  # a short read is not taken for the end: libsndfile may return one early
             break

@@ -35,7 +35,7 @@ from urllib.parse import unquote_to_bytes
 
 import httpx
 
-from xmodal.errors import MediaError
+from xmodal.errors import ErrorKind, MediaError
 from xmodal.media.read import read_file
 from xmodal.media.types import MediaLimits, format_bytes, format_over_limit
 
@@ -56,8 +56,8 @@ class FetchError(MediaError):
     """
 
     def __init__(self, reason: str, *, uri: str = "", status: int | None = None, attempts: int = 1,
-                 retryable: bool = False) -> None:
-        super().__init__(reason)
+                 retryable: bool = False, kind: ErrorKind | None = None) -> None:
+        super().__init__(reason, kind or ErrorKind.INVALID_MEDIA)
         self.uri = uri
         self.status = status
         self.attempts = attempts
@@ -237,7 +237,7 @@ class Fetcher:
         except FetchError:
             raise
         except MediaError as exc:
-            raise FetchError(exc.reason, uri=uri) from None
+            raise FetchError(exc.reason, uri=uri, kind=exc.kind) from None
 
     # --- retries --------------------------------------------------------------------------------
 
@@ -314,7 +314,7 @@ class Fetcher:
         length = _content_length(response)
         if length is not None and length > opts.max_bytes:
             raise FetchError(f"too large: Content-Length {format_over_limit(length, opts.max_bytes)}", uri=uri,
-                             status=status)
+                             status=status, kind=ErrorKind.TOO_LARGE)
         total = 0
         # Chunks as they arrive (a chunk size would buffer, and a server dripping bytes would never let
         # the deadline be checked), decoded: a gzip bomb is counted as it inflates.
@@ -322,7 +322,7 @@ class Fetcher:
             total += len(chunk)
             if total > opts.max_bytes:
                 raise FetchError(f"too large: over the limit of {format_bytes(opts.max_bytes)} while streaming",
-                                 uri=uri, status=status)
+                                 uri=uri, kind=ErrorKind.TOO_LARGE, status=status)
             if time.monotonic() > deadline:
                 raise FetchError(f"timeout: over the {opts.deadline_s:g} s deadline", uri=uri, status=status,
                                  retryable=True)
@@ -351,7 +351,8 @@ class Fetcher:
             try:
                 size = fs.size(path)
                 if size is not None and size > opts.max_bytes:
-                    raise FetchError(f"too large: {format_over_limit(int(size), opts.max_bytes)}", uri=uri)
+                    raise FetchError(f"too large: {format_over_limit(int(size), opts.max_bytes)}", uri=uri,
+                                     kind=ErrorKind.TOO_LARGE)
                 total = 0
                 with fs.open(path, "rb") as file:
                     while True:
@@ -361,7 +362,7 @@ class Fetcher:
                         total += len(chunk)
                         if total > opts.max_bytes:
                             raise FetchError(f"too large: over the limit of {format_bytes(opts.max_bytes)}",
-                                             uri=uri)
+                                             uri=uri, kind=ErrorKind.TOO_LARGE)
                         if time.monotonic() > deadline:
                             raise FetchError(f"timeout: over the {opts.deadline_s:g} s deadline", uri=uri,
                                              retryable=True)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from xmodal.errors import MediaError
+from xmodal.errors import ErrorKind, MediaError
 from xmodal.media.types import MediaLimits, looks_like_text
 
 logger = logging.getLogger(__name__)
@@ -88,9 +88,9 @@ def decode_image_with_info(data: bytes, limits: MediaLimits, *, min_side: int | 
         except MediaError:
             raise
         except Image.DecompressionBombError as exc:
-            raise MediaError(_pil_bomb_reason(str(exc), limits)) from None
+            raise MediaError(_pil_bomb_reason(str(exc), limits), ErrorKind.TOO_LARGE) from None
         except MemoryError:
-            raise MediaError("image too large: out of memory while decoding") from None
+            raise MediaError("image too large: out of memory while decoding", ErrorKind.TOO_LARGE) from None
         except Exception as exc:  # safety net: no other exception may escape for any bytes
             logger.debug("unexpected error decoding an image", exc_info=True)
             raise MediaError(f"truncated or corrupt image: {_describe(exc)}") from None
@@ -98,25 +98,26 @@ def decode_image_with_info(data: bytes, limits: MediaLimits, *, min_side: int | 
 
 def _decode(data: bytes, limits: MediaLimits, min_side: int | None) -> DecodedImage:
     if not data:
-        raise MediaError("empty file (0 bytes)")
+        raise MediaError("empty file (0 bytes)", ErrorKind.UNSUPPORTED_MEDIA)
     try:
         img = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
     except Image.UnidentifiedImageError:
-        raise MediaError(_unrecognised_reason(data)) from None
+        raise MediaError(_unrecognised_reason(data), ErrorKind.UNSUPPORTED_MEDIA) from None
     except (Image.DecompressionBombError, MemoryError):
         raise
     except Exception as exc:
-        raise MediaError(_unrecognised_reason(data, _describe(exc))) from None
+        raise MediaError(_unrecognised_reason(data, _describe(exc)), ErrorKind.UNSUPPORTED_MEDIA) from None
 
     fmt = img.format or "image"
     mode = img.mode
     width, height = img.size
     if width <= 0 or height <= 0:
-        raise MediaError(f"empty image ({width}x{height} pixels)")
+        raise MediaError(f"empty image ({width}x{height} pixels)", ErrorKind.UNSUPPORTED_MEDIA)
     pixels = width * height
     if pixels > limits.max_image_pixels:
         raise MediaError(
-            f"image too large: {width}x{height} = {_pixels_over_limit(pixels, limits.max_image_pixels)}"
+            f"image too large: {width}x{height} = {_pixels_over_limit(pixels, limits.max_image_pixels)}",
+            ErrorKind.TOO_LARGE,
         )
 
     # Counting frames seeks through GIF and TIFF files, so it is done before the first frame is
@@ -149,7 +150,7 @@ def _decode(data: bytes, limits: MediaLimits, min_side: int | None) -> DecodedIm
             f"cannot convert {fmt} image in mode {oriented.mode} to RGB: {_describe(exc)}"
         ) from None
     if rgb.width <= 0 or rgb.height <= 0:
-        raise MediaError(f"empty image ({rgb.width}x{rgb.height} pixels)")
+        raise MediaError(f"empty image ({rgb.width}x{rgb.height} pixels)", ErrorKind.UNSUPPORTED_MEDIA)
 
     return DecodedImage(image=rgb, width=width, height=height, format=fmt, mode=mode, frames=frames)
 

@@ -6,7 +6,7 @@ import errno
 import os
 import stat
 
-from xmodal.errors import MediaError
+from xmodal.errors import ErrorKind, MediaError
 from xmodal.media.types import MediaLimits, format_bytes, format_over_limit
 
 _CHUNK = 1 << 20
@@ -45,10 +45,11 @@ def read_file(path: str, limits: MediaLimits) -> bytes:
         os.close(fd)
 
     if not data:
-        raise MediaError("empty file (0 bytes)")
+        raise MediaError("empty file (0 bytes)", ErrorKind.UNSUPPORTED_MEDIA)
     if len(data) > limits.max_file_bytes:
         raise MediaError(
-            f"file too large: over the limit of {format_bytes(limits.max_file_bytes)} (it grew while being read)"
+            f"file too large: over the limit of {format_bytes(limits.max_file_bytes)} (it grew while being read)",
+            ErrorKind.TOO_LARGE,
         )
     return data
 
@@ -86,9 +87,9 @@ def _check_regular(mode: int) -> None:
 
 def _check_size(size: int, limit: int) -> None:
     if size == 0:
-        raise MediaError("empty file (0 bytes)")
+        raise MediaError("empty file (0 bytes)", ErrorKind.UNSUPPORTED_MEDIA)
     if size > limit:
-        raise MediaError(f"file too large: {format_over_limit(size, limit)}")
+        raise MediaError(f"file too large: {format_over_limit(size, limit)}", ErrorKind.TOO_LARGE)
 
 
 def _read_bounded(fd: int, *, expected: int, cap: int) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import re
 
-from xmodal.errors import MediaError
+from xmodal.errors import ErrorKind, MediaError
 from xmodal.media.types import MediaLimits, format_over_limit
 
 TITLE_MAX_CHARS = 200
@@ -29,7 +29,7 @@ def decode_text(data: bytes, limits: MediaLimits) -> str:
     :class:`MediaError` for invalid, binary, empty or oversized input.
     """
     if len(data) > limits.max_text_bytes:
-        raise MediaError(f"text too large: {format_over_limit(len(data), limits.max_text_bytes)}")
+        raise MediaError(f"text too large: {format_over_limit(len(data), limits.max_text_bytes)}", ErrorKind.TOO_LARGE)
 
     bom, codec, label = b"", "utf-8", "UTF-8"
     for candidate, candidate_codec, candidate_label in _BOMS:

@@ -52,12 +52,23 @@ class MediaLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MediaLimits:
-        """The limits configured in ``settings``."""
+        """The limits on indexed media configured in ``settings``."""
         return cls(
             max_file_bytes=settings.max_file_bytes,
             max_image_pixels=settings.max_image_pixels,
             max_text_bytes=settings.max_text_bytes,
             max_audio_seconds=settings.max_audio_seconds,
+        )
+
+    @classmethod
+    def for_queries(cls, settings: Settings) -> MediaLimits:
+        """The (smaller) limits on query media, uploaded or named on the command line: a query's cost is
+        paid while someone waits, and many may arrive at once."""
+        return cls(
+            max_file_bytes=min(settings.max_upload_bytes, settings.max_file_bytes),
+            max_image_pixels=min(settings.query_max_image_pixels, settings.max_image_pixels),
+            max_text_bytes=settings.max_text_bytes,
+            max_audio_seconds=min(settings.query_max_audio_seconds, settings.max_audio_seconds),
         )
 
 

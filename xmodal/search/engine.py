@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 from xmodal.config import Settings
 from xmodal.encoders import Encoder, align, load_encoder, resolve_model
 from xmodal.encoders.align import LoadedAlignment
-from xmodal.errors import MediaError, UserError
+from xmodal.errors import Cancelled, MediaError, UserError
 from xmodal.media.image import decode_image_with_info
 from xmodal.media.read import read_file
 from xmodal.media.types import MediaLimits
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 TARGETS = ("any", "image", "text", "audio")
 MODALITIES = ("image", "text", "audio")
 MAX_K = 1000
-MAX_QUERY_CHARS = 10_000
 RRF_K = 60  # reciprocal rank fusion: score = sum over lists of 1 / (RRF_K + rank)
 #: the modalities each space embeds natively; image <-> audio goes through the clap -> clip alignment
 NATIVE = {"clip": frozenset({"image", "text"}), "clap": frozenset({"audio", "text"})}
@@ -92,11 +92,12 @@ class SearchResult:
 
 
 class QueryMediaError(UserError):
-    """An uploaded or named query file that is not usable media (the API answers 415/422)."""
+    """An uploaded or named query file that is not usable media; of the media error's kind (too large,
+    unsupported, invalid)."""
 
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+    def __init__(self, message: str, cause: MediaError) -> None:
+        super().__init__(message, kind=cause.kind)
+        self.reason = cause.reason
 
 
 @dataclass
@@ -167,7 +168,7 @@ class Searcher:
             self._spaces["clap"].record = self._same_model(spaces["clap"], audio_model, None)
         self.primary = self.SPACE if self.SPACE in spaces else sorted(spaces)[0]
         self.space: Space = spaces[self.primary]
-        self.limits = MediaLimits.from_settings(settings)
+        self.limits = MediaLimits.for_queries(settings)  # query media: smaller limits than indexed media
         self._alignment: LoadedAlignment | None = None
         self._windows: dict[tuple[int, str], Windows | None] = {}
 
@@ -252,8 +253,9 @@ class Searcher:
         text = text.strip()
         if not text:
             raise UserError("empty text query")
-        if len(text) > MAX_QUERY_CHARS:
-            raise UserError(f"text query too long: {len(text)} characters, at most {MAX_QUERY_CHARS}")
+        if len(text) > self.settings.max_query_chars:
+            raise UserError(f"text query too long: {len(text)} characters, at most {self.settings.max_query_chars} "
+                            "(XMODAL_MAX_QUERY_CHARS)")
         return self._text_vector(text, space or self.primary)
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - one searcher per collection for the process's life
@@ -271,19 +273,23 @@ class Searcher:
     def image_vector(self, path: Path) -> np.ndarray:
         return self.image_bytes_vector(self._query_file(path, "image"), name=str(path))
 
-    def image_bytes_vector(self, data: bytes, *, name: str = "the upload") -> np.ndarray:
+    def image_bytes_vector(self, data: bytes, *, name: str = "the upload",
+                           stop: Callable[[], bool] | None = None) -> np.ndarray:
         encoder = self.encoder_for("clip")
         try:
             info = decode_image_with_info(data, self.limits, min_side=encoder.image_min_side())
         except MediaError as exc:
-            raise QueryMediaError(f"cannot use {name} as an image query: {exc.reason}", exc.reason) from exc
+            raise QueryMediaError(f"cannot use {name} as an image query: {exc.reason}", exc) from exc
+        _check_stop(stop)
         pixels = encoder.image_transform()(info.image)
+        _check_stop(stop)
         return np.asarray(encoder.embed_images(pixels[None])[0])
 
     def audio_vector(self, path: Path) -> np.ndarray:
         return self.audio_bytes_vector(self._query_file(path, "audio"), name=str(path))
 
-    def audio_bytes_vector(self, data: bytes, *, name: str = "the upload") -> np.ndarray:
+    def audio_bytes_vector(self, data: bytes, *, name: str = "the upload",
+                           stop: Callable[[], bool] | None = None) -> np.ndarray:
         """The clip's vector in the clap space: windows embedded and pooled as at indexing."""
         import dataclasses
 
@@ -293,10 +299,11 @@ class Searcher:
         encoder = self.encoder_for("clap")
         spec = dataclasses.replace(encoder.audio_spec(), max_seconds=self.limits.max_audio_seconds)
         try:
-            decoded = decode_audio(data, spec, encoder.audio_transform())
+            decoded = decode_audio(data, spec, encoder.audio_transform(), stop=stop)
         except MediaError as exc:
-            raise QueryMediaError(f"cannot use {name} as an audio query: {exc.reason}", exc.reason) from exc
-        return pool_windows(embed_windows(encoder, decoded.windows, self.settings.batch_size))
+            raise QueryMediaError(f"cannot use {name} as an audio query: {exc.reason}", exc) from exc
+        _check_stop(stop)
+        return pool_windows(embed_windows(encoder, decoded.windows, self.settings.batch_size, stop=stop))
 
     def item_vector(self, item_id: int, space: str | None = None) -> np.ndarray:
         """The item's vector in a space where it is native, as the served version holds it (flat indexes
@@ -322,7 +329,7 @@ class Searcher:
     # search ----------------------------------------------------------------------------------
 
     def _query(self, *, text: str | None, image: Path | None, image_bytes: bytes | None, audio: Path | None,
-               audio_bytes: bytes | None, item: int | None) -> _Query:
+               audio_bytes: bytes | None, item: int | None, stop: Callable[[], bool] | None = None) -> _Query:
         given = [x is not None for x in (text, image, image_bytes, audio, audio_bytes, item)]
         if sum(given) != 1:
             raise UserError("give exactly one query: text, image, audio or item")
@@ -331,11 +338,11 @@ class Searcher:
         if image is not None:
             return _Query("image", {"clip": self.image_vector(Path(image))})
         if image_bytes is not None:
-            return _Query("image", {"clip": self.image_bytes_vector(image_bytes)})
+            return _Query("image", {"clip": self.image_bytes_vector(image_bytes, stop=stop)})
         if audio is not None:
             return _Query("audio", {"clap": self.audio_vector(Path(audio))})
         if audio_bytes is not None:
-            return _Query("audio", {"clap": self.audio_bytes_vector(audio_bytes)})
+            return _Query("audio", {"clap": self.audio_bytes_vector(audio_bytes, stop=stop)})
         assert item is not None
         it = self.catalog.item_by_id(self.collection_id, int(item))
         return _Query(it.modality, {}, {int(item)})
@@ -381,15 +388,16 @@ class Searcher:
     def run(self, *, text: str | None = None, image: Path | None = None, image_bytes: bytes | None = None,
             audio: Path | None = None, audio_bytes: bytes | None = None, item: int | None = None,
             target: str = "any", k: int = 10, offset: int = 0, where: Any = None,
-            recall: float | None = None) -> SearchOutcome:
+            recall: float | None = None, stop: Callable[[], bool] | None = None) -> SearchOutcome:
         """Encode the query, search every route and merge: results ``offset`` to ``offset + k`` and where
         the time went. ``where`` is a SQLAlchemy condition on catalog items (structured filters), applied
         at hydration. ``recall``: the recall@10 this request wants from approximate indexes (the
-        cheapest operating point measured at build time that reaches it), instead of the tuned one."""
+        cheapest operating point measured at build time that reaches it), instead of the tuned one.
+        ``stop``: asked while query media decodes; True abandons the query (:class:`Cancelled`)."""
         _check_request(target, k, offset, recall)
         t0 = time.perf_counter()
         q = self._query(text=text, image=image, image_bytes=image_bytes, audio=audio, audio_bytes=audio_bytes,
-                        item=item)
+                        item=item, stop=stop)
         routes = self.routes(q.modality, target)
         vectors: list[np.ndarray] = []
         for r in routes:
@@ -528,6 +536,11 @@ def _operating_point(part: AnnPart, recall: float | None) -> dict[str, Any]:
     return {"kind": part.recipe.kind, "nprobe": point["nprobe"] if point else part.recipe.nprobe,
             "k_factor": point["k_factor"] if point else part.recipe.k_factor,
             "probe_recall@10": point["recall@10"] if point else None}
+
+
+def _check_stop(stop: Callable[[], bool] | None) -> None:
+    if stop is not None and stop():
+        raise Cancelled("stopped: whoever asked for this query has gone")
 
 
 def _check_request(target: str, k: int, offset: int, recall: float | None = None) -> None:

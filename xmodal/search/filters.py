@@ -270,6 +270,14 @@ def _list_contains(name: str, values: list[Any]) -> ColumnElement[bool]:
 # validation -------------------------------------------------------------------------------------
 
 
+def _text(value: str, path: str) -> None:
+    """Strings reach SQL as UTF-8: one holding a lone surrogate (``"\\ud800"`` in JSON) is no text."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FilterError(f"{path}: not valid Unicode text (it holds a lone surrogate)") from None
+
+
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -321,6 +329,7 @@ class _Compiler:
         name = spec["field"]
         if not isinstance(name, str):
             raise FilterError(f"{path}.field: expected a string, got {json_type(name)}")
+        _text(name, f"{path}.field")
         if name not in self.fields:
             known = ", ".join(sorted(self.fields))
             raise FilterError(f"{path}.field: unknown field {_show(name)} (fields: {known})")
@@ -401,6 +410,8 @@ class _Compiler:
     def bounded(value: Any, path: str) -> Any:
         if isinstance(value, str) and len(value) > MAX_STRING:
             raise FilterError(f"{path}: string longer than {MAX_STRING} characters")
+        if isinstance(value, str):
+            _text(value, path)
         if isinstance(value, float) and not math.isfinite(value):
             raise FilterError(f"{path}: expected a finite number")
         if isinstance(value, int) and not isinstance(value, bool) and not _INT64[0] <= value <= _INT64[1]:

@@ -42,7 +42,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from xmodal.errors import ModelMismatchError, UserError
+from xmodal.errors import ModelMismatchError, NotFoundError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,21 @@ class Item(Base):
     source_column: Mapped[str | None] = mapped_column(String(64), default=None)
     source_digest: Mapped[str | None] = mapped_column(String(64), default=None)
     source_meta: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+
+
+class SourceRoot(Base):
+    """A real path (symlinks resolved) that a collection's local media may lie under: a source folder
+    or file given to ``xmodal index``, the folder of a file a manifest named, or the target of a
+    symlink the indexer was allowed to follow. The service serves files only from under these."""
+
+    __tablename__ = "source_roots"
+    __table_args__ = (UniqueConstraint("collection_id", "path_key"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
+    path: Mapped[str] = mapped_column(Text)
+    path_key: Mapped[str] = mapped_column(String(40))
+    kind: Mapped[str] = mapped_column(String(16))  # folder | manifest | link
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Shard(Base):
@@ -322,7 +337,7 @@ class Catalog:
                 if not create:
                     names = self.collection_names(s)
                     known = ", ".join(names) if names else "none yet: run `xmodal index` first"
-                    raise UserError(f"no collection named {name!r} (collections: {known})")
+                    raise NotFoundError(f"no collection named {name!r} (collections: {known})")
                 row = Collection(name=name)
                 s.add(row)
                 s.flush()
@@ -367,6 +382,29 @@ class Catalog:
                 Alignment.collection_id == collection_id, Alignment.source == source, Alignment.target == target))
             s.add(Alignment(collection_id=collection_id, source=source, target=target, key=key,
                             rows=int(m.shape[0]), cols=int(m.shape[1]), matrix=m.tobytes(), metrics=metrics))
+
+    # source roots -----------------------------------------------------------------------------
+
+    def record_roots(self, collection_id: int, roots: Iterable[tuple[str, str]]) -> None:
+        """Remember (real path, kind) pairs as roots of the collection's local media (kept if known)."""
+        wanted = {uri_key(path): (path, kind) for path, kind in roots}
+        if not wanted:
+            return
+        with self.Session.begin() as s:
+            known: set[str] = set()
+            for chunk in _chunks(list(wanted)):
+                known.update(s.scalars(select(SourceRoot.path_key).where(
+                    SourceRoot.collection_id == collection_id, SourceRoot.path_key.in_(chunk))))
+            rows = [{"collection_id": collection_id, "path": path, "path_key": key, "kind": kind}
+                    for key, (path, kind) in wanted.items() if key not in known]
+            if rows:
+                s.execute(insert(SourceRoot), rows)
+
+    def source_roots(self, collection_id: int) -> list[str]:
+        """The real paths the collection's local media may lie under (see :class:`SourceRoot`)."""
+        with self.Session() as s:
+            return list(s.scalars(select(SourceRoot.path).where(SourceRoot.collection_id == collection_id)
+                                  .order_by(SourceRoot.path)))
 
     # items ------------------------------------------------------------------------------------
 
@@ -533,7 +571,7 @@ class Catalog:
         with self.Session() as s:
             item = s.get(Item, item_id)
         if item is None or item.collection_id != collection_id or item.status == STATUS_DELETED:
-            raise UserError(f"no item with id {item_id} in this collection")
+            raise NotFoundError(f"no item with id {item_id} in this collection")
         return item
 
     def items_by_uri(self, collection_id: int, uris: Sequence[str]) -> dict[str, Item]:

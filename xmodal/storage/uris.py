@@ -25,3 +25,8 @@ def uri_to_path(uri: str) -> str:
     if uri.startswith(FILE_SCHEME):
         return os.fsdecode(unquote_to_bytes(uri[len(FILE_SCHEME):]))
     return uri
+
+
+def is_under(path: str, roots: list[str]) -> bool:
+    """Whether ``path`` is one of ``roots`` or lies below one (plain string paths, compared as given)."""
+    return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)

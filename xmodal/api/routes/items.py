@@ -2,45 +2,67 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
-from xmodal.api.deps import ServiceDep, require_api_key
-from xmodal.api.schemas import MAX_K, MAX_OFFSET, RECALL_DOC, ItemOut, SearchResponse, Target
+from xmodal.api.deps import ServiceDep
+from xmodal.api.errors import responses
+from xmodal.api.files import VerifiedFileResponse
+from xmodal.api.schemas import (
+    MAX_ID,
+    MAX_K,
+    MAX_OFFSET,
+    RECALL_DOC,
+    CollectionName,
+    ItemOut,
+    PlainInt,
+    PlainNumber,
+    SearchResponse,
+    Target,
+)
 
-router = APIRouter(prefix="/v1/items", tags=["items"], dependencies=[Depends(require_api_key)])
-ItemId = Annotated[int, Path(ge=1, le=2**63 - 1)]
-
-
-@router.get("/{item_id}", response_model=ItemOut)
-def item(item_id: ItemId, service: ServiceDep) -> dict[str, Any]:
-    return service.item(item_id=item_id)
-
-
-@router.get("/{item_id}/similar", response_model=SearchResponse)
-def similar(
-    item_id: ItemId,
-    service: ServiceDep,
-    collection: Annotated[str | None, Query(max_length=64)] = None,
-    target: Target = "any",
-    k: Annotated[int, Query(ge=1, le=MAX_K)] = 12,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-    recall: Annotated[float | None, Query(gt=0, le=1, description=RECALL_DOC)] = None,
-) -> dict[str, Any]:
-    return service.similar(item_id=item_id, collection=collection, target=target, k=k, offset=offset,
-                           recall=recall)
+ItemId = Annotated[PlainInt, Path(ge=1, le=MAX_ID)]
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
 
 
-@router.get("/{item_id}/media", response_class=FileResponse)
-def media(item_id: ItemId, service: ServiceDep) -> Response:
-    found = service.media(item_id=item_id)
-    if isinstance(found, str):  # a manifest item's media URL
-        return RedirectResponse(found, status_code=307)
-    path, media_type = found
-    return FileResponse(path, media_type=media_type)
+def router(*, errors: tuple[int, ...]) -> APIRouter:
+    r = APIRouter(prefix="/v1/items", tags=["items"])
 
+    @r.get("/{item_id}", response_model=ItemOut, responses=responses(*errors, 404, 422, 503))
+    def item(item_id: ItemId, service: ServiceDep) -> dict[str, Any]:
+        return service.item(item_id=item_id)
 
-@router.get("/{item_id}/thumbnail", response_class=FileResponse)
-def thumbnail(item_id: ItemId, service: ServiceDep) -> FileResponse:
-    return FileResponse(service.thumbnail(item_id=item_id), media_type="image/jpeg",
-                        headers={"Cache-Control": "public, max-age=86400"})
+    @r.get("/{item_id}/similar", response_model=SearchResponse, responses=responses(*errors, 404, 422, 503))
+    def similar(
+        item_id: ItemId,
+        service: ServiceDep,
+        collection: Annotated[CollectionName | None, Query()] = None,
+        target: Target = "any",
+        k: Annotated[PlainInt, Query(ge=1, le=MAX_K)] = 12,
+        offset: Annotated[PlainInt, Query(ge=0, le=MAX_OFFSET)] = 0,
+        recall: Annotated[PlainNumber | None, Query(gt=0, le=1, description=RECALL_DOC)] = None,
+    ) -> dict[str, Any]:
+        return service.similar(item_id=item_id, collection=collection, target=target, k=k, offset=offset,
+                               recall=recall)
+
+    @r.get("/{item_id}/media", response_class=Response, responses={
+        200: {"description": "The original file, as indexed (Range requests are honoured).",
+              "content": {"application/octet-stream": _BINARY, "image/*": _BINARY, "audio/*": _BINARY,
+                          "text/plain": _BINARY}},
+        307: {"description": "A manifest item's media lives at a URL: the Location header."},
+        **responses(*errors, 404, 409, 422, 503)})
+    def media(item_id: ItemId, service: ServiceDep) -> Response:
+        found = service.media(item_id=item_id)
+        if isinstance(found, str):  # a manifest item's media URL
+            return RedirectResponse(found, status_code=307)
+        opened, media_type = found
+        return VerifiedFileResponse(opened, media_type=media_type)
+
+    @r.get("/{item_id}/thumbnail", response_class=FileResponse, responses={
+        200: {"description": "A JPEG thumbnail of an image item.", "content": {"image/jpeg": _BINARY}},
+        **responses(*errors, 404, 409, 422, 503)})
+    def thumbnail(item_id: ItemId, service: ServiceDep) -> FileResponse:
+        return FileResponse(service.thumbnail(item_id=item_id), media_type="image/jpeg",
+                            headers={"Cache-Control": "public, max-age=86400"})
+
+    return r

@@ -1,53 +1,63 @@
-from __future__ import annotations
-
-import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Body, File, Form, Request, UploadFile
 
-from xmodal.api.deps import ServiceDep, require_api_key
-from xmodal.api.errors import ApiError
-from xmodal.api.schemas import MAX_K, MAX_OFFSET, RECALL_DOC, SearchRequest, SearchResponse, Target
+from xmodal.api.deps import ServiceDep
+from xmodal.api.errors import responses
+from xmodal.api.schemas import (
+    FILTER_DOC,
+    MAX_FILTER_TEXT,
+    MAX_K,
+    MAX_OFFSET,
+    RECALL_DOC,
+    CollectionName,
+    PlainInt,
+    PlainNumber,
+    SearchOptions,
+    SearchResponse,
+    Target,
+    parse_filter_text,
+    search_request,
+)
 from xmodal.api.service import AUDIO_TYPES, IMAGE_TYPES
+from xmodal.config import Settings
 
-router = APIRouter(prefix="/v1", tags=["search"], dependencies=[Depends(require_api_key)])
-
-
-@router.post("/search", response_model=SearchResponse)
-def search(body: SearchRequest, service: ServiceDep) -> dict[str, Any]:
-    return service.search(collection=body.collection, text=body.text, item_id=body.item_id, target=body.target,
-                          k=body.k, offset=body.offset, filters=body.filters, recall=body.recall)
+UPLOAD_TYPES = ", ".join(sorted(IMAGE_TYPES | AUDIO_TYPES))
 
 
-def _filters(raw: str | None) -> dict[str, Any] | None:
-    if not raw:
-        return None
-    try:
-        parsed = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ApiError(422, "invalid_request", f"filters: not valid JSON ({exc.msg})") from exc
-    if not isinstance(parsed, dict):
-        raise ApiError(422, "invalid_request", "filters: must be a JSON object")
-    return parsed
+def router(settings: Settings, *, errors: tuple[int, ...]) -> APIRouter:
+    """``errors``: the statuses every operation may answer besides its own (401 with keys set)."""
+    r = APIRouter(prefix="/v1", tags=["search"])
+    SearchRequest = search_request(settings.max_query_chars)  # noqa: N806 - a type
 
+    @r.post("/search", response_model=SearchResponse, responses=responses(*errors, 404, 409, 422, 503))
+    def search(body: Annotated[SearchRequest, Body()], service: ServiceDep) -> dict[str, Any]:  # type: ignore[valid-type]
+        q: SearchOptions = body
+        return service.search(collection=q.collection, text=getattr(q, "text", None),
+                              item_id=getattr(q, "item_id", None), target=q.target, k=q.k,
+                              offset=q.offset, filters=q.filters, recall=q.recall)
 
-@router.post("/search/upload", response_model=SearchResponse)
-def search_upload(
-    service: ServiceDep,
-    file: Annotated[UploadFile, File(description="an image (jpeg, png, webp, gif, bmp, tiff) or audio "
-                                                 "(wav, flac, ogg, opus, mp3, aiff)")],
-    collection: Annotated[str, Form(min_length=1, max_length=64)],
-    target: Annotated[Target, Form()] = "any",
-    k: Annotated[int, Form(ge=1, le=MAX_K)] = 12,
-    offset: Annotated[int, Form(ge=0, le=MAX_OFFSET)] = 0,
-    filters: Annotated[str | None, Form(max_length=20_000)] = None,
-    recall: Annotated[float | None, Form(gt=0, le=1, description=RECALL_DOC)] = None,
-) -> dict[str, Any]:
-    declared = (file.content_type or "").split(";")[0].strip().lower()
-    if declared not in IMAGE_TYPES | AUDIO_TYPES:
-        raise ApiError(415, "unsupported_media", f"file type {declared or 'unknown'!r} is not accepted; send one of "
-                                                 f"{', '.join(sorted(IMAGE_TYPES | AUDIO_TYPES))}")
-    data = file.file.read()
-    audio = declared in AUDIO_TYPES
-    return service.search(collection=collection, image_bytes=None if audio else data, audio_bytes=data if audio else None,
-                          target=target, k=k, offset=offset, filters=_filters(filters), recall=recall)
+    @r.post("/search/upload", response_model=SearchResponse,
+            responses=responses(*errors, 404, 415, 422, 503),
+            openapi_extra={"requestBody": {"content": {"multipart/form-data": {
+                "encoding": {"file": {"contentType": UPLOAD_TYPES}}}}}})
+    async def search_upload(
+        request: Request,
+        service: ServiceDep,
+        file: Annotated[UploadFile, File(description=f"an image or a sound ({UPLOAD_TYPES}); at most "
+                                                     f"{settings.max_upload_bytes} bytes, "
+                                                     f"{settings.query_max_image_pixels} pixels or "
+                                                     f"{settings.query_max_audio_seconds:g} s")],
+        collection: Annotated[CollectionName, Form()],
+        target: Annotated[Target, Form()] = "any",
+        k: Annotated[PlainInt, Form(ge=1, le=MAX_K)] = 12,
+        offset: Annotated[PlainInt, Form(ge=0, le=MAX_OFFSET)] = 0,
+        filters: Annotated[str | None, Form(max_length=MAX_FILTER_TEXT, description=f"{FILTER_DOC}, as JSON text")]
+        = None,
+        recall: Annotated[PlainNumber | None, Form(gt=0, le=1, description=RECALL_DOC)] = None,
+    ) -> dict[str, Any]:
+        return await service.search_upload(request=request, collection=collection, data=await file.read(),
+                                           media_type=file.content_type or "", target=target, k=k, offset=offset,
+                                           filters=parse_filter_text(filters), recall=recall)
+
+    return r
