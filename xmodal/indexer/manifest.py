@@ -51,7 +51,7 @@ from typing import IO, Any, Literal, cast
 from urllib.parse import unquote_to_bytes
 
 from xmodal.errors import UserError
-from xmodal.storage.uris import path_to_uri
+from xmodal.storage.uris import entry_key, parse_key, path_to_uri  # noqa: F401 - entry_key, parse_key re-exported
 
 ColumnType = Literal["str", "int", "float", "bool", "list"]
 Change = Literal["insert", "update", "metadata", "unchanged"]
@@ -68,7 +68,6 @@ WELL_KNOWN_TYPES: Mapping[str, ColumnType] = {
     "price": "float",
     "tags": "list",
 }
-KEY_PREFIX = "manifest:"
 MAX_LINE_CHARS = 16 * 1024 * 1024  # one CSV/JSONL line; longer is not a manifest line
 MAX_PROBLEMS_KEPT = 1000  # problems beyond this are counted, not kept
 _MAX_SAFE_INT = 2**53  # larger integers lose precision as JSON numbers in most readers: kept as text
@@ -178,20 +177,6 @@ class ManifestEntry:
         metadata-only change (update the catalog row, keep the vector) from a media change.
         """
         return self.media_digest + self.metadata_digest
-
-
-def entry_key(source_id: str, column: str) -> str:
-    """The catalog key of an entry. ``%`` and ``#`` in the id are percent-escaped, nothing else, so the
-    key stays readable for any id (non-ASCII, spaces, slashes) and :func:`parse_key` undoes it."""
-    return f"{KEY_PREFIX}{source_id.replace('%', '%25').replace('#', '%23')}#{column}"
-
-
-def parse_key(key: str) -> tuple[str, str]:
-    """``(source_id, column)`` of a key made by :func:`entry_key`; ``ValueError`` for anything else."""
-    if not key.startswith(KEY_PREFIX) or "#" not in key:
-        raise ValueError(f"not a manifest key: {key!r}")
-    escaped, _, column = key[len(KEY_PREFIX):].partition("#")
-    return escaped.replace("%23", "#").replace("%25", "%"), column
 
 
 def split_digest(digest: str) -> tuple[str, str]:

@@ -43,6 +43,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from xmodal.errors import ModelMismatchError, NotFoundError, UserError
+from xmodal.storage.uris import entry_key
 
 log = logging.getLogger(__name__)
 
@@ -421,8 +422,6 @@ class Catalog:
 
     def manifest_states(self, collection_id: int) -> dict[str, ItemState]:
         """Manifest key (``manifest:<id>#<column>``) -> state of every manifest item of the collection."""
-        from xmodal.indexer.manifest import entry_key
-
         out: dict[str, ItemState] = {}
         q = select(Item.id, Item.source_id, Item.source_column, Item.status, Item.size, Item.mtime_ns,
                    Item.content_hash, Item.reason, Item.source_digest).where(
