@@ -47,7 +47,7 @@ def main() -> None:
     from xmodal.bench import generate_sounds
     from xmodal.config import Settings
     from xmodal.encoders import load_encoder, resolve_model
-    from xmodal.indexer.decode import DecodeConfig, DecodeTask, decode_one
+    from xmodal.indexer.decode import DecodeConfig, DecodeTask, decode_one, preparations
     from xmodal.indexer.pipeline import index_sources
     from xmodal.media.types import MediaLimits
 
@@ -71,9 +71,8 @@ def main() -> None:
         embed_s = summary.seconds["embed"]
 
         encoder = load_encoder("clap", resolve_model("clap", audio_model, None), settings.device)
-        config = DecodeConfig(MediaLimits.from_settings(settings), None, None, encoder.audio_spec(),
-                              encoder.audio_transform())
-        feats = [decode_one(DecodeTask(i, str(p), "audio", None), config).audio for i, p in
+        config = DecodeConfig(MediaLimits.from_settings(settings), preparations([encoder]))
+        feats = [decode_one(DecodeTask(i, str(p), "audio", None), config).inputs for i, p in
                  enumerate(sorted(media.iterdir()))]
         windows = np.concatenate([f for f in feats if f is not None])
         encoder.embed_audio(windows[: args.batch_size])  # warm-up

@@ -20,7 +20,7 @@ import numpy as np
 from xmodal.config import Settings
 from xmodal.encoders import load_encoder, resolve_model
 from xmodal.encoders.base import ImageEncoder
-from xmodal.indexer.decode import DecodeConfig, DecodeTask, decode_one
+from xmodal.indexer.decode import DecodeConfig, DecodeTask, decode_one, preparations
 from xmodal.indexer.pipeline import index_sources
 from xmodal.indexer.scan import scan
 from xmodal.media.types import MediaLimits
@@ -71,12 +71,12 @@ def model_only_rate(settings: Settings, sources: list[Path], *, repeats: int = 1
     """Images/s of the encoder's forward pass alone, on the same files, decoded beforehand."""
     record = resolve_model("open_clip", settings.clip_model, settings.clip_pretrained)
     encoder = cast(ImageEncoder, load_encoder("open_clip", record, settings.device))
-    config = DecodeConfig(MediaLimits.from_settings(settings), encoder.image_transform(), encoder.image_min_side())
+    config = DecodeConfig(MediaLimits.from_settings(settings), preparations([encoder]))
     pixels = []
     for i, entry in enumerate(e for e in scan(sources) if e.modality == "image" and e.error is None):
         d = decode_one(DecodeTask(i, entry.path, "image", None), config)
-        if d.pixels is not None:
-            pixels.append(d.pixels)
+        if d.error is None:
+            pixels.append(d.inputs)
     if not pixels:
         raise ValueError("no decodable images in the benchmark sources")
     batch = settings.batch_size

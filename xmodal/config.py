@@ -22,6 +22,7 @@ from pydantic_settings import (
 
 DEFAULT_CLIP_MODEL = "ViT-B-32"
 DEFAULT_CLIP_PRETRAINED = "laion2b_s34b_b79k"
+DEFAULT_AUDIO_MODEL = "laion/clap-htsat-unfused"
 
 
 def _toml_file() -> Path | None:
@@ -49,6 +50,9 @@ class Settings(BaseSettings):
     # indexing
     batch_size: int = Field(default=64, ge=1, le=4096)
     workers: int = Field(default=0, ge=0, le=256, description="decode processes; 0 = one per core but one")
+    decode_pool_min_bytes: int = Field(default=64 * 1024 * 1024, ge=0, description="decode in worker processes "
+                                       "when a run's media add up to this many bytes (smaller runs decode in "
+                                       "process: starting workers costs seconds); 0: always")
     shard_rows: int = Field(default=50_000, ge=1)
     shard_seconds: float = Field(default=300.0, gt=0, description="flush a shard at least this often")
 

@@ -11,7 +11,7 @@ import soundfile as sf
 from helpers import Crash, crash_once_at, sound, write_photos, write_sounds, write_texts
 
 from xmodal.encoders import clap
-from xmodal.indexer import pipeline
+from xmodal.indexer.models import UNAVAILABLE
 from xmodal.indexer.pipeline import index_sources
 from xmodal.search.engine import Searcher
 from xmodal.storage.catalog import Catalog
@@ -66,7 +66,7 @@ def test_without_audio_support_audio_waits_as_failed_and_is_retried_once_it_work
     monkeypatch.setattr(clap, "audio_available", lambda: False)
     first = index_sources(no_audio, [media], "c", progress=False)
     assert first.ok == 3 and first.failed == 2
-    assert all("xmodal[audio]" in r and r.startswith(pipeline.AUDIO_UNAVAILABLE) for _, r in first.failures)
+    assert all("xmodal[audio]" in r and r.startswith(UNAVAILABLE) for _, r in first.failures)
     assert any("xmodal[audio]" in w for w in first.warnings) and set(first.index) == {"clip"}
     monkeypatch.undo()
     second = index_sources(av_settings, [media], "c", progress=False)  # no --retry-failed needed

@@ -9,7 +9,7 @@ import pytest
 from helpers import Crash, CrashOnWidth, crash_once_at, photo, write_photos
 
 from xmodal.encoders import load_encoder, resolve_model
-from xmodal.indexer.decode import DecodeConfig, DecodeTask
+from xmodal.indexer.decode import DecodeConfig, DecodeTask, ImagePrep
 from xmodal.indexer.pipeline import DecodePool, index_sources
 from xmodal.media.types import MediaLimits
 from xmodal.search.engine import Searcher
@@ -23,7 +23,7 @@ def test_a_worker_that_dies_costs_only_its_own_file(settings, tmp_path):
     paths.insert(17, poison)
     record = resolve_model("open_clip", settings.clip_model, settings.clip_pretrained)
     enc = load_encoder("open_clip", record, "cpu")
-    config = DecodeConfig(MediaLimits.from_settings(settings), CrashOnWidth(enc.image_transform(), 133), 64)
+    config = DecodeConfig(MediaLimits.from_settings(settings), {"image": ImagePrep(CrashOnWidth(enc.image_transform(), 133), 64)})
     tasks = [DecodeTask(i, str(p), "image", None) for i, p in enumerate(paths)]
     pool = DecodePool(2)
     try:

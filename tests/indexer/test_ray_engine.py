@@ -7,7 +7,6 @@ nothing else (``ray stop`` would stop every Ray on the machine)."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import re
 import shutil
@@ -37,9 +36,10 @@ from helpers import (
 )
 
 from xmodal.errors import UserError
-from xmodal.indexer import pipeline, ray_engine
+from xmodal.indexer import run as run_module
+from xmodal.indexer.engines import raydata as ray_engine
+from xmodal.indexer.engines.raydata import PoolPlan, plan_pool
 from xmodal.indexer.pipeline import index_sources
-from xmodal.indexer.ray_engine import PoolPlan, plan_pool
 from xmodal.search.engine import Searcher
 from xmodal.storage.catalog import Catalog
 from xmodal.storage.shards import read_shard, read_windows
@@ -342,13 +342,16 @@ def test_a_file_that_kills_its_decoder_is_recorded_failed_alone(av_settings, ray
     write_photos(media, 30)
     poison = media / "poison.jpg"
     photo(5, size=(133, 100)).save(poison)
-    real = pipeline.IndexRun._decode_config
+    from xmodal.indexer.decode import ImagePrep
 
-    def crashing(self, tasks):  # a transform that kills its process on this one image, as a segfault would
-        config = real(self, tasks)
-        return dataclasses.replace(config, transform=CrashOnWidth(config.transform, 133))
+    real = run_module.preparations
 
-    monkeypatch.setattr(pipeline.IndexRun, "_decode_config", crashing)
+    def crashing(encoders):  # a transform that kills its process on this one image, as a segfault would
+        prep = real(encoders)
+        prep["image"] = ImagePrep(CrashOnWidth(prep["image"].transform, 133), prep["image"].min_side)
+        return prep
+
+    monkeypatch.setattr(run_module, "preparations", crashing)
     ray.cloudpickle.register_pickle_by_value(helpers)  # Ray's workers cannot import the tests' helpers
     try:
         summary = index_sources(av_settings, [media], "c", progress=False, engine="ray", ray_address=ray_head)
@@ -439,7 +442,7 @@ def test_a_gpu_device_on_a_cluster_without_gpus_is_an_error():
 def test_payloads_stay_on_the_workers():
     from xmodal.indexer.decode import Decoded
 
-    d = Decoded(7, "h", 10, pixels=np.ones((3, 8, 8), np.float32), meta={"width": 8})
+    d = Decoded(7, "h", 10, modality="image", inputs=np.ones((3, 8, 8), np.float32), meta={"width": 8})
     light = ray_engine._without_payload(d)
-    assert light.pixels is not None and light.pixels.size == 0 and light.meta == {"width": 8}
-    assert ray_engine.decoded_modality(light) == "image"
+    assert light.inputs is None and light.spans is None and light.meta == {"width": 8}
+    assert light.modality == "image"

@@ -25,10 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from xmodal.spaces import ALIGNMENTS
+
 log = logging.getLogger(__name__)
 
-SOURCE = "clap"
-TARGET = "clip"
+SOURCE = ALIGNMENTS[0].source  # the one alignment of the spaces table (clap -> clip)
+TARGET = ALIGNMENTS[0].target
 METHOD = "ridge least squares on a text bank"
 HELD_OUT = 0.2
 RIDGE = 1e-2  # lam as a fraction of the mean eigenvalue of X^T X: keeps W stable when the bank is small

@@ -7,6 +7,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from xmodal.spaces import AudioSpec
+
 #: A picklable callable run in decode worker processes: RGB PIL image -> model input array.
 ImageTransform = Callable[[Any], np.ndarray]
 
@@ -37,11 +39,18 @@ class ImageEncoder(Encoder, Protocol):
 
 @runtime_checkable
 class AudioEncoder(Encoder, Protocol):
-    def audio_spec(self) -> Any: ...  # xmodal.media.audio.AudioSpec: the rate and window the model wants
+    """Audio is cut into windows (``audio_spec``), each window embedded; an item's vector pools them."""
+
+    def audio_spec(self) -> AudioSpec: ...  # the rate and window the model wants
 
     def audio_transform(self) -> Callable[[np.ndarray], np.ndarray]: ...  # one window -> model input, picklable
 
-    def embed_audio(self, features: np.ndarray) -> np.ndarray: ...  # window inputs -> window vectors
+    def embed_audio(self, features: np.ndarray) -> np.ndarray: ...  # window inputs -> window vectors (one pass)
+
+    def embed_windows(self, features: np.ndarray, batch: int,
+                      stop: Callable[[], bool] | None = None) -> np.ndarray: ...  # in passes of ``batch``
+
+    def pool(self, window_vectors: np.ndarray) -> np.ndarray: ...  # one item's window vectors -> its vector
 
 
 def resolve_device(requested: str) -> str:

@@ -18,23 +18,20 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from xmodal.digest import file_sha256
 from xmodal.encoders.base import autocast, resolve_device, unit_rows
 from xmodal.encoders.files import file_record, first_line, hub_mode
 from xmodal.errors import Cancelled, ModelLoadError, UserError
-from xmodal.storage.layout import file_sha256
-
-if TYPE_CHECKING:  # soundfile and soxr come with the audio extra: imported when audio is decoded
-    from xmodal.media.audio import AudioSpec
+from xmodal.spaces import SPACES, AudioSpec
 
 log = logging.getLogger(__name__)
 
 FAMILY = "clap"
 SPACE = "clap"
-DEFAULT_AUDIO_MODEL = "laion/clap-htsat-unfused"
 FLAG_HINT = "pass a local CLAP folder (save_pretrained layout) with --audio-model DIR (or env XMODAL_AUDIO_MODEL)"
 EXTRA_HINT = "audio needs the 'audio' extra: pip install 'xmodal[audio]'"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -93,7 +90,7 @@ def resolve_record(model: str, pretrained: str | None = None) -> dict[str, Any]:
 class ClapEncoder:
     family = FAMILY
     space = SPACE
-    modalities = frozenset({"audio", "text"})
+    modalities = SPACES[SPACE].modalities
 
     def __init__(self, record: dict[str, Any], device: str = "auto") -> None:
         _require_extra()
@@ -119,8 +116,6 @@ class ClapEncoder:
         self._max_tokens = max(8, min(int(self._tokenizer.model_max_length or 512), positions - 2))
 
     def audio_spec(self) -> AudioSpec:
-        from xmodal.media.audio import AudioSpec
-
         fe = self._extractor
         return AudioSpec(sample_rate=int(fe.sampling_rate), window_s=float(fe.nb_max_samples) / fe.sampling_rate)
 
@@ -142,6 +137,12 @@ class ClapEncoder:
             out = self._model.text_model(input_ids=tokens["input_ids"].to(self.device),
                                          attention_mask=tokens["attention_mask"].to(self.device))
             return self._finish(self._model.text_projection(out.pooler_output))
+
+    def embed_windows(self, features: np.ndarray, batch: int, stop: Callable[[], bool] | None = None) -> np.ndarray:
+        return embed_windows(self, features, batch, stop)
+
+    def pool(self, window_vectors: np.ndarray) -> np.ndarray:
+        return pool_windows(window_vectors)
 
     def embed_audio(self, features: np.ndarray) -> np.ndarray:
         """Window features (n, channels, frames, mels) from :class:`AudioTransform` -> (n, dim) window vectors."""

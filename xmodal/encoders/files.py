@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from xmodal.storage.layout import file_sha256
+from xmodal.digest import file_sha256
 
 log = logging.getLogger(__name__)
 

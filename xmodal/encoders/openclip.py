@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from xmodal.digest import file_sha256
 from xmodal.encoders.base import ImageTransform, autocast, resolve_device, unit_rows
 from xmodal.encoders.files import file_record, first_line, hub_mode
 from xmodal.errors import ModelLoadError, UserError
-from xmodal.storage.layout import file_sha256
+from xmodal.spaces import SPACES
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def resolve_record(model: str, pretrained: str | None) -> dict[str, Any]:
 class OpenClipEncoder:
     family = FAMILY
     space = SPACE
-    modalities = frozenset({"image", "text"})
+    modalities = SPACES[SPACE].modalities
 
     def __init__(self, record: dict[str, Any], device: str = "auto") -> None:
         import open_clip

@@ -1,6 +1,9 @@
 """The decode stage, run in worker processes: read, hash, decode, validate, preprocess.
 
-Only plain data crosses the process boundary: paths in, arrays or text and metadata out.
+Only plain data crosses the process boundary: paths in, arrays or text and metadata out. Decoders are
+registered by modality (:data:`DECODERS`): each turns bytes into the model's input for that modality,
+using the preparation its encoder gave (``DecodeConfig.prepare``: an image's transform, a sound's
+window spec), plus the metadata the catalog keeps.
 """
 
 from __future__ import annotations
@@ -8,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -22,13 +25,12 @@ from xmodal.media.image import decode_image_with_info
 from xmodal.media.read import read_file
 from xmodal.media.text import decode_text, text_metadata
 from xmodal.media.types import MediaLimits, looks_like_text, sniff_modality
-
-if TYPE_CHECKING:
-    from xmodal.media.audio import AudioSpec
+from xmodal.spaces import AudioSpec
 
 log = logging.getLogger(__name__)
 
 
+CHUNK_FILES = 8  # files per task sent to a decode worker (and per fetch round of remote media)
 #: prefix of failure reasons that a later run may not meet (a fetch timeout, HTTP 503): retried next run
 TEMPORARY_FAILURE = "temporary: "
 UNKNOWN = "unknown"  # a manifest URL that names no type: decided from the fetched bytes
@@ -51,22 +53,56 @@ class Decoded:
     size: int | None = None
     error: str | None = None
     unchanged: bool = False
-    pixels: np.ndarray | None = None
-    text: str | None = None
-    audio: np.ndarray | None = None  # per window: the model's input features
-    spans: list[tuple[float, float]] | None = None  # per window: (start, end) seconds
+    modality: str | None = None  # what was decoded (a URL that names no type: found from its bytes)
+    inputs: Any = None  # the model's input: an image's pixels, a text, a sound's window features
+    spans: list[tuple[float, float]] | None = None  # a windowed modality: each window's (start, end) seconds
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def windows(self) -> int:
+        """How much encoder work this is: windows for a windowed modality, else 1."""
+        return len(self.inputs) if self.spans is not None and self.inputs is not None else 1
+
+
+@dataclass(frozen=True)
+class ImagePrep:
+    """What an image encoder wants from its decoder: its transform (run in the worker) and the smallest
+    side it needs (JPEGs decode at the smallest scale that keeps it)."""
+
+    transform: ImageTransform
+    min_side: int | None
+
+
+@dataclass(frozen=True)
+class AudioPrep:
+    """What an audio encoder wants: how sound is cut into windows, and each window's transform."""
+
+    spec: AudioSpec
+    transform: Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
     limits: MediaLimits
-    transform: ImageTransform | None
-    min_side: int | None
-    audio_spec: AudioSpec | None = None
-    audio_transform: Callable[[np.ndarray], np.ndarray] | None = None
+    prepare: dict[str, Any] = field(default_factory=dict)  # modality -> its encoder's preparation (above)
     fetch: FetchOptions | None = None  # bounds on remote fetches (timeouts, retries, size cap)
     fetch_threads: int = 8  # remote fetches of one chunk run concurrently: they wait on the network
+
+    def __hash__(self) -> int:  # frozen, but holds a dict: hashed by identity (one config per run)
+        return id(self)
+
+
+def preparations(encoders: Iterable[Any]) -> dict[str, Any]:
+    """Each modality's preparation, from the encoders that embed it (image and audio encoders)."""
+    from xmodal.encoders.base import AudioEncoder, ImageEncoder
+
+    out: dict[str, Any] = {}
+    for enc in encoders:
+        if isinstance(enc, ImageEncoder):
+            out["image"] = ImagePrep(enc.image_transform(), enc.image_min_side())
+        if isinstance(enc, AudioEncoder):
+            out["audio"] = AudioPrep(enc.audio_spec(), enc.audio_transform())
+    return out
 
 
 _fetchers: dict[FetchOptions, Fetcher] = {}  # one per worker process: keeps connections to a CDN open
@@ -91,6 +127,47 @@ def init_worker() -> None:
 
 def warm_up() -> None:
     """A first task that makes the pool start its processes now (they import torch meanwhile)."""
+
+
+Decoder = Callable[[bytes, DecodeConfig], tuple[Any, "list[tuple[float, float]] | None", dict[str, Any]]]
+#: modality -> bytes to (model inputs, window spans or None, metadata); raise MediaError for bad bytes
+DECODERS: dict[str, Decoder] = {}
+
+
+def register_decoder(modality: str, decoder: Decoder) -> None:
+    DECODERS[modality] = decoder
+
+
+def _prep(config: DecodeConfig, modality: str) -> Any:
+    prep = config.prepare.get(modality)
+    if prep is None:
+        raise MediaError(f"no {modality} encoder in this collection")
+    return prep
+
+
+def _decode_image(data: bytes, config: DecodeConfig) -> tuple[Any, None, dict[str, Any]]:
+    prep: ImagePrep = _prep(config, "image")
+    info = decode_image_with_info(data, config.limits, min_side=prep.min_side)
+    return prep.transform(info.image), None, {"width": info.width, "height": info.height, "format": info.format}
+
+
+def _decode_text(data: bytes, config: DecodeConfig) -> tuple[Any, None, dict[str, Any]]:
+    text = decode_text(data, config.limits)
+    return text, None, text_metadata(text)
+
+
+def _decode_audio(data: bytes, config: DecodeConfig) -> tuple[Any, list[tuple[float, float]], dict[str, Any]]:
+    from xmodal.media.audio import audio_metadata, decode_audio
+
+    prep: AudioPrep = _prep(config, "audio")
+    audio = decode_audio(data, dataclasses.replace(prep.spec, max_seconds=config.limits.max_audio_seconds),
+                         prep.transform)
+    return audio.windows, audio.spans, audio_metadata(audio)
+
+
+register_decoder("image", _decode_image)
+register_decoder("text", _decode_text)
+register_decoder("audio", _decode_audio)
 
 
 def decode_many(tasks: list[DecodeTask], config: DecodeConfig) -> list[Decoded]:
@@ -140,26 +217,11 @@ def decode_one(task: DecodeTask, config: DecodeConfig, *, fetched: bytes | Media
                 kind = "text" if looks_like_text(data[:512]) else "data"
                 raise MediaError(f"not an image or audio file (it looks like {kind}; its URL names no type)")
             modality = found
-        if modality == "image":
-            if config.transform is None:
-                raise MediaError("no image encoder in this collection")
-            info = decode_image_with_info(data, config.limits, min_side=config.min_side)
-            out.pixels = config.transform(info.image)
-            out.meta = {"width": info.width, "height": info.height, "format": info.format}
-        elif modality == "text":
-            out.text = decode_text(data, config.limits)
-            out.meta = text_metadata(out.text)
-        elif modality == "audio":
-            if config.audio_spec is None or config.audio_transform is None:
-                raise MediaError("no audio encoder in this collection")
-            from xmodal.media.audio import audio_metadata, decode_audio
-
-            spec = dataclasses.replace(config.audio_spec, max_seconds=config.limits.max_audio_seconds)
-            audio = decode_audio(data, spec, config.audio_transform)
-            out.audio, out.spans = audio.windows, audio.spans
-            out.meta = audio_metadata(audio)
-        else:
+        decoder = DECODERS.get(modality)
+        if decoder is None:
             raise MediaError(f"unsupported modality {modality!r}")
+        out.modality = modality
+        out.inputs, out.spans, out.meta = decoder(data, config)
     except FetchError as exc:
         out.error = f"{TEMPORARY_FAILURE if exc.retryable else ''}fetch failed: {exc.reason}"
     except MediaError as exc:

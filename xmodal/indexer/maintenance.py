@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from xmodal.errors import UserError
+from xmodal.spaces import SPACES
 from xmodal.storage.catalog import STATUS_OK, Catalog
 from xmodal.storage.indexfiles import read_index_dir
 from xmodal.storage.layout import Layout, file_sha256
@@ -30,9 +31,6 @@ from xmodal.storage.shards import read_shard
 
 log = logging.getLogger(__name__)
 
-#: The modalities each space embeds natively (as the pipeline's SPACE_MODALITIES, without importing the
-#: models it needs).
-NATIVE_MODALITIES: dict[str, tuple[str, ...]] = {"clip": ("image", "text"), "clap": ("audio", "text")}
 
 
 def _orphans(catalog: Catalog, layout: Layout, collection: str, collection_id: int) -> list[Path]:
@@ -132,7 +130,7 @@ def verify(catalog: Catalog, layout: Layout, collection: str) -> Report:
         checked += 1
     report.counts["shards"] = checked
     for name, sp in sorted(spaces.items()):
-        lacking = catalog.items_needing_vectors(cid, name, NATIVE_MODALITIES.get(name, ()))
+        lacking = catalog.items_needing_vectors(cid, name, SPACES[name].modalities if name in SPACES else ())
         if lacking:
             report.problems.append(f"{len(lacking)} ok items have no current vector in space {name} "
                                    f"(e.g. {lacking[:3]}): run `xmodal index` again")

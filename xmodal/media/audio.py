@@ -40,6 +40,7 @@ import soxr
 
 from xmodal.errors import Cancelled, ErrorKind, MediaError
 from xmodal.media.types import AUDIO_EXTENSIONS, looks_like_text  # noqa: F401 - AUDIO_EXTENSIONS re-exported
+from xmodal.spaces import AudioSpec  # noqa: F401 - re-exported: the spec the decoder applies
 
 logger = logging.getLogger(__name__)
 
@@ -76,29 +77,6 @@ _SF_ERR_UNRECOGNISED_FORMAT = 1
 #: libsndfile's "File does not exist or is not a regular file (possibly a pipe?)": what it says when
 #: bytes that looked like MPEG audio (random data, a few bytes of an MP3) do not decode.
 _SFE_BAD_FILE = 7
-
-
-@dataclass(frozen=True)
-class AudioSpec:
-    """How to cut audio for a model: its sample rate, the window length and what clips to accept."""
-
-    sample_rate: int
-    window_s: float = 10.0
-    min_seconds: float = 0.1
-    max_seconds: float = 3600.0
-    silence_dbfs: float = -60.0
-
-    def __post_init__(self) -> None:
-        if self.sample_rate < 1:
-            raise ValueError(f"sample_rate must be at least 1, got {self.sample_rate}")
-        if not self.window_s > 0 or round(self.window_s * self.sample_rate) < 1:
-            raise ValueError(f"window_s must be at least one sample long, got {self.window_s}")
-        if not 0 <= self.min_seconds <= self.max_seconds:
-            raise ValueError(
-                f"need 0 <= min_seconds <= max_seconds, got {self.min_seconds} and {self.max_seconds}"
-            )
-        if math.isnan(self.silence_dbfs):
-            raise ValueError("silence_dbfs must be a number")
 
 
 @dataclass

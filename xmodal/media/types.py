@@ -2,35 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from xmodal.spaces import MODALITIES, modality_for_path  # noqa: F401 - modality_for_path re-exported
 
 if TYPE_CHECKING:  # keep ``import xmodal.media`` free of pydantic
     from xmodal.config import Settings
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tiff", ".tif"}
-)
-TEXT_EXTENSIONS: frozenset[str] = frozenset({".txt", ".md", ".markdown"})
-AUDIO_EXTENSIONS: frozenset[str] = frozenset(
-    {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff"}
-)
-
-
-def modality_for_path(path: str | os.PathLike[str]) -> str | None:
-    """``"image"``, ``"text"``, ``"audio"`` or ``None`` from the file extension, case-insensitively.
-
-    Never raises for odd names: surrogate-escaped bytes from :func:`os.fsdecode` are fine.
-    """
-    ext = os.path.splitext(os.fspath(path))[1].lower()
-    if ext in IMAGE_EXTENSIONS:
-        return "image"
-    if ext in TEXT_EXTENSIONS:
-        return "text"
-    if ext in AUDIO_EXTENSIONS:
-        return "audio"
-    return None
+IMAGE_EXTENSIONS: frozenset[str] = MODALITIES["image"].extensions
+TEXT_EXTENSIONS: frozenset[str] = MODALITIES["text"].extensions
+AUDIO_EXTENSIONS: frozenset[str] = MODALITIES["audio"].extensions
 
 
 @dataclass(frozen=True)

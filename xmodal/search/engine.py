@@ -24,10 +24,22 @@ import numpy as np
 from xmodal.config import Settings
 from xmodal.encoders import Encoder, align, load_encoder, resolve_model
 from xmodal.encoders.align import LoadedAlignment
+from xmodal.encoders.base import AudioEncoder, ImageEncoder
 from xmodal.errors import Cancelled, MediaError, UserError
 from xmodal.media.image import decode_image_with_info
 from xmodal.media.read import read_file
 from xmodal.media.types import MediaLimits
+from xmodal.spaces import (
+    ANY,
+    MODALITIES,
+    PRIMARY,
+    SPACES,
+    TARGETS,
+    Route,
+    alignment_into,
+    native_spaces,
+    route,
+)
 from xmodal.storage.ann import AnnPart
 from xmodal.storage.catalog import STATUS_OK, Catalog, Space, check_same_model
 from xmodal.storage.indexfiles import read_index_dir
@@ -36,34 +48,8 @@ from xmodal.storage.shards import Windows, read_shard, read_windows
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("any", "image", "text", "audio")
-MODALITIES = ("image", "text", "audio")
 MAX_K = 1000
 RRF_K = 60  # reciprocal rank fusion: score = sum over lists of 1 / (RRF_K + rank)
-#: the modalities each space embeds natively; image <-> audio goes through the clap -> clip alignment
-NATIVE = {"clip": frozenset({"image", "text"}), "clap": frozenset({"audio", "text"})}
-SPACE_ORDER = ("clip", "clap")  # where both spaces are native (text -> text), the first wins
-
-
-@dataclass(frozen=True)
-class Route:
-    """Where a (query modality, target modality) pair is searched, and how its scores come about."""
-
-    query: str
-    target: str
-    space: str
-    method: str  # "ip": inner product of native vectors; "aligned-ip": one side mapped clap -> clip
-    map_query: bool = False  # the query's clap vector is mapped into clip (audio -> image)
-
-
-def route(query: str, target: str) -> Route:
-    """The space where both modalities are native, else ``clip`` through the alignment."""
-    for space in SPACE_ORDER:
-        if query in NATIVE[space] and target in NATIVE[space]:
-            return Route(query, target, space, "ip")
-    if {query, target} == {"audio", "image"}:
-        return Route(query, target, "clip", "aligned-ip", map_query=query == "audio")
-    raise UserError(f"no route from {query} to {target}")
 
 
 @dataclass
@@ -146,7 +132,7 @@ class _SpaceState:
 class Searcher:
     """Searches one collection across its spaces. Not thread-safe; one per worker."""
 
-    SPACE = "clip"  # the primary space: images and text
+    SPACE = PRIMARY  # the primary space: images and text
 
     def __init__(self, settings: Settings, collection: str, *, catalog: Catalog | None = None,
                  model: tuple[str | None, str | None] | None = None, audio_model: str | None = None) -> None:
@@ -177,11 +163,10 @@ class Searcher:
     def _state(self, space: str, *, purpose: str) -> _SpaceState:
         state = self._spaces.get(space)
         if state is None:
-            if space == "clap":
-                raise UserError(f"collection {self.collection!r} has no audio: {purpose} needs audio indexed with a "
-                                "CLAP model (install the 'audio' extra and run `xmodal index` on audio files)")
-            raise UserError(f"collection {self.collection!r} has no images or text embedded: {purpose} needs the "
-                            "clip space (run `xmodal index` on images or text)")
+            sp = SPACES[space]
+            what = " or ".join(MODALITIES[m].plural for m in sp.own_modalities) or f"{space} vectors"
+            raise UserError(f"collection {self.collection!r} has no {what}: {purpose} needs the {space} space "
+                            f"({sp.hint})")
         return state
 
     def encoder_for(self, space: str) -> Any:
@@ -275,7 +260,7 @@ class Searcher:
 
     def image_bytes_vector(self, data: bytes, *, name: str = "the upload",
                            stop: Callable[[], bool] | None = None) -> np.ndarray:
-        encoder = self.encoder_for("clip")
+        encoder = cast(ImageEncoder, self.encoder_for(native_spaces("image")[0]))
         try:
             info = decode_image_with_info(data, self.limits, min_side=encoder.image_min_side())
         except MediaError as exc:
@@ -290,20 +275,19 @@ class Searcher:
 
     def audio_bytes_vector(self, data: bytes, *, name: str = "the upload",
                            stop: Callable[[], bool] | None = None) -> np.ndarray:
-        """The clip's vector in the clap space: windows embedded and pooled as at indexing."""
+        """A sound's vector in the space that embeds audio: windows embedded and pooled as at indexing."""
         import dataclasses
 
-        from xmodal.encoders.clap import embed_windows, pool_windows
         from xmodal.media.audio import decode_audio
 
-        encoder = self.encoder_for("clap")
+        encoder = cast(AudioEncoder, self.encoder_for(native_spaces("audio")[0]))
         spec = dataclasses.replace(encoder.audio_spec(), max_seconds=self.limits.max_audio_seconds)
         try:
             decoded = decode_audio(data, spec, encoder.audio_transform(), stop=stop)
         except MediaError as exc:
             raise QueryMediaError(f"cannot use {name} as an audio query: {exc.reason}", exc) from exc
         _check_stop(stop)
-        return pool_windows(embed_windows(encoder, decoded.windows, self.settings.batch_size, stop=stop))
+        return encoder.pool(encoder.embed_windows(decoded.windows, self.settings.batch_size, stop=stop))
 
     def item_vector(self, item_id: int, space: str | None = None) -> np.ndarray:
         """The item's vector in a space where it is native, as the served version holds it (flat indexes
@@ -312,7 +296,7 @@ class Searcher:
         item = self.catalog.item_by_id(self.collection_id, item_id)
         if item.status != STATUS_OK:
             raise UserError(f"item {item_id} has no vector (status {item.status}: {item.reason or 'not embedded'})")
-        space = space or next(sp for sp in SPACE_ORDER if item.modality in NATIVE[sp])
+        space = space or native_spaces(item.modality)[0]
         part = self._loaded(space).parts.get(item.modality)
         held = part.vector(int(item_id)) if part is not None else None
         if held is not None:  # else: not in this version (embedded after it)
@@ -328,24 +312,45 @@ class Searcher:
 
     # search ----------------------------------------------------------------------------------
 
-    def _query(self, *, text: str | None, image: Path | None, image_bytes: bytes | None, audio: Path | None,
-               audio_bytes: bytes | None, item: int | None, stop: Callable[[], bool] | None = None) -> _Query:
-        given = [x is not None for x in (text, image, image_bytes, audio, audio_bytes, item)]
-        if sum(given) != 1:
-            raise UserError("give exactly one query: text, image, audio or item")
+    #: query media by modality: bytes -> the vector in the modality's native space (see ``media_vector``)
+    QUERY_MEDIA: dict[str, str] = {"image": "image_bytes_vector", "audio": "audio_bytes_vector"}
+
+    def media_vector(self, modality: str, data: bytes, *, name: str = "the upload",
+                     stop: Callable[[], bool] | None = None) -> np.ndarray:
+        """The vector of query media of a modality, in the first space that embeds it natively."""
+        method = self.QUERY_MEDIA.get(modality)
+        if method is None:
+            raise UserError(f"{modality} is not a query modality (queries: text, item, "
+                            f"{', '.join(self.QUERY_MEDIA)})")
+        return cast(np.ndarray, getattr(self, method)(data, name=name, stop=stop))
+
+    def _query(self, *, text: str | None, media: tuple[str, bytes, str] | None, item: int | None,
+               stop: Callable[[], bool] | None = None) -> _Query:
+        if sum(x is not None for x in (text, media, item)) != 1:
+            raise UserError("give exactly one query: text, media (an image or a sound) or item")
         if text is not None:
             return _Query("text", {})
-        if image is not None:
-            return _Query("image", {"clip": self.image_vector(Path(image))})
-        if image_bytes is not None:
-            return _Query("image", {"clip": self.image_bytes_vector(image_bytes, stop=stop)})
-        if audio is not None:
-            return _Query("audio", {"clap": self.audio_vector(Path(audio))})
-        if audio_bytes is not None:
-            return _Query("audio", {"clap": self.audio_bytes_vector(audio_bytes, stop=stop)})
+        if media is not None:
+            modality, data, name = media
+            return _Query(modality, {native_spaces(modality)[0]: self.media_vector(modality, data, name=name,
+                                                                                     stop=stop)})
         assert item is not None
         it = self.catalog.item_by_id(self.collection_id, int(item))
         return _Query(it.modality, {}, {int(item)})
+
+    def _media(self, *, image: Path | None = None, image_bytes: bytes | None = None, audio: Path | None = None,
+               audio_bytes: bytes | None = None) -> tuple[str, bytes, str] | None:
+        """One (modality, bytes, name) from the media arguments callers name by modality (at most one)."""
+        given = [(m, x) for m, x in (("image", image), ("image", image_bytes), ("audio", audio),
+                                     ("audio", audio_bytes)) if x is not None]
+        if len(given) > 1:
+            raise UserError("give exactly one query: text, media (an image or a sound) or item")
+        if not given:
+            return None
+        modality, value = given[0]
+        if isinstance(value, bytes):
+            return modality, value, "the upload"
+        return modality, self._query_file(Path(value), modality), str(value)
 
     def _vector(self, q: _Query, space: str, *, text: str | None, item: int | None) -> np.ndarray:
         """The query's native vector in ``space``, computed once per request."""
@@ -361,7 +366,7 @@ class Searcher:
     def query_vector(self, *, text: str | None = None, image: Path | None = None, image_bytes: bytes | None = None,
                      item: int | None = None) -> np.ndarray:
         """The query's vector in the primary space, from exactly one of text, an image file or bytes, an item."""
-        q = self._query(text=text, image=image, image_bytes=image_bytes, audio=None, audio_bytes=None, item=item)
+        q = self._query(text=text, media=self._media(image=image, image_bytes=image_bytes), item=item)
         return self._vector(q, self.primary, text=text, item=item)
 
     def search(self, *, text: str | None = None, image: Path | None = None, audio: Path | None = None,
@@ -372,22 +377,23 @@ class Searcher:
         """The routes a query takes: one per target modality the collection holds (``any``: all)."""
         if target not in TARGETS:
             raise UserError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-        targets = MODALITIES if target == "any" else (target,)
+        targets = tuple(MODALITIES) if target == ANY else (target,)
         out = []
         for t in targets:
             r = route(query, t)
-            if "audio" in (query, t) and "clap" not in self._spaces:  # no audio here, not even aligned
-                if target == "any":
+            missing = [sp for sp in _spaces_of(r) if sp not in self._spaces]
+            if missing:  # a modality this collection has no space for, not even through an alignment
+                if target == ANY:
                     continue
-                self._state("clap", purpose=f"searching {query} -> {t}")  # raises, saying what to do
-            if target == "any" and (r.space not in self._spaces or t not in self._loaded(r.space).parts):
+                self._state(missing[0], purpose=f"searching {query} -> {t}")  # raises, saying what to do
+            if target == ANY and t not in self._loaded(r.space).parts:
                 continue  # a modality this collection does not hold
             out.append(r)
         return out
 
     def run(self, *, text: str | None = None, image: Path | None = None, image_bytes: bytes | None = None,
             audio: Path | None = None, audio_bytes: bytes | None = None, item: int | None = None,
-            target: str = "any", k: int = 10, offset: int = 0, where: Any = None,
+            target: str = ANY, k: int = 10, offset: int = 0, where: Any = None,
             recall: float | None = None, stop: Callable[[], bool] | None = None) -> SearchOutcome:
         """Encode the query, search every route and merge: results ``offset`` to ``offset + k`` and where
         the time went. ``where`` is a SQLAlchemy condition on catalog items (structured filters), applied
@@ -396,17 +402,19 @@ class Searcher:
         ``stop``: asked while query media decodes; True abandons the query (:class:`Cancelled`)."""
         _check_request(target, k, offset, recall)
         t0 = time.perf_counter()
-        q = self._query(text=text, image=image, image_bytes=image_bytes, audio=audio, audio_bytes=audio_bytes,
-                        item=item, stop=stop)
+        q = self._query(text=text, media=self._media(image=image, image_bytes=image_bytes, audio=audio,
+                                                     audio_bytes=audio_bytes), item=item, stop=stop)
         routes = self.routes(q.modality, target)
         vectors: list[np.ndarray] = []
         for r in routes:
-            if r.method == "aligned-ip" and self.alignment is None:
-                raise UserError(f"collection {self.collection!r} has no clap -> clip alignment yet: run `xmodal "
-                                "index` again to fit it")
+            aligned = alignment_into(r.space) if r.method == "aligned-ip" else None
+            if aligned is not None and self.alignment is None:
+                raise UserError(f"collection {self.collection!r} has no {aligned.source} -> {aligned.target} "
+                                "alignment yet: run `xmodal index` again to fit it")
             if r.map_query:
-                assert self._alignment is not None
-                vectors.append(self._alignment.apply(self._vector(q, "clap", text=text, item=item)[None])[0])
+                assert self._alignment is not None and aligned is not None
+                source = self._vector(q, aligned.source, text=text, item=item)
+                vectors.append(self._alignment.apply(source[None])[0])
             else:
                 vectors.append(self._vector(q, r.space, text=text, item=item))
         encode_ms = (time.perf_counter() - t0) * 1000
@@ -484,35 +492,39 @@ class Searcher:
         """A vector of the primary space against its parts (``any``: all of them, merged by score)."""
         _check_request(target, k, offset, recall)
         loaded = self.loaded
-        parts = sorted(loaded.parts) if target == "any" else [target]
+        parts = sorted(loaded.parts) if target == ANY else [target]
         members = [(Route("vector", p, self.primary, "ip"), vec) for p in parts]
         timings = Timings()
         ann: dict[str, dict[str, Any]] = {}
         results = self._search_group(members, k + offset, exclude or set(), where, timings, recall, ann)
         return SearchOutcome(results[offset:], timings, loaded.version, self.versions, ann=ann)
 
-    # long audio: the best window ---------------------------------------------------------------
+    # windowed items (long audio): the best window -----------------------------------------------
 
     def _add_segments(self, results: list[SearchResult], q: _Query, *, text: str | None, item: int | None) -> None:
-        """For audio results pooled from several windows: the window that matches the query best."""
+        """For results pooled from several windows: the window that matches the query best, scored in the
+        result's space (window vectors are native to the item's modality; carried through the alignment
+        when the result came from the space it aligns into)."""
         for r in results:
-            if r.modality != "audio" or int(r.metadata.get("windows", 1) or 1) < 2:
+            if not MODALITIES[r.modality].windowed or int(r.metadata.get("windows", 1) or 1) < 2:
                 continue
-            win = self._item_windows(r.id)
+            native = native_spaces(r.modality)[0]
+            win = self._item_windows(r.id, native)
             if win is None:
                 continue
-            if r.space == "clap":
-                scores = win.vectors @ self._vector(q, "clap", text=text, item=item)
-            elif self._alignment is not None:  # image -> audio: windows carried into clip like the item
-                scores = self._alignment.apply(win.vectors) @ self._vector(q, "clip", text=text, item=item)
+            aligned = alignment_into(r.space)
+            if r.space == native:
+                scores = win.vectors @ self._vector(q, native, text=text, item=item)
+            elif aligned is not None and aligned.source == native and self._alignment is not None:
+                scores = self._alignment.apply(win.vectors) @ self._vector(q, r.space, text=text, item=item)
             else:
                 continue
             best = int(np.argmax(scores))
             r.segment = {"start_s": round(float(win.spans[best][0]), 3), "end_s": round(float(win.spans[best][1]), 3),
                          "score": round(float(scores[best]), 6), "window": best}
 
-    def _item_windows(self, item_id: int) -> Windows | None:
-        where = self.catalog.vector_location(item_id, "clap")
+    def _item_windows(self, item_id: int, space: str) -> Windows | None:
+        where = self.catalog.vector_location(item_id, space)
         if where is None:
             return None
         path, row = where
@@ -536,6 +548,12 @@ def _operating_point(part: AnnPart, recall: float | None) -> dict[str, Any]:
     return {"kind": part.recipe.kind, "nprobe": point["nprobe"] if point else part.recipe.nprobe,
             "k_factor": point["k_factor"] if point else part.recipe.k_factor,
             "probe_recall@10": point["recall@10"] if point else None}
+
+
+def _spaces_of(r: Route) -> list[str]:
+    """The spaces a route needs: its own, and through an alignment, the alignment's source too."""
+    aligned = alignment_into(r.space) if r.method == "aligned-ip" else None
+    return [r.space] + ([aligned.source] if aligned is not None else [])
 
 
 def _check_stop(stop: Callable[[], bool] | None) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from xmodal.digest import file_sha256  # noqa: F401 - re-exported for storage's modules
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,6 @@ class Layout:
 
     def absolute(self, relative: str) -> Path:
         return self.home / relative
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def fsync_file(path: Path) -> None:

@@ -1,5 +1,5 @@
 """The Ray engine of ``xmodal index --engine ray [--ray-address ADDR]``: the local engine's stages
-(``IndexRun._embed_local``) on Ray Data, across the machines of a Ray cluster.
+(``engines.local``) on Ray Data, across the machines of a Ray cluster.
 
 1. **read + decode**: each ``DecodeTask`` goes through ``decode_one`` (read or fetch, sha256, skip an
    unchanged content, decode, preprocess) in stateless Ray tasks on CPUs, a block of tasks at a time
@@ -52,13 +52,14 @@ import numpy as np
 from xmodal.encoders import Encoder, load_encoder
 from xmodal.errors import ModelMismatchError, UserError
 from xmodal.indexer.decode import DecodeConfig, Decoded, DecodeTask, decode_many, init_worker
-from xmodal.indexer.pipeline import SPACE_FAMILIES, SPACE_MODALITIES, decoded_modality, encode_group
+from xmodal.indexer.encode import encode_group
+from xmodal.indexer.engines.base import EmbedJob
+from xmodal.indexer.sink import ItemWork, ShardSink
+from xmodal.spaces import MODALITIES, SPACES
 from xmodal.storage.shards import Windows
 
 if TYPE_CHECKING:
     import pyarrow as pa
-
-    from xmodal.indexer.pipeline import IndexRun, ShardSink
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,6 @@ PASSES = ((DECODE_BLOCK_ROWS, False), (DECODE_BLOCK_ROWS, True), (1, True))
 CRASHED = "the decoder crashed on this file"  # the local engine's reason
 RELEASE_SECONDS = 60.0  # for a failed pass's actors to give their resources back
 CONNECT_SECONDS = 10.0  # to reach a Ray head's port before ray.init tries (it retries for minutes)
-_ALL_MODALITIES = tuple(sorted({m for ms in SPACE_MODALITIES.values() for m in ms}))
 
 # Row transport. Every Ray Data row is ``item_id`` (int64) and ``payload``: one pickled Python object
 # in a large_binary column: (DecodeTask, spaces by modality) into the decode stage, (Decoded, spaces)
@@ -146,18 +146,28 @@ def require_ray() -> Any:
     return ray
 
 
-def embed_on_ray(run: IndexRun, tasks: list[DecodeTask], config: DecodeConfig, sink: ShardSink, bar: Any, *,
-                 address: str | None) -> str:
-    """Decode and encode ``tasks`` on a Ray cluster (``address``: ``host:port`` or ``auto``; None
-    starts a local one for this run) and deliver every result to ``sink`` here, on the driver.
-    The caller calls ``sink.finish()``. Returns the device the encoder actors ran on (cuda, cpu)."""
-    ray = require_ray()
-    started = _connect(ray, address)
-    try:
-        return _embed(ray, run, tasks, config, sink, bar)
-    finally:
-        if started:
-            ray.shutdown()
+class RayEngine:
+    """``--engine ray``: decode and encode a job's tasks on a Ray cluster (``address``: ``host:port`` or
+    ``auto``; None starts a local one for the run), every result delivered to the job's sink here, on the
+    driver. The caller calls ``sink.finish()``; ``embed`` returns the device the encoder actors ran on."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None) -> None:
+        require_ray()  # a missing Ray fails before anything is scanned or written
+        self.address = address
+
+    def start(self, tasks: list[DecodeTask], work: dict[int, ItemWork], *, workers: int, min_bytes: int) -> None:
+        """Nothing to start early: Ray starts its workers when the job runs."""
+
+    def embed(self, job: EmbedJob) -> str:
+        ray = require_ray()
+        started = _connect(ray, self.address)
+        try:
+            return f"ray:{_embed(ray, job)}"
+        finally:
+            if started:
+                ray.shutdown()
 
 
 def _connect(ray: Any, address: str | None) -> bool:
@@ -193,14 +203,14 @@ def _check_reachable(address: str, timeout: float = CONNECT_SECONDS) -> None:
                         "node running there (ray start --head)?") from exc
 
 
-def _embed(ray: Any, run: IndexRun, tasks: list[DecodeTask], config: DecodeConfig, sink: ShardSink,
-           bar: Any) -> str:
+def _embed(ray: Any, job: EmbedJob) -> str:
     """Run the passes (see ``PASSES``) until every task reached the sink; a task that crashed its
     worker alone is recorded failed, as the local engine records a file that kills its decoder."""
+    tasks, sink, bar = job.tasks, job.sink, job.progress
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    plan = plan_pool(nodes, run.settings.device)
-    needed = sorted({sp for t in tasks for sp in run._needs[t.item_id]})
-    records = {sp: run._records[sp] for sp in needed}  # plain dicts: the IndexRun stays on the driver
+    plan = plan_pool(nodes, job.settings.device)
+    needed = sorted({sp for t in tasks for sp in job.work[t.item_id].spaces})
+    records = {sp: job.records[sp] for sp in needed}  # plain dicts: the run stays on the driver
     log.info("ray engine: %d tasks, %d %s encoder actor(s) (%s CPU, %s GPU each), spaces %s",
              len(tasks), plan.size, plan.device, plan.num_cpus, plan.num_gpus, ", ".join(needed))
     left = tasks
@@ -213,7 +223,7 @@ def _embed(ray: Any, run: IndexRun, tasks: list[DecodeTask], config: DecodeConfi
             _wait_for_resources(ray, plan)
         delivered: set[int] = set()
         try:
-            _run_pass(ray, run, left, config, sink, bar, plan, records, block_rows, skip_crashed, delivered)
+            _run_pass(ray, job, left, plan, records, block_rows, skip_crashed, delivered)
         except Exception as exc:
             user_error = _user_error_in(exc)
             if user_error is not None:
@@ -236,12 +246,12 @@ def _embed(ray: Any, run: IndexRun, tasks: list[DecodeTask], config: DecodeConfi
     return plan.device
 
 
-def _run_pass(ray: Any, run: IndexRun, tasks: list[DecodeTask], config: DecodeConfig, sink: ShardSink, bar: Any,
-              plan: PoolPlan, records: dict[str, dict[str, Any]], block_rows: int, skip_crashed: bool,
-              delivered: set[int]) -> None:
+def _run_pass(ray: Any, job: EmbedJob, tasks: list[DecodeTask], plan: PoolPlan, records: dict[str, dict[str, Any]],
+              block_rows: int, skip_crashed: bool, delivered: set[int]) -> None:
     """One streaming pass over ``tasks``; ``skip_crashed``: a block whose worker died past its retries
     is left out (its tasks do not reach ``delivered``) instead of failing the pass."""
-    rows = [{"item_id": t.item_id, "payload": _dumps((t, _spaces_by_modality(run, t.item_id)))} for t in tasks]
+    rows = [{"item_id": t.item_id, "payload": _dumps((t, _spaces_by_modality(job, t.item_id)))} for t in tasks]
+    settings = job.settings
     # a Dataset takes a copy of the current DataContext when it is made
     with _quiet_ray_data(max_errored_blocks=-1 if skip_crashed else 0), warnings.catch_warnings():
         # max_retries / max_task_retries have no named parameter: Ray 2.60 warns that the catch-all
@@ -250,20 +260,20 @@ def _run_pass(ray: Any, run: IndexRun, tasks: list[DecodeTask], config: DecodeCo
         ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / block_rows)))
         del rows
         ds = ds.map_batches(
-            _decode_batch, batch_format="pyarrow", batch_size=None, fn_kwargs={"config": config},
-            compute=ray.data.TaskPoolStrategy(size=run.settings.workers or None), num_cpus=plan.decode_cpus,
+            _decode_batch, batch_format="pyarrow", batch_size=None, fn_kwargs={"config": job.config},
+            compute=ray.data.TaskPoolStrategy(size=settings.workers or None), num_cpus=plan.decode_cpus,
             max_retries=CRASH_RETRIES,
         )
         ds = ds.map_batches(
-            EncodeActor, batch_format="pyarrow", batch_size=run.settings.batch_size,
+            EncodeActor, batch_format="pyarrow", batch_size=settings.batch_size,
             compute=ray.data.ActorPoolStrategy(size=plan.size), num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
             fn_constructor_kwargs={"records": records, "device": plan.device, "threads": plan.threads,
-                                   "batch_size": run.settings.batch_size},
+                                   "batch_size": settings.batch_size},
             max_task_retries=CRASH_RETRIES,
         )
         results = _results(ds)
         try:
-            _deliver(run, {t.item_id for t in tasks}, sink, bar, results, delivered)
+            _deliver(job, {t.item_id for t in tasks}, results, delivered)
         finally:
             results.close()  # shuts the pass's executor down now (its actors go), not whenever GC runs
             del ds
@@ -353,10 +363,10 @@ def _quiet_ray_data(**settings: Any) -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
 
 
-def _spaces_by_modality(run: IndexRun, item_id: int) -> dict[str, tuple[str, ...]]:
+def _spaces_by_modality(job: EmbedJob, item_id: int) -> dict[str, tuple[str, ...]]:
     """The spaces an item gets a vector in, for each modality its decode may turn out to have
     (decided here on the driver, as the local engine does after decoding)."""
-    out = {m: run.spaces_for(item_id, m) for m in _ALL_MODALITIES}
+    out = {m: job.work[item_id].spaces_for(m) for m in MODALITIES}
     return {m: s for m, s in out.items() if s}
 
 
@@ -373,11 +383,12 @@ def _results(ds: Any) -> Generator[list[tuple[Decoded, dict[str, tuple[np.ndarra
             close()
 
 
-def _deliver(run: IndexRun, expected: set[int], sink: ShardSink, bar: Any,
+def _deliver(job: EmbedJob, expected: set[int],
              batches: Iterator[list[tuple[Decoded, dict[str, tuple[np.ndarray, Windows | None]]]]],
              delivered: set[int]) -> None:
     """Each result to the sink exactly once, on the driver, recorded in ``delivered``; a flush after
     every batch."""
+    sink: ShardSink = job.sink
     for batch in batches:
         encoded = False
         for d, vectors in batch:
@@ -385,14 +396,14 @@ def _deliver(run: IndexRun, expected: set[int], sink: ShardSink, bar: Any,
                 log.warning("ray engine: ignoring a second result for item %d", d.item_id)
                 continue
             delivered.add(d.item_id)
-            bar.update()
+            job.progress.update()
             if sink.decoded(d):
-                for space in run.spaces_for(d.item_id, decoded_modality(d)):
+                for space in job.work[d.item_id].spaces_for(d.modality or ""):
                     vec, windows = vectors[space]
                     sink.vector(d, space, vec, windows)
                 encoded = True
         if encoded:
-            run._hook("after-encode-batch")
+            job.hook("after-encode-batch")
         sink.flush()
 
 
@@ -427,7 +438,7 @@ def _decode_batch(batch: pa.Table, config: DecodeConfig) -> pa.Table:
     for (task, spaces), d in zip(rows, decoded, strict=True):
         if d.item_id != task.item_id:
             raise RuntimeError(f"decode returned item {d.item_id} for task {task.item_id}")
-        needs = () if d.error is not None or d.unchanged else spaces.get(decoded_modality(d), ())
+        needs = () if d.error is not None or d.unchanged else spaces.get(d.modality, ())
         out.append(_dumps((d, needs)))
     return _table([task.item_id for task, _ in rows], out)
 
@@ -444,7 +455,7 @@ class EncodeActor:
         self.batch_size = batch_size
         self.encoders: dict[str, Encoder] = {}
         for space, record in records.items():
-            enc = load_encoder(SPACE_FAMILIES[space], record, device)
+            enc = load_encoder(SPACES[space].family, record, device)
             if enc.record.get("identity") != record.get("identity"):
                 raise ModelMismatchError(f"the {space} model loaded on a Ray worker ({enc.record.get('identity')}) "
                                          f"is not the driver's ({record.get('identity')})")
@@ -455,7 +466,7 @@ class EncodeActor:
         groups: dict[tuple[str, str], list[int]] = {}
         for i, (d, spaces) in enumerate(rows):
             for space in spaces:
-                groups.setdefault((space, decoded_modality(d)), []).append(i)
+                groups.setdefault((space, d.modality or ""), []).append(i)
         vectors: list[dict[str, tuple[np.ndarray, Windows | None]]] = [{} for _ in rows]
         for (space, modality), at in groups.items():
             vecs, windows = encode_group(self.encoders[space], modality, [rows[i][0] for i in at], self.batch_size)
@@ -465,14 +476,8 @@ class EncodeActor:
         return _table([d.item_id for d, _ in rows], out)
 
 
-_EMPTY = np.zeros(0, dtype=np.float32)
-
 
 def _without_payload(d: Decoded) -> Decoded:
-    """What the driver needs of a decoded item (id, hash, size, metadata, error), without the pixels,
-    audio windows or text. Pixels and audio become empty arrays rather than None, so that
-    ``decoded_modality`` still says what the item is."""
-    return dataclasses.replace(
-        d, pixels=None if d.pixels is None else _EMPTY, audio=None if d.audio is None else _EMPTY,
-        text=None, spans=None,
-    )
+    """What the driver needs of a decoded item (id, hash, size, modality, metadata, error), without the
+    model inputs (pixels, window features, text) or window spans."""
+    return dataclasses.replace(d, inputs=None, spans=None)

@@ -1,0 +1,66 @@
+"""The encode step every engine runs: a group of decoded items of one modality through one space's
+encoder, in batches. Embedders are registered by modality (as decoders are in ``indexer.decode``):
+images and texts are one vector each, a windowed modality (audio) is every window embedded and an
+item's vector their pool (the window vectors are kept for the best-window lookup).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast
+
+import numpy as np
+
+from xmodal.encoders import Encoder
+from xmodal.encoders.base import AudioEncoder, ImageEncoder
+from xmodal.indexer.decode import Decoded
+from xmodal.storage.shards import Windows
+
+Embedder = Callable[[Any, list[Decoded], int], tuple[np.ndarray, list[Windows | None]]]
+#: modality -> (encoder, group, batch size) -> (one vector per item, window vectors per item or None)
+EMBEDDERS: dict[str, Embedder] = {}
+
+
+def register_embedder(modality: str, embedder: Embedder) -> None:
+    EMBEDDERS[modality] = embedder
+
+
+def encode_group(encoder: Encoder, modality: str, group: list[Decoded],
+                 batch_size: int) -> tuple[np.ndarray, list[Windows | None]]:
+    """The vectors of a group of decoded items of one modality (and, for windowed ones, their windows)."""
+    return EMBEDDERS[modality](encoder, group, batch_size)
+
+
+def waiting(group: list[Decoded]) -> int:
+    """How much encoder work a group holds: windows for a windowed modality, else items."""
+    return sum(d.windows for d in group)
+
+
+def _embed_images(encoder: Any, group: list[Decoded], _batch: int) -> tuple[np.ndarray, list[Windows | None]]:
+    return cast(ImageEncoder, encoder).embed_images(np.stack([d.inputs for d in group])), [None] * len(group)
+
+
+def _embed_texts(encoder: Any, group: list[Decoded], _batch: int) -> tuple[np.ndarray, list[Windows | None]]:
+    return cast(Encoder, encoder).embed_texts([d.inputs or "" for d in group]), [None] * len(group)
+
+
+def _embed_windows(encoder: Any, group: list[Decoded], batch: int) -> tuple[np.ndarray, list[Windows | None]]:
+    """Every window of every item in the group, in batches; an item's vector pools its windows."""
+    enc = cast(AudioEncoder, encoder)
+    feats = np.concatenate([d.inputs for d in group if d.inputs is not None])
+    window_vecs = enc.embed_windows(feats, batch)
+    vecs: list[np.ndarray] = []
+    windows: list[Windows | None] = []
+    at = 0
+    for d in group:
+        n = len(d.inputs) if d.inputs is not None else 0
+        own = window_vecs[at : at + n]
+        at += n
+        vecs.append(enc.pool(own))
+        windows.append(Windows(own, np.asarray(d.spans, dtype=np.float32).reshape(-1, 2)) if n > 1 else None)
+    return np.stack(vecs), windows
+
+
+register_embedder("image", _embed_images)
+register_embedder("text", _embed_texts)
+register_embedder("audio", _embed_windows)
