@@ -3,8 +3,8 @@
 SQLAlchemy 2 models on any URL; SQLite (WAL mode) in the data dir by default, PostgreSQL in
 production. Every multi-row change that must be atomic (a shard and the items it covers, an index
 publish) is one transaction here. Callers never build queries themselves: they call :class:`Catalog`
-methods (a compiled filter may narrow ``Catalog.items``, and tests read rows through
-``Catalog.Session``).
+methods (a compiled filter may narrow ``Catalog.items``). ``Catalog.Session`` stays reachable for
+tests and for ``search.filters``, which samples item metadata through it.
 
 The package, by job:
 
