@@ -25,6 +25,8 @@ _FORMATS: Mapping[str, str] = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
+# what reading a stream raises when the file breaks part-way (gzip: EOFError, BadGzipFile, zlib.error)
+_STREAM_ERRORS = (OSError, EOFError, zlib.error)
 
 
 def _detect_format(path: Path, name: str) -> tuple[str, bool]:
@@ -85,13 +87,12 @@ class _Opened:
         self._stack.close()
 
 
-def _stream_error(exc: BaseException, name: str, *, line: int) -> ManifestError:
+def _stream_error(exc: OSError | EOFError | zlib.error, name: str, *, line: int) -> ManifestError:
+    """The error for one of :data:`_STREAM_ERRORS`, raised while reading the stream at ``line``."""
     if isinstance(exc, EOFError):
         message = "compressed file ends early (truncated download?)"
     elif isinstance(exc, (gzip.BadGzipFile, zlib.error)):
         message = f"bad gzip data: {exc}"
-    elif isinstance(exc, OSError):
-        message = f"read error: {exc.strerror or exc}"
     else:
-        message = str(exc)
+        message = f"read error: {exc.strerror or exc}"
     return ManifestError(f"{message}; nothing after this point was read", path=name, line=line)

@@ -16,12 +16,11 @@ from __future__ import annotations
 import csv
 import json
 import os
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from xmodal.indexer.manifest.files import _NoBar, _Opened, _stream_error
+from xmodal.indexer.manifest.files import _STREAM_ERRORS, _NoBar, _Opened, _stream_error
 from xmodal.indexer.manifest.report import ManifestError, ManifestProblem, ReadReport, _show
 from xmodal.indexer.manifest.values import ID_COLUMN, _column_name, _json_kind, _try_source_id
 
@@ -138,7 +137,7 @@ class _RowReader:
             while True:
                 try:
                     chunk = stream.readline(MAX_LINE_CHARS + 1)
-                except (OSError, EOFError, zlib.error) as exc:
+                except _STREAM_ERRORS as exc:
                     raise _stream_error(exc, self._name, line=line + 1) from None
                 if not chunk:
                     break
@@ -257,7 +256,7 @@ def _bounded_lines(text: IO[str], name: str) -> Iterator[str]:
     while True:
         try:
             line = text.readline(MAX_LINE_CHARS + 1)
-        except (OSError, EOFError, zlib.error) as exc:
+        except _STREAM_ERRORS as exc:
             raise _stream_error(exc, name, line=line_no + 1) from None
         if not line:
             return
