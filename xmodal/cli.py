@@ -21,6 +21,7 @@ from xmodal import __version__
 from xmodal.config import Settings, load_settings, parse_bytes
 from xmodal.errors import UserError
 from xmodal.indexer.lock import CollectionBusy
+from xmodal.spaces import ANY, TARGETS
 from xmodal.storage.uris import path_to_uri
 
 EXIT_BUG = 1  # an unexpected error (a traceback): report it
@@ -500,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--image", type=Path)
     q.add_argument("--audio", type=Path)
     q.add_argument("--item", type=int)
-    p.add_argument("--target", default="any", choices=["any", "image", "text", "audio"])
+    p.add_argument("--target", default=ANY, choices=TARGETS)
     p.add_argument("-k", type=_positive, default=10)
     p.add_argument("--recall", type=_fraction, metavar="R",
                    help="recall@10 wanted from approximate indexes: the cheapest point measured at build time "

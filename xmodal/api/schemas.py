@@ -28,9 +28,10 @@ from pydantic import (
 
 from xmodal.errors import UserError
 from xmodal.search.filters import MAX_DEPTH, MAX_STRING, MAX_VALUES
+from xmodal.spaces import TARGETS
 from xmodal.storage.catalog import COLLECTION_NAME_RE
 
-Target = Literal["any", "image", "text", "audio"]
+Target = Literal[TARGETS]  # type: ignore[valid-type] # "any", then each modality of the spaces table
 MAX_K = 100
 RECALL_DOC = ("recall@10 wanted from approximate indexes: the cheapest operating point measured at build time "
               "that reaches it (lower is faster); default: the point the build tuned for")

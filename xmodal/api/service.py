@@ -40,14 +40,12 @@ from xmodal.media.image import decode_image_with_info
 from xmodal.media.types import MediaLimits
 from xmodal.search.engine import Searcher, SearchOutcome
 from xmodal.search.filters import compile_filter, metadata_fields
+from xmodal.spaces import ANY, UPLOAD_TYPES, upload_modality
 from xmodal.storage.catalog import STATUS_OK, Catalog, Item
 from xmodal.storage.uris import is_under, uri_to_path
 
 log = logging.getLogger(__name__)
 
-IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff"})
-AUDIO_TYPES = frozenset({"audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave", "audio/flac", "audio/x-flac",
-                         "audio/ogg", "audio/opus", "audio/mpeg", "audio/mp3", "audio/aiff", "audio/x-aiff"})
 
 
 class Service:
@@ -151,15 +149,15 @@ class Service:
     # search ------------------------------------------------------------------------------------
 
     def search(self, *, collection: str, text: str | None = None, item_id: int | None = None,
-               image_bytes: bytes | None = None, audio_bytes: bytes | None = None, target: str = "any",
-               k: int = 12, offset: int = 0, filters: dict[str, Any] | None = None,
-               recall: float | None = None, cancel: threading.Event | None = None) -> dict[str, Any]:
+               media: tuple[str, bytes] | None = None, target: str = ANY, k: int = 12, offset: int = 0,
+               filters: dict[str, Any] | None = None, recall: float | None = None,
+               cancel: threading.Event | None = None) -> dict[str, Any]:
+        """A query by text, item, or ``media`` (modality, bytes: an upload)."""
         searcher = self._searcher(collection)
         where = compile_filter(filters, self.fields.get(collection, {})) if filters else None
         t0 = time.perf_counter()
-        outcome = searcher.run(text=text, item=item_id, image_bytes=image_bytes, audio_bytes=audio_bytes,
-                               target=target, k=k, offset=offset, where=where, recall=recall,
-                               stop=cancel.is_set if cancel is not None else None)
+        outcome = searcher.run(text=text, item=item_id, media=media, target=target, k=k, offset=offset, where=where,
+                               recall=recall, stop=cancel.is_set if cancel is not None else None)
         total_ms = (time.perf_counter() - t0) * 1000
         self.metrics.stages(outcome.timings)
         return self._response(collection, target, k, offset, outcome, total_ms)
@@ -169,16 +167,16 @@ class Service:
                             filters: dict[str, Any] | None = None, recall: float | None = None) -> dict[str, Any]:
         """A query by uploaded media: at most ``query_concurrency`` at once (503 beyond), in a worker
         thread, abandoned if the client disconnects (499 in the metrics)."""
-        declared = media_type.split(";")[0].strip().lower()
-        if declared not in IMAGE_TYPES | AUDIO_TYPES:
+        modality = upload_modality(media_type)
+        if modality is None:
+            declared = media_type.split(";")[0].strip().lower()
             raise XmodalError(f"file type {declared or 'unknown'!r} is not accepted; send one of "
-                              f"{', '.join(sorted(IMAGE_TYPES | AUDIO_TYPES))}", kind=ErrorKind.UNSUPPORTED_MEDIA)
+                              f"{', '.join(sorted(UPLOAD_TYPES))}", kind=ErrorKind.UNSUPPORTED_MEDIA)
         self._searcher(collection)  # not ready, unknown collection: said before any work
-        audio = declared in AUDIO_TYPES
         async with self.heavy.slot():
             return await until_disconnect(request, lambda cancel: self.search(
-                collection=collection, image_bytes=None if audio else data, audio_bytes=data if audio else None,
-                target=target, k=k, offset=offset, filters=filters, recall=recall, cancel=cancel))
+                collection=collection, media=(modality, data), target=target, k=k, offset=offset, filters=filters,
+                recall=recall, cancel=cancel))
 
     def similar(self, *, item_id: int, collection: str | None = None, target: str = "any", k: int = 12,
                 offset: int = 0, recall: float | None = None) -> dict[str, Any]:

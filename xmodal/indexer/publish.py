@@ -25,6 +25,7 @@ from xmodal.encoders.align import LoadedAlignment
 from xmodal.errors import UserError
 from xmodal.indexer.build import build_index
 from xmodal.indexer.recipe import choose_recipe, retrain_reason
+from xmodal.spaces import alignment_into
 from xmodal.storage.ann import AnnPart, IndexRecipe
 from xmodal.storage.catalog import Catalog, Space
 from xmodal.storage.indexfiles import FORMAT_VERSION, read_index_dir, write_index_dir
@@ -139,8 +140,10 @@ def retrain_due(catalog: Catalog, settings: Settings, collection_id: int, space:
                 summary: dict[str, Any]) -> dict[str, str]:
     """Per part of a published version: why the next build will retrain (parts not listed won't)."""
     live = catalog.live_counts(collection_id, space.name)
-    if space.name == "clip":  # the aligned audio part holds the clap space's audio
-        live["audio"] = catalog.live_counts(collection_id, "clap").get("audio", 0)
+    spec = alignment_into(space.name)
+    if spec is not None:  # the aligned parts hold the source space's vectors of the modalities it carries
+        carried = catalog.live_counts(collection_id, spec.source)
+        live.update({m: carried.get(m, 0) for m in spec.carries})
     out = {}
     for modality, info in (summary.get("parts") or {}).items():
         stats = info.get("stats") or {}
@@ -175,7 +178,8 @@ def build_and_publish(
     live = catalog.live_vectors(collection_id, space)
     aligned: list[tuple[int, str, int, int, str]] = []
     if alignment is not None and alignment.source in spaces:
-        aligned = [row for row in catalog.live_vectors(collection_id, alignment.source) if row[1] == "audio"]
+        carries = spec.carries if (spec := alignment_into(space)) is not None else frozenset()
+        aligned = [row for row in catalog.live_vectors(collection_id, alignment.source) if row[1] in carries]
     fingerprint = live_fingerprint(live, settings, aligned, alignment)
     current = catalog.published_index(collection_id, space)
     if current is not None and current.fingerprint == fingerprint and not force:
@@ -218,7 +222,8 @@ def _write_and_publish(catalog: Catalog, layout: Layout, collection: str, collec
         "collection": collection, "space": space, "version": version, "dim": record.dim,
         "model": record.model, "identity": record.model.get("identity"), "fingerprint": fingerprint,
         "parts": part_summary,
-        "aligned": {"source": alignment.source, "parts": ["audio"], "key": alignment.key, "digest": alignment.digest}
+        "aligned": {"source": alignment.source, "parts": sorted({row[1] for row in aligned}), "key": alignment.key,
+                    "digest": alignment.digest}
         if aligned and alignment is not None else None,
     }
     if crash_at:

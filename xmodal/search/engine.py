@@ -393,17 +393,21 @@ class Searcher:
 
     def run(self, *, text: str | None = None, image: Path | None = None, image_bytes: bytes | None = None,
             audio: Path | None = None, audio_bytes: bytes | None = None, item: int | None = None,
-            target: str = ANY, k: int = 10, offset: int = 0, where: Any = None,
-            recall: float | None = None, stop: Callable[[], bool] | None = None) -> SearchOutcome:
+            media: tuple[str, bytes] | None = None, target: str = ANY, k: int = 10, offset: int = 0,
+            where: Any = None, recall: float | None = None, stop: Callable[[], bool] | None = None) -> SearchOutcome:
         """Encode the query, search every route and merge: results ``offset`` to ``offset + k`` and where
         the time went. ``where`` is a SQLAlchemy condition on catalog items (structured filters), applied
         at hydration. ``recall``: the recall@10 this request wants from approximate indexes (the
         cheapest operating point measured at build time that reaches it), instead of the tuned one.
-        ``stop``: asked while query media decodes; True abandons the query (:class:`Cancelled`)."""
+        ``media``: (modality, bytes) of any query modality, as an upload gives it. ``stop``: asked while
+        query media decodes; True abandons the query (:class:`Cancelled`)."""
         _check_request(target, k, offset, recall)
         t0 = time.perf_counter()
-        q = self._query(text=text, media=self._media(image=image, image_bytes=image_bytes, audio=audio,
-                                                     audio_bytes=audio_bytes), item=item, stop=stop)
+        named = self._media(image=image, image_bytes=image_bytes, audio=audio, audio_bytes=audio_bytes)
+        if media is not None and named is not None:
+            raise UserError("give exactly one query: text, media (an image or a sound) or item")
+        q = self._query(text=text, media=named or ((*media, "the upload") if media is not None else None), item=item,
+                        stop=stop)
         routes = self.routes(q.modality, target)
         vectors: list[np.ndarray] = []
         for r in routes:

@@ -19,10 +19,10 @@ from xmodal.api.schemas import (
     parse_filter_text,
     search_request,
 )
-from xmodal.api.service import AUDIO_TYPES, IMAGE_TYPES
 from xmodal.config import Settings
+from xmodal.spaces import UPLOAD_TYPES
 
-UPLOAD_TYPES = ", ".join(sorted(IMAGE_TYPES | AUDIO_TYPES))
+UPLOAD_TYPE_LIST = ", ".join(sorted(UPLOAD_TYPES))
 
 
 def router(settings: Settings, *, errors: tuple[int, ...]) -> APIRouter:
@@ -40,11 +40,11 @@ def router(settings: Settings, *, errors: tuple[int, ...]) -> APIRouter:
     @r.post("/search/upload", response_model=SearchResponse,
             responses=responses(*errors, 404, 415, 422, 503),
             openapi_extra={"requestBody": {"content": {"multipart/form-data": {
-                "encoding": {"file": {"contentType": UPLOAD_TYPES}}}}}})
+                "encoding": {"file": {"contentType": UPLOAD_TYPE_LIST}}}}}})
     async def search_upload(
         request: Request,
         service: ServiceDep,
-        file: Annotated[UploadFile, File(description=f"an image or a sound ({UPLOAD_TYPES}); at most "
+        file: Annotated[UploadFile, File(description=f"an image or a sound ({UPLOAD_TYPE_LIST}); at most "
                                                      f"{settings.max_upload_bytes} bytes, "
                                                      f"{settings.query_max_image_pixels} pixels or "
                                                      f"{settings.query_max_audio_seconds:g} s")],

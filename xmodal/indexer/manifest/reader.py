@@ -31,8 +31,9 @@ from xmodal.indexer.manifest.values import (
     _RowError,
     _source_id,
 )
+from xmodal.spaces import MODALITIES as _MODALITIES
 
-MODALITIES: frozenset[str] = frozenset({"image", "audio", "text"})
+MODALITIES: frozenset[str] = frozenset(_MODALITIES)  # what a --media column may be (the spaces table's)
 DEFAULT_MEDIA: Mapping[str, str | None] = {"uri": None}
 
 
