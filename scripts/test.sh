@@ -1,14 +1,32 @@
 #!/usr/bin/env bash
-# The test command: a .venv with xmodal and its dev tools (made if missing), then lint, types, tests.
-# Extra arguments go to pytest, e.g. `scripts/test.sh -k e2e -x`.
-# Set XMODAL_TEST_DATABASE_URL (as .ci/run does) to run the catalog tests against PostgreSQL too.
+# The test command: a .venv with xmodal and its dev tools (made if missing, brought up to date when
+# pyproject.toml changed), then lint, types, tests.
+#
+#   scripts/test.sh          everything (CI's run: .ci/run sets XMODAL_TEST_DATABASE_URL for PostgreSQL too)
+#   scripts/test.sh --fast   the developer loop (a few minutes): no test marked `slow` (the SIGKILL crash test,
+#                            the Ray engine, the browser, schemathesis, real `xmodal serve` processes), SQLite only
+#
+# Extra arguments go to pytest, e.g. `scripts/test.sh --fast -k manifest -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+fast=0
+if [ "${1:-}" = "--fast" ]; then
+  fast=1
+  shift
+fi
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[dev,audio,ray]'
-bash scripts/install-browser.sh   # Debian chromium for the Playwright browser test
+stamp=.venv/.xmodal-installed  # the pyproject.toml the venv was installed from
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e '.[dev,audio,ray]'
+  echo "$want" > "$stamp"
+fi
+[ "$fast" = 1 ] || bash scripts/install-browser.sh   # Debian chromium for the Playwright browser test
 .venv/bin/ruff check xmodal tests scripts benchmarks
 .venv/bin/mypy
+if [ "$fast" = 1 ]; then
+  exec env -u XMODAL_TEST_DATABASE_URL .venv/bin/pytest -m "not slow and not postgres" "$@"
+fi
 exec .venv/bin/pytest "$@"

@@ -54,7 +54,15 @@ DB_PARAMS = [
 ]
 
 
-@pytest.fixture(params=DB_PARAMS)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that takes a catalog (``database_url``, ``settings``) runs on SQLite; one marked ``backends``
+    (where the database matters: the catalog's queries, filters, locks, transactions) on PostgreSQL too."""
+    if "database_url" in metafunc.fixturenames:
+        both = metafunc.definition.get_closest_marker("backends") is not None
+        metafunc.parametrize("database_url", DB_PARAMS if both else DB_PARAMS[:1], indirect=True)
+
+
+@pytest.fixture
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'catalog.sqlite'}"

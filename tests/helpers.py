@@ -212,3 +212,25 @@ def live_app(settings: Any, *collections: str, ready_seconds: float = 60) -> Ite
     finally:
         uv.should_exit = True
         thread.join(timeout=20)
+
+
+MEDIA = {"image": "image", "title": "text"}  # a products manifest's media columns
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+    import csv
+
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=names)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def products(folder: Path, n: int) -> list[dict[str, Any]]:
+    """Manifest rows of n products: an image each (written under folder/img), a title, typed metadata."""
+    photos = write_photos(folder / "img", n)
+    return [{"id": f"SKU-{i:03d}", "image": f"img/{p.name}", "title": f"leather boot model {i}",
+             "category": "shoes" if i % 2 else "bags", "price": f"{10 + i}.50", "brand": "Acme",
+             "tags": f"red|size{i % 3}"} for i, p in enumerate(photos)]

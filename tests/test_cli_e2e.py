@@ -52,6 +52,7 @@ def search(capsys, *args: str) -> list[dict]:
     return cli_json(capsys, ["search", "--collection", "shop", *args])["results"]
 
 
+@pytest.mark.backends  # the catalog's SQL matters here
 def test_index_then_search_by_image_text_and_item(env, media, capsys):
     summary = index(capsys, media)
     assert summary["scanned"] == 47 and summary["ok"] == 47 and summary["failed"] == 0
@@ -131,6 +132,7 @@ def test_changed_file_is_reembedded_and_deleted_file_disappears(env, media, caps
     assert search(capsys, "--image", str(deleted), "-k", "1")[0]["id"] == deleted_id
 
 
+@pytest.mark.backends  # the catalog's SQL matters here
 def test_a_deleted_source_file_is_hidden_before_any_rebuild(env, media, capsys):
     """Search hydrates from the catalog: an item marked deleted never shows, whatever the index holds."""
     from xmodal.storage.catalog import STATUS_DELETED, Catalog
@@ -333,6 +335,7 @@ def test_missing_source_deletes_nothing(env, media, capsys, tmp_path):
     assert cli_json(capsys, ["stats", "-c", "shop"])["items"]["status"] == {"ok": 47}
 
 
+@pytest.mark.slow  # subprocesses and worker processes
 def test_console_script_offline_default_model_names_the_flag(tmp_path):
     """With no network and no cached weights, the default model fails at once, naming the flag."""
     media = tmp_path / "m"
@@ -347,6 +350,7 @@ def test_console_script_offline_default_model_names_the_flag(tmp_path):
     assert len(lines) == 1 and "--clip-pretrained" in lines[0] and "laion2b_s34b_b79k" in lines[0]
 
 
+@pytest.mark.slow  # subprocesses and worker processes
 def test_console_script_index_and_search(tiny_clip, tmp_path):
     """The installed `xmodal` script, in a fresh process, with only env settings: the README path."""
     media = tmp_path / "m"

@@ -16,6 +16,8 @@ import pytest
 import soundfile as sf
 from helpers import serving, sound, write_photos, write_sounds, write_texts
 
+pytestmark = pytest.mark.slow  # a real `xmodal serve` process
+
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory, tiny_clip: tuple[str, str], tiny_clap: str

@@ -1,4 +1,5 @@
-"""The HTTP API through a real `xmodal serve` (uvicorn) process on 127.0.0.1, on a small real collection."""
+"""The HTTP API through the real app in a real uvicorn server on 127.0.0.1 (in this process; `xmodal serve` itself
+is driven by the browser test), on a small real collection; another process publishes while it serves."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import photo, serving, write_photos, write_texts
+from helpers import live_app, photo, write_photos, write_texts
 from PIL import Image
 
 from xmodal.cli import main
+from xmodal.config import Settings
+from xmodal.indexer.pipeline import index_sources
 
 KEY = "s3cret-key"
 MAX_UPLOAD = 300_000
@@ -50,8 +53,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_clip: tuple[str, str])
     env.update(XMODAL_HOME=str(root / "home"), XMODAL_CLIP_MODEL=tiny_clip[0], XMODAL_CLIP_PRETRAINED=tiny_clip[1],
                XMODAL_API_KEYS=f"other-key,{KEY}", XMODAL_MAX_UPLOAD_BYTES=str(MAX_UPLOAD),
                XMODAL_MAX_IMAGE_PIXELS="4000000", XMODAL_INDEX_POLL_SECONDS="0.3")
-    index(env, media)
-    with serving(env, root / "serve.log", "shop", ready_seconds=90) as base, \
+    settings = Settings(home=root / "home", clip_model=tiny_clip[0], clip_pretrained=tiny_clip[1],
+                        api_keys=f"other-key,{KEY}", max_upload_bytes=MAX_UPLOAD, max_image_pixels=4_000_000,
+                        index_poll_seconds=0.3)
+    index_sources(settings, [media], "shop", progress=False)  # publishing from another process: see below
+    with live_app(settings, "shop") as (base, _), \
             httpx.Client(base_url=base, headers={"X-API-Key": KEY}, timeout=30) as client:
         yield Server(env, media, root / "home", base, client)
 
@@ -217,6 +223,7 @@ def test_api_keys(server: Server) -> None:
     err(httpx.get(server.base + "/metrics"), 401)
 
 
+@pytest.mark.slow  # subprocesses and worker processes
 def test_publish_while_requests_run(server: Server) -> None:
     """Another process publishes a new index version; no request fails and the new items appear."""
     version = ok(server.client.get("/readyz"))["collections"]["shop"]

@@ -19,6 +19,8 @@ import pytest
 from helpers import serving, write_photos
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # a real `xmodal serve` process
+
 PROXIES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 

@@ -30,6 +30,8 @@ from xmodal.config import Settings
 from xmodal.indexer.pipeline import index_sources
 from xmodal.spaces import UPLOAD_TYPES
 
+pytestmark = pytest.mark.slow  # hundreds of generated requests against live servers
+
 #: the statuses that count as refusing a request the schema forbids: the documented 4xx (a body over the size
 #: limit is refused with 413 before it is read, whatever else is wrong with it)
 CONFIG = SchemathesisConfig.from_dict(

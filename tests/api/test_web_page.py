@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from helpers import ROOT, serving, write_photos, write_texts
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # chromium and a real `xmodal serve`
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = ROOT / "docs" / "screenshot.png"
 COLLECTION = "catalog"

@@ -43,6 +43,7 @@ def test_the_shipped_bank_is_large_distinct_and_keyed():
     assert align.alignment_key("a", "b") == align.alignment_key("a", "b")
 
 
+@pytest.mark.backends  # the catalog's SQL matters here
 def test_an_alignment_round_trips_through_the_catalog(database_url):
     catalog = Catalog(database_url)
     try:

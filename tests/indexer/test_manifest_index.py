@@ -4,7 +4,6 @@ server that is slow, failing, flaky and oversized."""
 
 from __future__ import annotations
 
-import csv
 import json
 import threading
 import time
@@ -16,7 +15,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import Crash, cli_json, crash_once_at, photo, write_photos, write_sounds
+from helpers import (
+    MEDIA,
+    Crash,
+    cli_json,
+    crash_once_at,
+    photo,
+    products,
+    write_csv,
+    write_photos,
+    write_sounds,
+)
 
 from xmodal.cli import main
 from xmodal.indexer.pipeline import index_manifest, plan_manifest
@@ -25,24 +34,6 @@ from xmodal.search.filters import compile_filter, metadata_fields
 from xmodal.storage.catalog import STATUS_DELETED, STATUS_FAILED, STATUS_OK, Catalog, Item
 from xmodal.storage.layout import Layout
 from xmodal.storage.shards import read_shard
-
-MEDIA = {"image": "image", "title": "text"}
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
-    names = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=names)
-        w.writeheader()
-        w.writerows(rows)
-    return path
-
-
-def products(folder: Path, n: int) -> list[dict[str, Any]]:
-    photos = write_photos(folder / "img", n)
-    return [{"id": f"SKU-{i:03d}", "image": f"img/{p.name}", "title": f"leather boot model {i}",
-             "category": "shoes" if i % 2 else "bags", "price": f"{10 + i}.50", "brand": "Acme",
-             "tags": f"red|size{i % 3}"} for i, p in enumerate(photos)]
 
 
 def items(settings: Any, collection: str = "c") -> dict[tuple[str, str], Item]:
@@ -110,6 +101,7 @@ def test_rows_become_one_item_per_media_with_typed_filterable_metadata(settings,
     assert {r["source"]["id"] for r in tagged} == {"SKU-002", "SKU-005"}
 
 
+@pytest.mark.backends  # the catalog's SQL matters here
 def test_rerun_applies_inserts_media_updates_metadata_only_changes_and_deletes(settings, tmp_path):
     rows = products(tmp_path, 8)
     manifest = write_csv(tmp_path / "p.csv", rows)
@@ -241,6 +233,7 @@ def test_cli_manifest_and_dry_run(settings, tmp_path, capsys):
 
 @pytest.mark.parametrize("point", ["after-scan", "after-encode-batch", "before-shard-commit", "after-shard-commit",
                                    "before-publish"])
+@pytest.mark.backends  # the catalog's SQL matters here
 def test_killed_manifest_run_then_rerun_embeds_each_entry_once(settings, tmp_path, point):
     rows = products(tmp_path, 12)
     manifest = write_csv(tmp_path / "p.csv", rows)
@@ -401,6 +394,7 @@ def test_http_media_slow_failing_flaky_and_oversized(settings, tmp_path, http):
     assert http.hits["/p/0.jpg"] == hits["/p/0.jpg"] and http.hits["/p/e404.jpg"] == hits["/p/e404.jpg"]
 
 
+@pytest.mark.backends  # the catalog's SQL matters here
 def test_local_files_are_roots_and_a_link_out_of_its_folder_is_refused(settings: Any, tmp_path: Path) -> None:
     from xmodal.indexer.scan import OUTSIDE
 

@@ -16,6 +16,7 @@ from xmodal.search.engine import Searcher
 from xmodal.storage.catalog import STATUS_DELETED, Catalog
 
 
+@pytest.mark.slow  # subprocesses and worker processes
 def test_a_worker_that_dies_costs_only_its_own_file(settings, tmp_path):
     paths = write_photos(tmp_path / "m", 40)
     poison = tmp_path / "m" / "poison.jpg"
@@ -47,6 +48,7 @@ def _search_all(settings, collection: str, n: int) -> list[tuple[str, float]]:
 
 @pytest.mark.parametrize("point", ["after-scan", "before-shard-write", "before-shard-commit", "after-shard-commit",
                                    "before-index-write", "before-publish"])
+@pytest.mark.backends  # the catalog's SQL matters here
 def test_crash_at_any_commit_point_then_rerun_finishes_exactly_once(settings, tmp_path, point):
     media = tmp_path / "m"
     write_photos(media, 30)
@@ -186,6 +188,7 @@ def test_a_folder_that_cannot_be_listed_keeps_its_items(tiny_clip):
         shutil.rmtree(top, ignore_errors=True)
 
 
+@pytest.mark.backends  # the catalog's SQL matters here
 def test_two_runs_on_one_collection_never_interleave(settings, tmp_path):
     import subprocess
     import sys
@@ -217,6 +220,7 @@ def test_two_runs_on_one_collection_never_interleave(settings, tmp_path):
     assert not (settings.home / "escape.lock").exists()
 
 
+@pytest.mark.backends  # the catalog's SQL matters here
 def test_runs_on_other_machines_are_held_off_by_the_catalog(settings, tmp_path):
     """Two data dirs (two machines) on one PostgreSQL catalog: the advisory lock keeps a second run out,
     and a run holding it that dies releases it. SQLite catalogs live in one data dir: the file lock is

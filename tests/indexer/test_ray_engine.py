@@ -44,6 +44,8 @@ from xmodal.search.engine import Searcher
 from xmodal.storage.catalog import Catalog
 from xmodal.storage.shards import read_shard, read_windows
 
+pytestmark = pytest.mark.slow  # a Ray head node and its workers
+
 RAY = Path(sys.executable).with_name("ray")
 HEAD_START_SECONDS = 120
 

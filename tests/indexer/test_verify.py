@@ -37,6 +37,7 @@ def test_a_fresh_collection_is_consistent(indexed: tuple[Settings, Path], capsys
     assert report["counts"]["clip_live_vectors"] == 14 and report["counts"]["orphans"] == 0
 
 
+@pytest.mark.backends  # the catalog's SQL matters here
 def test_missing_shard_is_found_and_repaired(indexed: tuple[Settings, Path], capsys: pytest.CaptureFixture[str]) -> None:
     settings, media = indexed
     victim = _shards(settings)[0]
@@ -111,6 +112,7 @@ def test_an_index_run_sweeps_what_a_killed_run_left(indexed: tuple[Settings, Pat
     assert summary.swept == [str(orphan.relative_to(settings.home))]
 
 
+@pytest.mark.backends  # the catalog's SQL matters here
 def test_gc_removes_superseded_versions_and_unreferenced_shards_after_the_grace(
         indexed: tuple[Settings, Path], capsys: pytest.CaptureFixture[str]) -> None:
     from helpers import photo

@@ -36,6 +36,7 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return calls
 
 
+@pytest.mark.backends  # the catalog's SQL matters here
 def test_deleted_items_are_left_out_inside_faiss_at_once(approx: Settings, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     media = tmp_path / "m"

@@ -17,6 +17,9 @@ from sqlalchemy import func, select, update
 from xmodal.search.filters import FilterError, apply_filter, compile_filter, metadata_fields
 from xmodal.storage.catalog import STATUS_OK, Catalog, Item
 
+pytestmark = pytest.mark.backends  # the catalog's own SQL: SQLite and PostgreSQL
+
+
 # e holds stray values: a string width, a scalar tags, an integer in_stock, a null price
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "a": ("image", {"format": "PNG", "width": 100, "price": 9.5, "in_stock": True, "tags": ["red", "sale"],

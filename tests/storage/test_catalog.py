@@ -25,6 +25,8 @@ from xmodal.storage.catalog import (
     uri_key,
 )
 
+pytestmark = pytest.mark.backends  # the catalog's own SQL: SQLite and PostgreSQL
+
 H1 = "1" * 64
 H2 = "2" * 64
 MODEL_A = {"family": "open_clip", "model": "ViT-B-32", "pretrained": "a", "identity": "ViT-B-32|a"}
