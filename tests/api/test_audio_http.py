@@ -68,9 +68,12 @@ def test_audio_to_images_and_any_say_how_they_were_scored(client):
     assert {r["modality"] for r in images["results"]} == {"image"}
     assert {(r["space"], r["method"]) for r in images["results"]} == {("clip", "aligned-ip")}
     anything = _upload(c, data, "audio/x-wav", k="20").json()
-    assert anything["fusion"] == "rrf(k=60)" and {r["modality"] for r in anything["results"]} == {
-        "image", "audio", "text"}
-    assert all(r["method"] == "rrf" and isinstance(r["space_score"], float) for r in anything["results"])
+    assert anything["fusion"] == "relevance" and anything["results"][0]["uri"] == str(media / "sound_0001.wav")
+    assert all(isinstance(r["score"], float) and isinstance(r["relevance"], float) and r["method"] in
+               ("ip", "aligned-ip") for r in anything["results"])
+    ranked = _upload(c, data, "audio/x-wav", k="20", fusion="rrf").json()
+    assert ranked["fusion"] == "rrf(k=60)" and {r["modality"] for r in ranked["results"]} == {"image", "audio", "text"}
+    assert all(isinstance(r["rrf"], float) for r in ranked["results"])
 
 
 def test_a_long_clip_result_carries_its_best_window(client):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -135,8 +136,13 @@ def test_search_drop_similar_filter_and_errors(server: str, indexed: tuple[dict[
     page.wait_for_selector(".card")
     assert page.locator(".card").count() == PAGE_SIZE  # 25 items, 24 a page
     assert sent[-1] == {"collection": COLLECTION, "text": "red boots", "item_id": None, "target": "any",
-                        "k": PAGE_SIZE, "offset": 0, "filters": None}
+                        "k": PAGE_SIZE, "offset": 0, "filters": None, "min_relevance": None}
     assert page.locator(".card img").count() + page.locator(".card .text").count() == PAGE_SIZE  # 23 + 1 here
+    # one page mixes the kinds, ordered by relevance, and says what it holds
+    assert re.search(r": \d+ images, \d+ texts?|: \d+ texts?, \d+ images", page.inner_text("#status"))
+    shown = [float(c.get_attribute("data-relevance")) for c in page.locator(".card").all()]
+    assert shown == sorted(shown, reverse=True)
+    assert page.locator(".card .score").first.inner_text().split(" · ")[1].startswith("relevance ")
     assert page.get_attribute("#results", "aria-busy") == "false"
     page.click("#next")
     page.wait_for_function("document.getElementById('page').textContent === 'page 2'")
@@ -162,6 +168,23 @@ def test_search_drop_similar_filter_and_errors(server: str, indexed: tuple[dict[
     assert first.locator("img").get_attribute("src").endswith("/thumbnail")
     assert first.locator("a.original").get_attribute("href").endswith("/media")
     page.wait_for_function("[...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)")
+
+    # "strong matches only": the dropped image stands out; what only chance ranks next is left out
+    page.check("#strong")
+    page.wait_for_function("document.querySelectorAll('.card').length < 5")
+    assert cards(page)[0] == "photo_0007.jpg" and page.locator(".card .score.strong").count() == page.locator(
+        ".card").count()
+    # a query with no standout match: "no good match", no noise; "show the closest anyway" brings them back
+    page.fill("#q", "zq xv ww kj")
+    page.press("#q", "Enter")
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('No good match')")
+    assert page.locator(".card").count() == 0 and page.is_visible("#nomatch") and sent[-1]["min_relevance"] == 1
+    page.click("#closest")
+    page.wait_for_function(f"document.querySelectorAll('.card').length === {PAGE_SIZE}")
+    assert not page.is_checked("#strong") and page.is_hidden("#nomatch") and sent[-1]["min_relevance"] is None
+    drop_file(page, dropped, "image/jpeg")
+    page.wait_for_function("document.getElementById('status').textContent.includes('photo_0007.jpg')")
+    first = page.locator(".card").first
 
     # (3) "similar" on that card: results, without the item itself
     first_id = first.get_attribute("data-id")

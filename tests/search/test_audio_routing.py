@@ -101,18 +101,21 @@ def test_every_pair_works_from_the_cli(indexed, capsys, query, target):
     assert {r["space"] for r in out["results"]} == {EXPECTED_ROUTE[(query, target)][0]}
 
 
-def test_any_fuses_the_spaces_by_reciprocal_rank(indexed, searcher):
+def test_any_merges_the_spaces_by_calibrated_relevance_or_by_rank(indexed, searcher):
     outcome = searcher.run(text="glass shattering", target="any", k=16)
-    assert outcome.fusion == "rrf(k=60)"
+    assert outcome.fusion == "relevance"
     assert {(r["target"], r["space"]) for r in outcome.routes} == {("image", "clip"), ("text", "clip"),
                                                                     ("audio", "clap")}
-    assert {r.modality for r in outcome.results} == {"image", "text", "audio"}
-    assert all(r.method == "rrf" and r.space_score is not None for r in outcome.results)
-    # the best of each space's list shares the top fused score: ranks, not raw scores, decide
-    top = outcome.results[0].score
+    assert len({r.modality for r in outcome.results}) > 1
+    assert all(r.method in ("ip", "aligned-ip") and r.relevance is not None for r in outcome.results)
+    assert [r.relevance for r in outcome.results] == sorted([r.relevance for r in outcome.results], reverse=True)
+    ranked = searcher.run(text="glass shattering", target="any", k=16, fusion="rrf")
+    assert ranked.fusion == "rrf(k=60)" and {r.modality for r in ranked.results} == {"image", "text", "audio"}
+    # the best of each space's list shares the top fused value: ranks, not scores, decide
+    top = ranked.results[0].rrf
     assert top == pytest.approx(2 / (60 + 1), rel=1e-6) or top == pytest.approx(1 / (60 + 1), rel=1e-6)
-    clap_only = [r for r in outcome.results if r.space == "clap"]
-    assert [r.space_score for r in clap_only] == sorted([r.space_score for r in clap_only], reverse=True)
+    clap_only = [r for r in ranked.results if r.space == "clap"]
+    assert [r.score for r in clap_only] == sorted([r.score for r in clap_only], reverse=True)
 
 
 def test_a_resampled_or_trimmed_copy_finds_its_original_first(indexed, searcher, tmp_path):

@@ -38,11 +38,19 @@ RECALL_DOC = ("recall@10 wanted from approximate indexes: the cheapest operating
 MAX_OFFSET = 900  # k + offset stays within what one search may fetch (1000)
 MAX_ID = 2**63 - 1
 MAX_FILTER_TEXT = 20_000
+Fusion = Literal["relevance", "rrf"]
+FUSION_DOC = ("how the lists of several target modalities merge: by calibrated relevance (default), or by reciprocal "
+              "rank (rrf)")
+MIN_RELEVANCE_DOC = ("leave out results whose relevance is below this (relevance: -log10 of how many unrelated items "
+                     "of the collection would score as high; 0 is chance, 1 ten times less likely, a near-duplicate "
+                     "far above); a page left empty says no_good_match")
+MIN_SCORE_DOC = "leave out results whose raw score (inner product in their space) is below this"
 FILTER_DOC = ("a structured filter over metadata fields (schema Filter): {\"field\", \"op\", \"value\"} conditions "
               f"combined with {{\"and\": [...]}}, {{\"or\": [...]}}, {{\"not\": ...}}, at most {MAX_DEPTH} levels deep")
 
 _DIGITS = re.compile(r"(0|[1-9][0-9]*)")
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?|\.[0-9]+")
+_SIGNED = re.compile(r"-?([0-9]+(\.[0-9]+)?|\.[0-9]+)")
 
 
 def _no_surrogates(value: str) -> str:
@@ -69,7 +77,17 @@ def _plain_number(value: Any) -> Any:
     return value
 
 
+def _signed_number(value: Any) -> Any:
+    if isinstance(value, str):
+        if not _SIGNED.fullmatch(value):
+            raise ValueError("expected a number written as plain decimal digits, with a minus sign if negative")
+        return float(value)
+    return value
+
+
 Text = Annotated[str, AfterValidator(_no_surrogates)]
+#: a possibly negative number in a query string or form (a cutoff): decimal digits and a minus sign only
+SignedNumber = Annotated[float, BeforeValidator(_signed_number)]
 #: an integer in a path, query string or form: digits only
 PlainInt = Annotated[int, BeforeValidator(_plain_int), Field(strict=True)]
 #: a number in a query string or form: decimal digits only
@@ -210,6 +228,9 @@ class SearchOptions(BaseModel):
     offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
     filters: FilterSpec | None = None
     recall: float | None = Field(default=None, gt=0, le=1, description=RECALL_DOC)
+    fusion: Fusion = Field(default="relevance", description=FUSION_DOC)
+    min_relevance: float | None = Field(default=None, ge=-1000, le=1000, description=MIN_RELEVANCE_DOC)
+    min_score: float | None = Field(default=None, ge=-1, le=1, description=MIN_SCORE_DOC)
 
 
 class ItemSearch(SearchOptions):
@@ -247,10 +268,11 @@ class ResultOut(BaseModel):
     id: int
     uri: str | None  # as XMODAL_CLIENT_URIS says: absolute, relative to its source folder, or None
     modality: str
-    score: float
+    score: float  # the raw inner product in its space
+    relevance: float | None  # calibrated: comparable across spaces and modalities (None: not calibrated yet)
     space: str
     method: str
-    space_score: float | None = None  # with method "rrf": the inner product in its own space
+    rrf: float | None = None  # with fusion "rrf": the fused reciprocal-rank value the page is ordered by
     segment: dict[str, float] | None = None  # a long audio clip's best-matching window (start_s, end_s)
     source: dict[str, str] | None = None  # a manifest item: the source's id and the media column
     metadata: dict[str, Any]
@@ -267,6 +289,8 @@ class SearchResponse(BaseModel):
     routes: list[dict[str, str]] = []  # per target modality: the space searched and how scores came about
     fusion: str | None = None  # how lists of different spaces were merged, when they were
     ann: dict[str, dict[str, Any]] = {}  # per "space/part": index kind and the operating point used
+    cutoff: dict[str, float] | None = None  # min_relevance / min_score asked for, and how many results it dropped
+    no_good_match: bool = False  # a cutoff was asked for and nothing passed it
     results: list[ResultOut]
     timings_ms: dict[str, float]
 

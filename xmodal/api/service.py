@@ -150,21 +150,25 @@ class Service:
 
     def search(self, *, collection: str, text: str | None = None, item_id: int | None = None,
                media: tuple[str, bytes] | None = None, target: str = ANY, k: int = 12, offset: int = 0,
-               filters: dict[str, Any] | None = None, recall: float | None = None,
+               filters: dict[str, Any] | None = None, recall: float | None = None, fusion: str = "relevance",
+               min_relevance: float | None = None, min_score: float | None = None,
                cancel: threading.Event | None = None) -> dict[str, Any]:
         """A query by text, item, or ``media`` (modality, bytes: an upload)."""
         searcher = self._searcher(collection)
         where = compile_filter(filters, self.fields.get(collection, {})) if filters else None
         t0 = time.perf_counter()
         outcome = searcher.run(text=text, item=item_id, media=media, target=target, k=k, offset=offset, where=where,
-                               recall=recall, stop=cancel.is_set if cancel is not None else None)
+                               recall=recall, fusion=fusion, min_relevance=min_relevance, min_score=min_score,
+                               stop=cancel.is_set if cancel is not None else None)
         total_ms = (time.perf_counter() - t0) * 1000
         self.metrics.stages(outcome.timings)
         return self._response(collection, target, k, offset, outcome, total_ms)
 
     async def search_upload(self, *, request: Request, collection: str, data: bytes, media_type: str,
                             target: str = "any", k: int = 12, offset: int = 0,
-                            filters: dict[str, Any] | None = None, recall: float | None = None) -> dict[str, Any]:
+                            filters: dict[str, Any] | None = None, recall: float | None = None,
+                            fusion: str = "relevance", min_relevance: float | None = None,
+                            min_score: float | None = None) -> dict[str, Any]:
         """A query by uploaded media: at most ``query_concurrency`` at once (503 beyond), in a worker
         thread, abandoned if the client disconnects (499 in the metrics)."""
         modality = upload_modality(media_type)
@@ -176,16 +180,18 @@ class Service:
         async with self.heavy.slot():
             return await until_disconnect(request, lambda cancel: self.search(
                 collection=collection, media=(modality, data), target=target, k=k, offset=offset, filters=filters,
-                recall=recall, cancel=cancel))
+                recall=recall, fusion=fusion, min_relevance=min_relevance, min_score=min_score, cancel=cancel))
 
     def similar(self, *, item_id: int, collection: str | None = None, target: str = "any", k: int = 12,
-                offset: int = 0, recall: float | None = None) -> dict[str, Any]:
+                offset: int = 0, recall: float | None = None, fusion: str = "relevance",
+                min_relevance: float | None = None, min_score: float | None = None) -> dict[str, Any]:
         item = self._item(item_id)
         served = self._by_id.get(item.collection_id)
         if collection is not None and collection != served:
             raise NotFoundError(f"item {item_id} is not in collection {collection!r}")
         assert served is not None
-        return self.search(collection=served, item_id=item_id, target=target, k=k, offset=offset, recall=recall)
+        return self.search(collection=served, item_id=item_id, target=target, k=k, offset=offset, recall=recall,
+                           fusion=fusion, min_relevance=min_relevance, min_score=min_score)
 
     def _response(self, collection: str, target: str, k: int, offset: int, outcome: SearchOutcome,
                   total_ms: float) -> dict[str, Any]:
@@ -193,6 +199,7 @@ class Service:
         return {
             "collection": collection, "target": target, "k": k, "offset": offset,
             "index_version": outcome.version, "routes": outcome.routes, "fusion": outcome.fusion, "ann": outcome.ann,
+            "cutoff": outcome.cutoff, "no_good_match": outcome.no_good_match,
             "results": [
                 {**r.as_dict(), "uri": self._client_uri(collection, r.uri), "media_url": f"/v1/items/{r.id}/media",
                  "thumbnail_url": f"/v1/items/{r.id}/thumbnail" if r.modality == "image" else None}

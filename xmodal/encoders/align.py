@@ -123,9 +123,3 @@ class LoadedAlignment:
 def from_row(row: Any) -> LoadedAlignment:
     matrix = np.frombuffer(row.matrix, dtype=np.float32).reshape(row.rows, row.cols).copy()
     return LoadedAlignment(row.key, matrix, dict(row.metrics or {}), row.source, row.target)
-
-
-def fit_models(source_embed: Callable[[Sequence[str]], np.ndarray],
-               target_embed: Callable[[Sequence[str]], np.ndarray]) -> Fitted:
-    texts = bank_texts()
-    return fit(embed_bank(source_embed, texts), embed_bank(target_embed, texts))

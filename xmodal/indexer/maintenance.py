@@ -14,6 +14,7 @@ The sweep runs under the collection's lock (no other writer exists), before anyt
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -195,6 +196,7 @@ def repair(catalog: Catalog, layout: Layout, settings: Any, collection: str, *, 
     can only be rebuilt from its media); rebuild every space's index from the shards. Returns the
     report of a verify run afterwards, with what was repaired."""
     from xmodal.encoders import align
+    from xmodal.indexer.calibrate import text_probes
     from xmodal.indexer.lock import collection_lock
     from xmodal.indexer.publish import build_and_publish
     with collection_lock(settings.home, collection, settings.resolved_database_url):
@@ -212,10 +214,12 @@ def repair(catalog: Catalog, layout: Layout, settings: Any, collection: str, *, 
         catalog.drop_shards(broken, "its shard was missing or damaged (verify --repair)")
         row = catalog.alignment(cid, align.SOURCE, align.TARGET)
         alignment = align.from_row(row) if row is not None else None
-        for space in sorted(sp.name for sp in catalog.spaces(cid)):
+        for sp in sorted(catalog.spaces(cid), key=lambda sp: sp.name):
+            space, record = sp.name, dict(sp.model)
             summary = build_and_publish(catalog, layout, settings, collection, cid, space,
                                         alignment=alignment if space == "clip" else None, progress=progress,
-                                        force=True)
+                                        force=True,
+                                        text_probes=functools.partial(text_probes, layout, space, record, None))
             if summary:
                 done.append(f"rebuilt index {space} from the shards: version {summary['version']}, "
                             f"{summary['vectors']} vectors")

@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 from tqdm.auto import tqdm
 
 from xmodal.config import Settings
 from xmodal.encoders.align import LoadedAlignment
 from xmodal.errors import UserError
 from xmodal.indexer.build import build_index
+from xmodal.indexer.calibrate import calibrate, reference
 from xmodal.indexer.recipe import choose_recipe, retrain_reason
 from xmodal.spaces import alignment_into
 from xmodal.storage.ann import AnnPart, IndexRecipe
@@ -33,6 +35,7 @@ from xmodal.storage.layout import Layout
 from xmodal.storage.shards import read_shard
 
 log = logging.getLogger(__name__)
+CALIBRATION_VERSION = 1  # a build with another (or none, before it existed) is calibrated again
 
 
 def live_fingerprint(live: list[tuple[int, str, int, int, str]], settings: Settings,
@@ -46,7 +49,7 @@ def live_fingerprint(live: list[tuple[int, str, int, int, str]], settings: Setti
         digest.update(arr.tobytes())
     if alignment is not None and aligned:
         digest.update(alignment.digest.encode())
-    digest.update(f"format={FORMAT_VERSION};exact_threshold={settings.exact_threshold};"
+    digest.update(f"format={FORMAT_VERSION};calibration={CALIBRATION_VERSION};exact_threshold={settings.exact_threshold};"
                   f"recall_target={settings.recall_target};max_index_memory={settings.max_index_memory}".encode())
     return digest.hexdigest()
 
@@ -165,11 +168,14 @@ def build_and_publish(
     catalog: Catalog, layout: Layout, settings: Settings, collection: str, collection_id: int, space: str,
     *, alignment: LoadedAlignment | None = None, progress: bool = True, force: bool = False,
     crash_at: Callable[[str], None] | None = None,
+    text_probes: Callable[[], npt.NDArray[np.float32] | None] = lambda: None,
 ) -> dict[str, Any]:
     """Returns a summary of the published (or already current) version.
 
     With ``alignment`` (for ``clip``), the audio items of the ``clap`` space join the version as an
-    ``audio`` part, their vectors carried into this space by the alignment.
+    ``audio`` part, their vectors carried into this space by the alignment. Every version is calibrated
+    (``indexer.calibrate``); ``text_probes`` gives bank texts embedded by this space's text tower, asked
+    for only when the collection holds few texts.
     """
     spaces = {s.name: s for s in catalog.spaces(collection_id)}
     if space not in spaces:
@@ -178,7 +184,8 @@ def build_and_publish(
     live = catalog.live_vectors(collection_id, space)
     aligned: list[tuple[int, str, int, int, str]] = []
     if alignment is not None and alignment.source in spaces:
-        carries = spec.carries if (spec := alignment_into(space)) is not None else frozenset()
+        spec = alignment_into(space)
+        carries = spec.carries if spec is not None else frozenset()
         aligned = [row for row in catalog.live_vectors(collection_id, alignment.source) if row[1] in carries]
     fingerprint = live_fingerprint(live, settings, aligned, alignment)
     current = catalog.published_index(collection_id, space)
@@ -205,8 +212,12 @@ def build_and_publish(
             parts[modality] = built.part
             part_summary[modality] = {"recipe": built.recipe.to_dict(), "stats": built.stats,
                                       "max_memory": budget[modality]}
+        t_cal = time.monotonic()
+        calibration = calibrate(space, stacked, text_probes)
+        calibration_s = round(time.monotonic() - t_cal, 3)
         return _write_and_publish(catalog, layout, collection, collection_id, space, record, fingerprint, live,
-                                  aligned, alignment, parts, part_summary, t0, crash_at)
+                                  aligned, alignment, parts, part_summary, t0, crash_at,
+                                  {"pairs": calibration, "seconds": calibration_s, "reference": reference(stacked)})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -214,14 +225,14 @@ def build_and_publish(
 def _write_and_publish(catalog: Catalog, layout: Layout, collection: str, collection_id: int, space: str,
                        record: Space, fingerprint: str, live: list[Any], aligned: list[Any],
                        alignment: LoadedAlignment | None, parts: dict[str, AnnPart], part_summary: dict[str, Any],
-                       t0: float, crash_at: Callable[[str], None] | None) -> dict[str, Any]:
+                       t0: float, crash_at: Callable[[str], None] | None, calibration: dict[str, Any]) -> dict[str, Any]:
     version = max(catalog.next_index_version(collection_id, space), _next_on_disk(layout, collection, space))
     final = layout.version_path(collection, space, version)
     final.parent.mkdir(parents=True, exist_ok=True)
     manifest = {
         "collection": collection, "space": space, "version": version, "dim": record.dim,
         "model": record.model, "identity": record.model.get("identity"), "fingerprint": fingerprint,
-        "parts": part_summary,
+        "parts": part_summary, "calibration": calibration["pairs"], "reference": calibration["reference"],
         "aligned": {"source": alignment.source, "parts": sorted({row[1] for row in aligned}), "key": alignment.key,
                     "digest": alignment.digest}
         if aligned and alignment is not None else None,
@@ -236,8 +247,9 @@ def _write_and_publish(catalog: Catalog, layout: Layout, collection: str, collec
         crash_at("before-publish")
     catalog.publish_index(
         collection_id, space, version, layout.relative(final), "+".join(kinds), len(live), nbytes, fingerprint,
-        {"parts": part_summary, "aligned": manifest["aligned"]}, build_s,
+        {"parts": part_summary, "aligned": manifest["aligned"],
+         "calibration": {k: calibration[k] for k in ("pairs", "seconds")}}, build_s,
     )
     log.info("published %s/%s v%d: %d vectors, %s", collection, space, version, len(live), kinds)
     return {"version": version, "kind": "+".join(kinds), "vectors": len(live), "bytes": nbytes,
-            "built": True, "build_s": build_s, "parts": part_summary}
+            "built": True, "build_s": build_s, "parts": part_summary, "calibration_s": calibration["seconds"]}

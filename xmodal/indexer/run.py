@@ -12,6 +12,7 @@ the pending items.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from tqdm.auto import tqdm
 
 from xmodal.config import Settings
@@ -27,6 +30,7 @@ from xmodal.encoders import Encoder, align
 from xmodal.encoders.align import LoadedAlignment
 from xmodal.errors import ModelMismatchError
 from xmodal.indexer import engines
+from xmodal.indexer.calibrate import store_text_probes, text_probes
 from xmodal.indexer.decode import DecodeConfig, DecodeTask, preparations
 from xmodal.indexer.diff import apply_files, apply_manifest
 from xmodal.indexer.engines.base import EmbedJob
@@ -139,6 +143,7 @@ class IndexRun:
                 self.catalog, self.layout, self.settings, self.collection, self.collection_id, space,
                 alignment=alignment if alignment is not None and space == alignment_target() else None,
                 progress=self.progress, crash_at=self._crash_at,
+                text_probes=functools.partial(self._text_probes, space),
             )
         summary.seconds["build"] = timer.lap()
         summary.seconds["total"] = timer.total()
@@ -168,6 +173,9 @@ class IndexRun:
         finally:
             bar.close()
 
+    def _text_probes(self, space: str) -> npt.NDArray[np.float32] | None:
+        return text_probes(self.layout, space, self.models.records.get(space), lambda: self.encoder(space))
+
     def _align(self, summary: RunSummary) -> LoadedAlignment | None:
         """The alignment into the primary space, refitted when either model or the bank changed."""
         (spec,) = ALIGNMENTS
@@ -181,7 +189,11 @@ class IndexRun:
         row = self.catalog.alignment(self.collection_id, spec.source, spec.target)
         if row is not None and row.key == key:
             return align.from_row(row)
-        fitted = align.fit_models(self.encoder(spec.source).embed_texts, self.encoder(spec.target).embed_texts)
+        texts = align.bank_texts()
+        bank = {sp: align.embed_bank(self.encoder(sp).embed_texts, texts) for sp in (spec.source, spec.target)}
+        for sp, vectors in bank.items():  # the calibration's text probes come from the same embeddings
+            store_text_probes(self.layout, sp, self.models.records.get(sp), vectors)
+        fitted = align.fit(bank[spec.source], bank[spec.target])
         self.catalog.save_alignment(self.collection_id, spec.source, spec.target, key, fitted.matrix, fitted.metrics)
         summary.alignment = fitted.metrics
         log.info("fitted the %s -> %s alignment: %s", spec.source, spec.target, fitted.metrics)

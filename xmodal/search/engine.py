@@ -1,16 +1,16 @@
-"""Query a collection: encode the query, route it to a space, search the published versions, hydrate.
+"""Query a collection: encode the query, route it to a space, search the published versions, merge, hydrate.
 
 The searcher loads each space's recorded model (no model flags needed) and its published index
-version; ``refresh()`` swaps in newer published versions. A (query modality, target modality) pair
-is searched in the space where both are native, else in ``clip`` through the clap -> clip alignment
-(:func:`route`); ``any`` searches every target modality and fuses lists of different spaces (or
-methods) by reciprocal rank fusion, since their scores are not comparable. Deleted or failed items are dropped at
+version, with the version's calibration; ``refresh()`` swaps in newer published versions. A (query
+modality, target modality) pair is searched in the space the spaces table routes it to (``spaces.route``:
+where both are native, else through an alignment); ``any`` searches every target modality the collection
+holds. Each result gets its calibrated relevance (``storage.calibration``), and the lists merge by it
+(``search.results``; RRF on request). Deleted or failed items are left out inside FAISS and dropped at
 hydration, so a deletion is visible at once, before the next build removes the vector.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -24,11 +24,19 @@ import numpy as np
 from xmodal.config import Settings
 from xmodal.encoders import Encoder, align, load_encoder, resolve_model
 from xmodal.encoders.align import LoadedAlignment
-from xmodal.encoders.base import AudioEncoder, ImageEncoder
-from xmodal.errors import Cancelled, MediaError, UserError
-from xmodal.media.image import decode_image_with_info
-from xmodal.media.read import read_file
+from xmodal.errors import UserError
 from xmodal.media.types import MediaLimits
+from xmodal.search.queries import Query, QueryVectors
+from xmodal.search.results import (
+    FUSIONS,
+    RRF_K,
+    Cutoff,
+    SearchOutcome,
+    SearchResult,
+    Timings,
+    by_rank,
+    by_relevance,
+)
 from xmodal.spaces import (
     ANY,
     MODALITIES,
@@ -41,49 +49,15 @@ from xmodal.spaces import (
     route,
 )
 from xmodal.storage.ann import AnnPart
+from xmodal.storage.calibration import TAIL, Calibration, Relevance, local_tail
 from xmodal.storage.catalog import STATUS_OK, Catalog, Space, check_same_model
 from xmodal.storage.indexfiles import read_index_dir
 from xmodal.storage.layout import Layout
-from xmodal.storage.shards import Windows, read_shard, read_windows
+from xmodal.storage.shards import Windows, read_windows
 
 log = logging.getLogger(__name__)
 
 MAX_K = 1000
-RRF_K = 60  # reciprocal rank fusion: score = sum over lists of 1 / (RRF_K + rank)
-
-
-@dataclass
-class SearchResult:
-    id: int
-    uri: str
-    modality: str
-    score: float
-    metadata: dict[str, Any]
-    space: str
-    method: str  # how the score was produced: "ip", "aligned-ip", or "rrf" when lists of spaces were fused
-    space_score: float | None = None  # with "rrf": the inner product in its own space
-    segment: dict[str, float] | None = None  # a long audio clip's best-matching window
-    source: dict[str, str] | None = None  # a manifest item: {"id": the source's key, "column": its media column}
-
-    def as_dict(self) -> dict[str, Any]:
-        out = {"id": self.id, "uri": self.uri, "modality": self.modality, "score": round(self.score, 6),
-               "metadata": self.metadata, "space": self.space, "method": self.method}
-        if self.space_score is not None:
-            out["space_score"] = round(self.space_score, 6)
-        if self.segment is not None:
-            out["segment"] = self.segment
-        if self.source is not None:
-            out["source"] = self.source
-        return out
-
-
-class QueryMediaError(UserError):
-    """An uploaded or named query file that is not usable media; of the media error's kind (too large,
-    unsupported, invalid)."""
-
-    def __init__(self, message: str, cause: MediaError) -> None:
-        super().__init__(message, kind=cause.kind)
-        self.reason = cause.reason
 
 
 @dataclass
@@ -92,33 +66,8 @@ class _Loaded:
     manifest: dict[str, Any]
     parts: dict[str, AnnPart]
     hide_since: datetime | None = None  # items that stopped being servable since then are left out in FAISS
-
-
-@dataclass
-class Timings:
-    encode_ms: float = 0.0
-    ann_ms: float = 0.0
-    sql_ms: float = 0.0
-
-
-@dataclass
-class SearchOutcome:
-    results: list[SearchResult]
-    timings: Timings
-    version: int  # the index version that answered (the primary space's)
-    versions: dict[str, int] = field(default_factory=dict)  # every space's served version
-    routes: list[dict[str, Any]] = field(default_factory=list)  # how each target modality was searched
-    fusion: str | None = None  # how lists of different spaces were merged, when they were
-    ann: dict[str, dict[str, Any]] = field(default_factory=dict)  # "space/part" -> the operating point used
-
-
-@dataclass
-class _Query:
-    """One query: its modality and, lazily, its vector in each space."""
-
-    modality: str
-    vectors: dict[str, np.ndarray] = field(default_factory=dict)
-    exclude: set[int] = field(default_factory=set)
+    calibration: dict[str, Calibration] = field(default_factory=dict)  # "query->part" (see storage.calibration)
+    reference: dict[str, np.ndarray] = field(default_factory=dict)  # part -> its reference sample's vectors
 
 
 class _SpaceState:
@@ -129,7 +78,7 @@ class _SpaceState:
         self.loaded: _Loaded | None = None
 
 
-class Searcher:
+class Searcher(QueryVectors):
     """Searches one collection across its spaces. Not thread-safe; one per worker."""
 
     SPACE = PRIMARY  # the primary space: images and text
@@ -199,7 +148,9 @@ class Searcher:
             manifest, parts = read_index_dir(self.layout.absolute(published.path), expect=expect)
             # a build reads the catalog before it publishes: hide what changed since it started (and a minute)
             since = published.created_at - timedelta(seconds=float(published.build_s or 0) + 60)
-            state.loaded = _Loaded(published.version, manifest, parts, since)
+            calibration = {k: Calibration.from_dict(v) for k, v in (manifest.get("calibration") or {}).items()}
+            state.loaded = _Loaded(published.version, manifest, parts, since, calibration,
+                                   _reference(parts, manifest.get("reference") or {}))
             changed = True
         if changed or self._alignment is None:
             row = self.catalog.alignment(self.collection_id, align.SOURCE, align.TARGET)
@@ -232,143 +183,6 @@ class Searcher:
             self.encoder_for(name)
             self._loaded(name)
 
-    # query vectors ---------------------------------------------------------------------------
-
-    def text_vector(self, text: str, space: str | None = None) -> np.ndarray:
-        text = text.strip()
-        if not text:
-            raise UserError("empty text query")
-        if len(text) > self.settings.max_query_chars:
-            raise UserError(f"text query too long: {len(text)} characters, at most {self.settings.max_query_chars} "
-                            "(XMODAL_MAX_QUERY_CHARS)")
-        return self._text_vector(text, space or self.primary)
-
-    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one searcher per collection for the process's life
-    def _text_vector(self, text: str, space: str) -> np.ndarray:
-        vec = self.encoder_for(space).embed_texts([text])[0]
-        vec.setflags(write=False)  # shared by every request that repeats the query
-        return vec
-
-    def _query_file(self, path: Path, kind: str) -> bytes:
-        try:
-            return read_file(str(path), self.limits)
-        except MediaError as exc:
-            raise UserError(f"cannot use {path} as an {kind} query: {exc.reason}") from exc
-
-    def image_vector(self, path: Path) -> np.ndarray:
-        return self.image_bytes_vector(self._query_file(path, "image"), name=str(path))
-
-    def image_bytes_vector(self, data: bytes, *, name: str = "the upload",
-                           stop: Callable[[], bool] | None = None) -> np.ndarray:
-        encoder = cast(ImageEncoder, self.encoder_for(native_spaces("image")[0]))
-        try:
-            info = decode_image_with_info(data, self.limits, min_side=encoder.image_min_side())
-        except MediaError as exc:
-            raise QueryMediaError(f"cannot use {name} as an image query: {exc.reason}", exc) from exc
-        _check_stop(stop)
-        pixels = encoder.image_transform()(info.image)
-        _check_stop(stop)
-        return np.asarray(encoder.embed_images(pixels[None])[0])
-
-    def audio_vector(self, path: Path) -> np.ndarray:
-        return self.audio_bytes_vector(self._query_file(path, "audio"), name=str(path))
-
-    def audio_bytes_vector(self, data: bytes, *, name: str = "the upload",
-                           stop: Callable[[], bool] | None = None) -> np.ndarray:
-        """A sound's vector in the space that embeds audio: windows embedded and pooled as at indexing."""
-        import dataclasses
-
-        from xmodal.media.audio import decode_audio
-
-        encoder = cast(AudioEncoder, self.encoder_for(native_spaces("audio")[0]))
-        spec = dataclasses.replace(encoder.audio_spec(), max_seconds=self.limits.max_audio_seconds)
-        try:
-            decoded = decode_audio(data, spec, encoder.audio_transform(), stop=stop)
-        except MediaError as exc:
-            raise QueryMediaError(f"cannot use {name} as an audio query: {exc.reason}", exc) from exc
-        _check_stop(stop)
-        return encoder.pool(encoder.embed_windows(decoded.windows, self.settings.batch_size, stop=stop))
-
-    def item_vector(self, item_id: int, space: str | None = None) -> np.ndarray:
-        """The item's vector in a space where it is native, as the served version holds it (flat indexes
-        and re-rank stores keep the exact vectors: a lookup, not a shard read per request), else from
-        its Parquet shard."""
-        item = self.catalog.item_by_id(self.collection_id, item_id)
-        if item.status != STATUS_OK:
-            raise UserError(f"item {item_id} has no vector (status {item.status}: {item.reason or 'not embedded'})")
-        space = space or native_spaces(item.modality)[0]
-        part = self._loaded(space).parts.get(item.modality)
-        held = part.vector(int(item_id)) if part is not None else None
-        if held is not None:  # else: not in this version (embedded after it)
-            return held
-        where = self.catalog.vector_location(item_id, space)
-        if where is None:
-            raise UserError(f"item {item_id} has no vector in space {space!r}")
-        path, row = where
-        ids, vectors, _ = read_shard(self.layout.absolute(path))
-        if int(ids[row]) != item_id:
-            raise RuntimeError(f"shard {path} row {row} holds item {ids[row]}, not {item_id}")
-        return vectors[row]
-
-    # search ----------------------------------------------------------------------------------
-
-    #: query media by modality: bytes -> the vector in the modality's native space (see ``media_vector``)
-    QUERY_MEDIA: dict[str, str] = {"image": "image_bytes_vector", "audio": "audio_bytes_vector"}
-
-    def media_vector(self, modality: str, data: bytes, *, name: str = "the upload",
-                     stop: Callable[[], bool] | None = None) -> np.ndarray:
-        """The vector of query media of a modality, in the first space that embeds it natively."""
-        method = self.QUERY_MEDIA.get(modality)
-        if method is None:
-            raise UserError(f"{modality} is not a query modality (queries: text, item, "
-                            f"{', '.join(self.QUERY_MEDIA)})")
-        return cast(np.ndarray, getattr(self, method)(data, name=name, stop=stop))
-
-    def _query(self, *, text: str | None, media: tuple[str, bytes, str] | None, item: int | None,
-               stop: Callable[[], bool] | None = None) -> _Query:
-        if sum(x is not None for x in (text, media, item)) != 1:
-            raise UserError("give exactly one query: text, media (an image or a sound) or item")
-        if text is not None:
-            return _Query("text", {})
-        if media is not None:
-            modality, data, name = media
-            return _Query(modality, {native_spaces(modality)[0]: self.media_vector(modality, data, name=name,
-                                                                                     stop=stop)})
-        assert item is not None
-        it = self.catalog.item_by_id(self.collection_id, int(item))
-        return _Query(it.modality, {}, {int(item)})
-
-    def _media(self, *, image: Path | None = None, image_bytes: bytes | None = None, audio: Path | None = None,
-               audio_bytes: bytes | None = None) -> tuple[str, bytes, str] | None:
-        """One (modality, bytes, name) from the media arguments callers name by modality (at most one)."""
-        given = [(m, x) for m, x in (("image", image), ("image", image_bytes), ("audio", audio),
-                                     ("audio", audio_bytes)) if x is not None]
-        if len(given) > 1:
-            raise UserError("give exactly one query: text, media (an image or a sound) or item")
-        if not given:
-            return None
-        modality, value = given[0]
-        if isinstance(value, bytes):
-            return modality, value, "the upload"
-        return modality, self._query_file(Path(value), modality), str(value)
-
-    def _vector(self, q: _Query, space: str, *, text: str | None, item: int | None) -> np.ndarray:
-        """The query's native vector in ``space``, computed once per request."""
-        if space not in q.vectors:
-            if text is not None:
-                q.vectors[space] = self.text_vector(text, space)
-            elif item is not None:
-                q.vectors[space] = self.item_vector(int(item), space)
-            else:  # pragma: no cover - media queries carry their one native vector
-                raise UserError(f"a {q.modality} query has no vector in the {space} space")
-        return q.vectors[space]
-
-    def query_vector(self, *, text: str | None = None, image: Path | None = None, image_bytes: bytes | None = None,
-                     item: int | None = None) -> np.ndarray:
-        """The query's vector in the primary space, from exactly one of text, an image file or bytes, an item."""
-        q = self._query(text=text, media=self._media(image=image, image_bytes=image_bytes), item=item)
-        return self._vector(q, self.primary, text=text, item=item)
-
     def search(self, *, text: str | None = None, image: Path | None = None, audio: Path | None = None,
                item: int | None = None, target: str = "any", k: int = 10) -> list[SearchResult]:
         return self.run(text=text, image=image, audio=audio, item=item, target=target, k=k).results
@@ -394,14 +208,18 @@ class Searcher:
     def run(self, *, text: str | None = None, image: Path | None = None, image_bytes: bytes | None = None,
             audio: Path | None = None, audio_bytes: bytes | None = None, item: int | None = None,
             media: tuple[str, bytes] | None = None, target: str = ANY, k: int = 10, offset: int = 0,
-            where: Any = None, recall: float | None = None, stop: Callable[[], bool] | None = None) -> SearchOutcome:
-        """Encode the query, search every route and merge: results ``offset`` to ``offset + k`` and where
-        the time went. ``where`` is a SQLAlchemy condition on catalog items (structured filters), applied
-        at hydration. ``recall``: the recall@10 this request wants from approximate indexes (the
-        cheapest operating point measured at build time that reaches it), instead of the tuned one.
-        ``media``: (modality, bytes) of any query modality, as an upload gives it. ``stop``: asked while
-        query media decodes; True abandons the query (:class:`Cancelled`)."""
-        _check_request(target, k, offset, recall)
+            where: Any = None, recall: float | None = None, stop: Callable[[], bool] | None = None,
+            fusion: str = "relevance", min_relevance: float | None = None,
+            min_score: float | None = None) -> SearchOutcome:
+        """Encode the query, search every route, merge: results ``offset`` to ``offset + k`` and where the
+        time went. ``where``: a SQLAlchemy condition on catalog items (structured filters), applied at
+        hydration. ``recall``: the recall@10 this request wants from approximate indexes (the cheapest
+        operating point measured at build time that reaches it), instead of the tuned one. ``media``:
+        (modality, bytes) of any query modality, as an upload gives it. ``stop``: asked while query media
+        decodes; True abandons the query (:class:`Cancelled`). ``fusion``: how the lists of several
+        targets merge (``relevance``, or ``rrf``). ``min_relevance`` / ``min_score``: results below are
+        dropped; a page left empty says ``no_good_match``."""
+        _check_request(target, k, offset, recall, fusion)
         t0 = time.perf_counter()
         named = self._media(image=image, image_bytes=image_bytes, audio=audio, audio_bytes=audio_bytes)
         if media is not None and named is not None:
@@ -421,56 +239,61 @@ class Searcher:
                 vectors.append(self._alignment.apply(source[None])[0])
             else:
                 vectors.append(self._vector(q, r.space, text=text, item=item))
-        encode_ms = (time.perf_counter() - t0) * 1000
-        timings = Timings(encode_ms=encode_ms)
+        timings = Timings(encode_ms=(time.perf_counter() - t0) * 1000)
         want = k + offset
-        # routes that share a space and a method give comparable scores: one list, merged by score
-        groups: dict[tuple[str, str], list[tuple[Route, np.ndarray]]] = {}
-        for r, v in zip(routes, vectors, strict=True):
-            groups.setdefault((r.space, r.method), []).append((r, v))
+        cutoff = Cutoff(min_relevance, min_score)
         ann: dict[str, dict[str, Any]] = {}
-        lists = [self._search_group(members, want, q.exclude, where, timings, recall, ann)
-                 for members in groups.values()]
-        fusion = None
-        if len(lists) <= 1:
-            results = lists[0] if lists else []
-        else:
-            fusion = f"rrf(k={RRF_K})"
-            results = _fuse(lists)
+        lists = [self._search_route(r, v, want, q.exclude, where, timings, recall, ann, cutoff)
+                 for r, v in zip(routes, vectors, strict=True)]
+        calibrated = all(f"{r.query}->{r.target}" in self._loaded(r.space).calibration for r in routes
+                         if r.target in self._loaded(r.space).parts)
+        if min_relevance is not None and not calibrated:
+            raise UserError(f"collection {self.collection!r} has an index built before relevance was calibrated: "
+                            "run `xmodal index` on it once (or cut on the raw score with min_score)")
+        merged = by_rank(lists) if fusion == "rrf" or not calibrated else by_relevance(lists)
+        results = [r for r in merged if cutoff.passes(r)]
+        used = None if len(lists) <= 1 else f"rrf(k={RRF_K})" if fusion == "rrf" else (
+            "relevance" if calibrated else f"rrf(k={RRF_K}): not calibrated (rebuild with `xmodal index`)")
         page = results[offset:want]
         self._add_segments(page, q, text=text, item=item)
         return SearchOutcome(page, timings, self._loaded(self.primary).version if self.primary in self._spaces
                              else 0, self.versions,
-                             [{"target": r.target, "space": r.space, "method": r.method} for r in routes], fusion,
-                             ann)
+                             [{"target": r.target, "space": r.space, "method": r.method} for r in routes], used,
+                             ann, {**cutoff.as_dict(), "dropped": sum(not cutoff.passes(r) for r in merged[:want])}
+                             if cutoff else None,
+                             bool(cutoff) and not results)
 
-    def _search_group(self, members: list[tuple[Route, np.ndarray]], want: int, exclude: set[int], where: Any,
-                      timings: Timings, recall: float | None = None,
-                      ann: dict[str, dict[str, Any]] | None = None) -> list[SearchResult]:
-        """Search the parts of one space with their query vectors; hydrate, skipping hidden items, and
-        look further when many are hidden. Items deleted (or otherwise hidden) since the version was
-        built are left out inside FAISS, so they don't take the places of live results."""
-        space, method = members[0][0].space, members[0][0].method
-        loaded = self._loaded(space)
-        searches = [(r.target, np.ascontiguousarray(v, dtype=np.float32).reshape(1, -1)) for r, v in members
-                    if r.target in loaded.parts]
+    def _search_route(self, r: Route, vector: np.ndarray, want: int, exclude: set[int], where: Any, timings: Timings,
+                      recall: float | None, ann: dict[str, dict[str, Any]], cutoff: Cutoff) -> list[SearchResult]:
+        """Search one route's part: the best ``want`` live items that match ``where``, each with its calibrated
+        relevance. Items deleted (or otherwise hidden) since the version was built are left out inside
+        FAISS, so they don't take the places of live results; when many candidates are filtered out the
+        search looks further (x4), until ``want`` are found, the part is exhausted, or what is left falls
+        below the cutoff."""
+        loaded = self._loaded(r.space)
+        part = loaded.parts.get(r.target)
+        if part is None:
+            return []
+        query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)
+        calibration = loaded.calibration.get(f"{r.query}->{r.target}")
+        reference = loaded.reference.get(r.target)
+        if calibration is not None and reference is not None:  # this query's own background in the part
+            calibration = calibration.for_query(reference @ query[0])
+        relevance: Relevance | None = None
         t0 = time.perf_counter()
         hidden = self.catalog.hidden_since(self.collection_id, loaded.hide_since) if loaded.hide_since else []
         excluded = np.asarray(sorted(exclude.union(hidden)), dtype=np.int64)
         timings.sql_ms += (time.perf_counter() - t0) * 1000
-        total = sum(loaded.parts[part].ntotal for part, _ in searches)
-        fetch = min(total, want + 16)
-        if ann is not None:
-            for part, _ in searches:
-                ann[f"{space}/{part}"] = _operating_point(loaded.parts[part], recall)
+        ann[f"{r.space}/{r.target}"] = _operating_point(part, recall)
+        total = part.ntotal
+        fetch = min(total, max(want + 16, TAIL + 1))  # the local tail is fitted on the best TAIL + 1
         results: list[SearchResult] = []
         while fetch > 0:
             t0 = time.perf_counter()
-            candidates: list[tuple[float, int]] = []
-            for part, query in searches:
-                scores, ids = loaded.parts[part].search(query, fetch, recall=recall, exclude=excluded)
-                candidates += [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
-            candidates.sort(key=lambda c: -c[0])
+            scores, ids = part.search(query, fetch, recall=recall, exclude=excluded)
+            candidates = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+            if relevance is None and calibration is not None:
+                relevance = Relevance(calibration, local_tail(scores[0][ids[0] >= 0], total))
             t1 = time.perf_counter()
             timings.ann_ms += (t1 - t0) * 1000
             items = self.catalog.items([i for _, i in candidates if i not in exclude], where=where)
@@ -481,31 +304,21 @@ class Searcher:
                 if it is None or item_id in exclude or it.status != STATUS_OK:
                     continue
                 source = {"id": it.source_id, "column": it.source_column or ""} if it.source_id is not None else None
-                results.append(SearchResult(item_id, it.uri, it.modality, score, it.meta or {}, space, method,
-                                            source=source))
+                results.append(SearchResult(item_id, it.uri, it.modality, score, it.meta or {}, r.space, r.method,
+                                            relevance(score) if relevance else None, source=source))
                 if len(results) == want:
                     break
-            if len(results) >= want or fetch >= total:
+            below = bool(cutoff) and bool(candidates) and not cutoff.passes(SearchResult(
+                0, "", r.target, candidates[-1][0], {}, r.space, r.method,
+                relevance(candidates[-1][0]) if relevance else None))
+            if len(results) >= want or fetch >= total or below:
                 break
             fetch = min(total, fetch * 4)  # many filtered out (or hidden after the lookup): look further
         return results
 
-    def search_vector(self, vec: np.ndarray, *, target: str = "any", k: int = 10, offset: int = 0,
-                      exclude: set[int] | None = None, where: Any = None,
-                      recall: float | None = None) -> SearchOutcome:
-        """A vector of the primary space against its parts (``any``: all of them, merged by score)."""
-        _check_request(target, k, offset, recall)
-        loaded = self.loaded
-        parts = sorted(loaded.parts) if target == ANY else [target]
-        members = [(Route("vector", p, self.primary, "ip"), vec) for p in parts]
-        timings = Timings()
-        ann: dict[str, dict[str, Any]] = {}
-        results = self._search_group(members, k + offset, exclude or set(), where, timings, recall, ann)
-        return SearchOutcome(results[offset:], timings, loaded.version, self.versions, ann=ann)
-
     # windowed items (long audio): the best window -----------------------------------------------
 
-    def _add_segments(self, results: list[SearchResult], q: _Query, *, text: str | None, item: int | None) -> None:
+    def _add_segments(self, results: list[SearchResult], q: Query, *, text: str | None, item: int | None) -> None:
         """For results pooled from several windows: the window that matches the query best, scored in the
         result's space (window vectors are native to the item's modality; carried through the alignment
         when the result came from the space it aligns into)."""
@@ -560,12 +373,9 @@ def _spaces_of(r: Route) -> list[str]:
     return [r.space] + ([aligned.source] if aligned is not None else [])
 
 
-def _check_stop(stop: Callable[[], bool] | None) -> None:
-    if stop is not None and stop():
-        raise Cancelled("stopped: whoever asked for this query has gone")
-
-
-def _check_request(target: str, k: int, offset: int, recall: float | None = None) -> None:
+def _check_request(target: str, k: int, offset: int, recall: float | None = None, fusion: str = "relevance") -> None:
+    if fusion not in FUSIONS:
+        raise UserError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
     if recall is not None and not (isinstance(recall, int | float) and 0.0 < recall <= 1.0):
         raise UserError(f"recall must be a number in (0, 1], not {recall!r}")
     if target not in TARGETS:
@@ -574,15 +384,12 @@ def _check_request(target: str, k: int, offset: int, recall: float | None = None
         raise UserError(f"k must be at least 1 and k + offset at most {MAX_K}, not k={k}, offset={offset}")
 
 
-def _fuse(lists: list[list[SearchResult]]) -> list[SearchResult]:
-    """Reciprocal rank fusion of per-space lists: scores of different spaces are not comparable, ranks are."""
-    fused: dict[int, SearchResult] = {}
-    for results in lists:
-        for rank, r in enumerate(results, 1):
-            score = 1.0 / (RRF_K + rank)
-            if r.id in fused:
-                fused[r.id].score += score
-                continue
-            fused[r.id] = SearchResult(r.id, r.uri, r.modality, score, r.metadata, r.space, "rrf", r.score,
-                                       source=r.source)
-    return sorted(fused.values(), key=lambda r: -r.score)
+def _reference(parts: dict[str, AnnPart], ids: dict[str, list[int]]) -> dict[str, np.ndarray]:
+    """Each part's reference sample, as the part holds the vectors (a part without exact vectors has none)."""
+    out: dict[str, np.ndarray] = {}
+    for name, part_ids in ids.items():
+        part = parts.get(name)
+        vectors = [v for v in (part.vector(int(i)) for i in part_ids) if v is not None] if part is not None else []
+        if vectors:
+            out[name] = np.ascontiguousarray(np.stack(vectors), dtype=np.float32)
+    return out

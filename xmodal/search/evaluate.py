@@ -1,10 +1,13 @@
 """``xmodal eval``: recall@1, recall@k, MRR and latency over a JSONL file of labelled queries.
 
-Each line: ``{"text"|"image"|"item": ..., "expected": [uri, ...], "target": optional, ...}``; other
-keys are carried through to ``per_query``. A query counts as a hit at k when at least one expected
+Each line: ``{"text"|"image"|"audio"|"item": ..., "expected": [uri, ...], "target": optional, ...}``;
+other keys are carried through to ``per_query``. A query counts as a hit at k when at least one expected
 item is among its first k results (the hit-rate form of recall used by CLIP retrieval benchmarks);
 MRR uses the rank of the first expected item found (0 when none is in the top k). Relative paths
 (expected URIs and image queries) resolve against the current directory, then the queries file's.
+Recall is also reported per modality of the expected items. With ``min_relevance``, a result below it
+does not count (as a served page would drop it), and the report says how often that cutoff dropped a
+relevant item that was in the top k, and how many queries it left with no good match.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from tqdm.auto import tqdm
 
 from xmodal.errors import UserError
 from xmodal.search.engine import Searcher
+from xmodal.search.results import Cutoff
 from xmodal.storage.uris import path_to_uri, uri_to_path
 
 QUERY_KEYS = ("text", "image", "audio", "item")
@@ -67,10 +71,13 @@ def load_queries(path: Path) -> list[dict[str, Any]]:
 
 
 def evaluate(searcher: Searcher, queries_file: Path, *, k: int = 10, progress: bool = True,
-             recall: float | None = None) -> dict[str, Any]:
+             recall: float | None = None, fusion: str = "relevance", min_relevance: float | None = None,
+             ) -> dict[str, Any]:
     """``recall``: search approximate indexes at the operating point for that recall@10 (see
-    ``Searcher.run``), so that a recall/speed trade can be judged on labelled queries."""
+    ``Searcher.run``), so that a recall/speed trade can be judged on labelled queries; ``fusion`` and
+    ``min_relevance`` as a search takes them."""
     queries = load_queries(queries_file)
+    cutoff = Cutoff(min_relevance=min_relevance)
     bases = [Path.cwd(), queries_file.absolute().parent]
     searcher.warm_up()
     per_query: list[dict[str, Any]] = []
@@ -92,18 +99,27 @@ def evaluate(searcher: Searcher, queries_file: Path, *, k: int = 10, progress: b
             kwargs["text"] = str(value)
         t0 = time.perf_counter()
         try:
-            results = searcher.run(target=q.get("target") or "any", k=k, recall=recall, **kwargs).results
+            results = searcher.run(target=q.get("target") or "any", k=k, recall=recall, fusion=fusion,
+                                   **kwargs).results
         except UserError as exc:
             raise UserError(f"{queries_file}:{lineno}: {exc}") from exc
         latencies.append((time.perf_counter() - t0) * 1000)
         expected_sets = [_candidates(e, bases) for e in q["expected"]]
-        rank = None
+        found, rank = None, None  # before the cutoff, and after it
+        kept = [r for r in results if cutoff.passes(r)]
         for position, r in enumerate(results, 1):
+            if any(r.uri in cands for cands in expected_sets):
+                found = position
+                break
+        for position, r in enumerate(kept, 1):
             if any(r.uri in cands for cands in expected_sets):
                 rank = position
                 break
         per_query.append({**q, "rank": rank, "hit@1": rank == 1, f"hit@{k}": rank is not None,
-                          "latency_ms": round(latencies[-1], 3), "results": [r.uri for r in results]})
+                          "dropped_by_cutoff": found is not None and rank is None, "no_good_match": not kept,
+                          "expected_modality": _modality(searcher, expected_sets),
+                          "latency_ms": round(latencies[-1], 3), "results": [r.uri for r in kept],
+                          "relevance": [r.relevance for r in kept]})
     n = len(per_query)
     ranks = [p["rank"] for p in per_query]
     lat = np.asarray(latencies)
@@ -114,7 +130,28 @@ def evaluate(searcher: Searcher, queries_file: Path, *, k: int = 10, progress: b
         "recall@1": sum(1 for r in ranks if r == 1) / n,
         "recall@k": sum(1 for r in ranks if r is not None) / n,
         "mrr": sum(1.0 / r for r in ranks if r is not None) / n,
+        "by_modality": _by_modality(per_query),
+        "fusion": fusion, "min_relevance": min_relevance,
+        "dropped_by_cutoff": sum(1 for p in per_query if p["dropped_by_cutoff"]) / n,
+        "no_good_match": sum(1 for p in per_query if p["no_good_match"]) / n,
         "latency_ms_p50": round(float(np.percentile(lat, 50)), 3),
         "latency_ms_p95": round(float(np.percentile(lat, 95)), 3),
         "per_query": per_query,
     }
+
+
+def _modality(searcher: Searcher, expected_sets: list[set[str]]) -> str:
+    """The modality of a query's expected items ("mixed" when they differ, "unknown" when none is indexed)."""
+    uris = [u for cands in expected_sets for u in cands]
+    found = {it.modality for it in searcher.catalog.items_by_uri(searcher.collection_id, uris).values()}
+    return found.pop() if len(found) == 1 else ("mixed" if found else "unknown")
+
+
+def _by_modality(per_query: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """recall@1, recall@k and how many queries, per modality of the expected items."""
+    out: dict[str, dict[str, float]] = {}
+    for modality in sorted({p["expected_modality"] for p in per_query}):
+        group = [p for p in per_query if p["expected_modality"] == modality]
+        out[modality] = {"queries": len(group), "recall@1": sum(1 for p in group if p["rank"] == 1) / len(group),
+                         "recall@k": sum(1 for p in group if p["rank"] is not None) / len(group)}
+    return out

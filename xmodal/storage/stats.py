@@ -37,7 +37,8 @@ def collection_stats(catalog: Catalog, collection: str, *, failures_limit: int |
             indexes[space.name] = {"version": published.version, "kind": published.kind,
                                    "vectors": published.n_vectors, "bytes": published.bytes,
                                    "built_at": published.created_at.isoformat(), "build_s": published.build_s,
-                                   "parts": parts, "aligned": (published.summary or {}).get("aligned")}
+                                   "parts": parts, "aligned": (published.summary or {}).get("aligned"),
+                                   "calibration": (published.summary or {}).get("calibration")}
     row = catalog.alignment(cid, "clap", "clip")
     alignment = None if row is None else {
         "source": row.source, "target": row.target, "fitted_at": row.created_at.isoformat(), **(row.metrics or {})}

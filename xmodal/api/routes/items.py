@@ -9,15 +9,20 @@ from xmodal.api.deps import ServiceDep
 from xmodal.api.errors import responses
 from xmodal.api.files import VerifiedFileResponse
 from xmodal.api.schemas import (
+    FUSION_DOC,
     MAX_ID,
     MAX_K,
     MAX_OFFSET,
+    MIN_RELEVANCE_DOC,
+    MIN_SCORE_DOC,
     RECALL_DOC,
     CollectionName,
+    Fusion,
     ItemOut,
     PlainInt,
     PlainNumber,
     SearchResponse,
+    SignedNumber,
     Target,
 )
 
@@ -41,9 +46,12 @@ def router(*, errors: tuple[int, ...]) -> APIRouter:
         k: Annotated[PlainInt, Query(ge=1, le=MAX_K)] = 12,
         offset: Annotated[PlainInt, Query(ge=0, le=MAX_OFFSET)] = 0,
         recall: Annotated[PlainNumber | None, Query(gt=0, le=1, description=RECALL_DOC)] = None,
+        fusion: Annotated[Fusion, Query(description=FUSION_DOC)] = "relevance",
+        min_relevance: Annotated[SignedNumber | None, Query(ge=-1000, le=1000, description=MIN_RELEVANCE_DOC)] = None,
+        min_score: Annotated[SignedNumber | None, Query(ge=-1, le=1, description=MIN_SCORE_DOC)] = None,
     ) -> dict[str, Any]:
         return service.similar(item_id=item_id, collection=collection, target=target, k=k, offset=offset,
-                               recall=recall)
+                               recall=recall, fusion=fusion, min_relevance=min_relevance, min_score=min_score)
 
     @r.get("/{item_id}/media", response_class=Response, responses={
         200: {"description": "The original file, as indexed (Range requests are honoured).",

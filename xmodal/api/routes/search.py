@@ -6,15 +6,20 @@ from xmodal.api.deps import ServiceDep
 from xmodal.api.errors import responses
 from xmodal.api.schemas import (
     FILTER_DOC,
+    FUSION_DOC,
     MAX_FILTER_TEXT,
     MAX_K,
     MAX_OFFSET,
+    MIN_RELEVANCE_DOC,
+    MIN_SCORE_DOC,
     RECALL_DOC,
     CollectionName,
+    Fusion,
     PlainInt,
     PlainNumber,
     SearchOptions,
     SearchResponse,
+    SignedNumber,
     Target,
     parse_filter_text,
     search_request,
@@ -35,7 +40,8 @@ def router(settings: Settings, *, errors: tuple[int, ...]) -> APIRouter:
         q: SearchOptions = body
         return service.search(collection=q.collection, text=getattr(q, "text", None),
                               item_id=getattr(q, "item_id", None), target=q.target, k=q.k,
-                              offset=q.offset, filters=q.filters, recall=q.recall)
+                              offset=q.offset, filters=q.filters, recall=q.recall, fusion=q.fusion,
+                              min_relevance=q.min_relevance, min_score=q.min_score)
 
     @r.post("/search/upload", response_model=SearchResponse,
             responses=responses(*errors, 404, 415, 422, 503),
@@ -55,9 +61,13 @@ def router(settings: Settings, *, errors: tuple[int, ...]) -> APIRouter:
         filters: Annotated[str | None, Form(max_length=MAX_FILTER_TEXT, description=f"{FILTER_DOC}, as JSON text")]
         = None,
         recall: Annotated[PlainNumber | None, Form(gt=0, le=1, description=RECALL_DOC)] = None,
+        fusion: Annotated[Fusion, Form(description=FUSION_DOC)] = "relevance",
+        min_relevance: Annotated[SignedNumber | None, Form(ge=-1000, le=1000, description=MIN_RELEVANCE_DOC)] = None,
+        min_score: Annotated[SignedNumber | None, Form(ge=-1, le=1, description=MIN_SCORE_DOC)] = None,
     ) -> dict[str, Any]:
         return await service.search_upload(request=request, collection=collection, data=await file.read(),
                                            media_type=file.content_type or "", target=target, k=k, offset=offset,
-                                           filters=parse_filter_text(filters), recall=recall)
+                                           filters=parse_filter_text(filters), recall=recall, fusion=fusion,
+                                           min_relevance=min_relevance, min_score=min_score)
 
     return r

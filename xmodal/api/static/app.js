@@ -4,6 +4,10 @@ const K = 24;             // results a page
 const MAX_OFFSET = 900;   // the API's bound on offset
 const KEY_STORE = "xmodal.apikey";
 const MODALITY_LABELS = { image: "images", text: "text", audio: "audio" };
+const COUNTED = { image: ["image", "images"], text: ["text", "texts"], audio: ["sound", "sounds"] };
+// "strong matches only": relevance at least 1, ten times less likely than the best of the collection's
+// unrelated items (see the README on scores)
+const STRONG = 1;
 const NOT_FILTERS = new Set(["snippet"]);  // free text made for display, not for filtering
 
 const $ = (id) => document.getElementById(id);
@@ -241,17 +245,35 @@ function card(result) {
     const showTitle = title && snippet && !snippet.includes(title.replace(/…$/, ""));
     body = el("div", { className: "text" }, showTitle ? el("strong", {}, title) : null, snippet || title || name);
   }
+  const relevance = typeof result.relevance === "number" ? result.relevance : null;
   const score = typeof result.score === "number" ? result.score.toFixed(3) : String(result.score);
+  const scoreText = relevance === null ? `score ${score}` : `relevance ${relevance.toFixed(1)}`;
+  const scoreTitle = `relevance ${relevance === null ? "–" : relevance.toFixed(2)} (how far it stands above chance;`
+    + ` comparable across kinds) · raw score ${score} (${result.space}/${result.method})`;
   const similar = el("button", { type: "button", className: "link similar", textContent: "similar",
     attrs: { "aria-label": `find items similar to ${name}` },
     onclick: () => run({ kind: "similar", id: result.id, label: name }, 0) });
-  return el("article", { className: "card", dataset: { id: String(result.id), modality: result.modality } },
+  return el("article", { className: "card",
+    dataset: { id: String(result.id), modality: result.modality, relevance: String(relevance ?? "") } },
     body,
     el("div", { className: "meta" },
       el("span", { className: "name", title: result.uri, textContent: name }),
-      el("span", { className: "score", textContent: `${result.modality} · ${score}` }),
+      el("span", { className: relevance !== null && relevance >= STRONG ? "score strong" : "score",
+        textContent: `${result.modality} · ${scoreText}`, title: scoreTitle }),
       el("span", { className: "actions" }, similar, mediaLink(result.media_url, { className: "original",
         textContent: "original", attrs: { "aria-label": `open the original of ${name}` } }))));
+}
+
+function mix(results) {
+  // what the page holds, by kind: a mixed page says so, so that no kind goes unseen
+  const counts = {};
+  for (const r of results) counts[r.modality] = (counts[r.modality] || 0) + 1;
+  const kinds = Object.keys(counts).sort((a, b) => counts[b] - counts[a]);
+  if (kinds.length < 2) return "";
+  return ": " + kinds.map((m) => {
+    const [one, many] = COUNTED[m] || [m, m];
+    return `${counts[m]} ${counts[m] === 1 ? one : many}`;
+  }).join(", ");
 }
 
 function describe(query) {
@@ -273,13 +295,15 @@ async function run(query, offset) {
   $("status").textContent = "Searching…";
   const target = $("target").value || "any";
   const filters = filterSpec();
+  const strong = $("strong").checked;
   const signal = controller.signal;
   try {
     let body;
     if (query.kind === "text") {
       body = await api("/v1/search", {
         method: "POST", signal, headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ collection: col, text: query.text, item_id: null, target, k: K, offset, filters }),
+        body: JSON.stringify({ collection: col, text: query.text, item_id: null, target, k: K, offset, filters,
+          min_relevance: strong ? STRONG : null }),
       });
     } else if (query.kind === "file") {
       const form = new FormData();
@@ -289,9 +313,11 @@ async function run(query, offset) {
       form.append("k", String(K));
       form.append("offset", String(offset));
       if (filters) form.append("filters", JSON.stringify(filters));
+      if (strong) form.append("min_relevance", String(STRONG));
       body = await api("/v1/search/upload", { method: "POST", body: form, signal });
     } else {
       const params = new URLSearchParams({ collection: col, target, k: String(K), offset: String(offset) });
+      if (strong) params.set("min_relevance", String(STRONG));
       body = await api(`/v1/items/${encodeURIComponent(query.id)}/similar?${params}`, { signal });
     }
     if (signal.aborted) return;
@@ -301,9 +327,16 @@ async function run(query, offset) {
     const total = body.timings_ms && typeof body.timings_ms.total === "number"
       ? ` (${Math.round(body.timings_ms.total)} ms)` : "";
     const first = offset + 1;
-    $("status").textContent = results.length
-      ? `Results ${first}–${offset + results.length} for ${describe(query)}${filters ? ", filtered" : ""}${total}`
-      : `No results for ${describe(query)}${filters ? " with these filters" : ""}.`;
+    $("nomatch").hidden = !body.no_good_match;
+    if (body.no_good_match) {
+      $("status").textContent = `No good match for ${describe(query)}${filters ? " with these filters" : ""}: nothing`
+        + ` stands out from what chance gives (relevance under ${STRONG}).`;
+    } else {
+      $("status").textContent = results.length
+        ? `Results ${first}–${offset + results.length} for ${describe(query)}${filters ? ", filtered" : ""}`
+          + `${mix(results)}${total}`
+        : `No results for ${describe(query)}${filters ? " with these filters" : ""}.`;
+    }
     $("page").textContent = `page ${Math.floor(offset / K) + 1}`;
     setBusy(false);
     $("prev").disabled = offset === 0;
@@ -313,6 +346,7 @@ async function run(query, offset) {
     setBusy(false);
     freeObjectUrls();
     $("results").replaceChildren();  // results of an earlier query under this error would mislead
+    $("nomatch").hidden = true;
     $("status").textContent = "";
     $("page").textContent = "";
     showError(error);
@@ -329,6 +363,7 @@ function useFile(file) {
 
 function resetResults() {
   if (state.controller) state.controller.abort();
+  $("nomatch").hidden = true;
   state.query = null;
   state.offset = 0;
   freeObjectUrls();
@@ -379,6 +414,11 @@ function wire() {
     else $("q").focus();
   });
   $("target").addEventListener("change", () => state.query && run(state.query, 0));
+  $("strong").addEventListener("change", () => state.query && run(state.query, 0));
+  $("closest").addEventListener("click", () => {
+    $("strong").checked = false;
+    if (state.query) run(state.query, 0);
+  });
   $("filters").addEventListener("submit", (event) => {
     event.preventDefault();
     if (state.query) run(state.query, 0);

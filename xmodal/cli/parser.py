@@ -1,0 +1,195 @@
+"""The command line's flags: one parser, each command's options and their help."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from xmodal import __version__
+from xmodal.cli.admin import cmd_bench, cmd_gc, cmd_serve, cmd_stats, cmd_verify
+from xmodal.cli.index import cmd_index
+from xmodal.cli.query import cmd_eval, cmd_search
+from xmodal.config import parse_bytes
+from xmodal.search.results import FUSIONS
+from xmodal.spaces import ANY, TARGETS
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    """Options taken before or after the command; SUPPRESS keeps a subcommand from resetting them."""
+    g = p.add_argument_group("common options")
+    g.add_argument("--home", type=Path, default=argparse.SUPPRESS,
+                   help="data dir (env XMODAL_HOME; default ./xmodal-data)")
+    g.add_argument("--database-url", default=argparse.SUPPRESS,
+                   help="SQLAlchemy URL of the catalog (env XMODAL_DATABASE_URL; default SQLite in the data dir)")
+    g.add_argument("--device", default=argparse.SUPPRESS, help="auto, cpu, cuda (env XMODAL_DEVICE)")
+    g.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS)
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    _add_common(p)
+    return p
+
+
+def _model_flags(p: argparse.ArgumentParser, *, recorded: bool = False, audio: bool = True) -> None:
+    if recorded:  # search/eval use the collection's model; these only say where its files are now
+        p.add_argument("--clip-model", help="where the collection's model config is now, if it moved")
+        p.add_argument("--clip-pretrained", help="where the collection's checkpoint is now, if it moved "
+                                                 "(must be the same weights)")
+        p.add_argument("--audio-model", help="where the collection's CLAP folder is now, if it moved")
+        return
+    p.add_argument("--clip-model", help="open_clip architecture, hf-hub:ID, local-dir:PATH or a config .json "
+                                        "(env XMODAL_CLIP_MODEL; default ViT-B-32)")
+    p.add_argument("--clip-pretrained", help="pretrained tag, hf-hub:ID or checkpoint PATH "
+                                             "(env XMODAL_CLIP_PRETRAINED; default laion2b_s34b_b79k)")
+    if audio:
+        p.add_argument("--audio-model", help="CLAP model for audio: Hugging Face id or a local folder (env "
+                                             "XMODAL_AUDIO_MODEL; default: the collection's, else "
+                                             "laion/clap-htsat-unfused; needs the 'audio' extra)")
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
+def _fraction(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        x = float("nan")
+    if not 0.0 < x <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], not {value!r}")
+    return x
+
+
+def _memory(value: str) -> int:
+    try:
+        n = parse_bytes(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    assert n is not None
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(prog="xmodal", description="Cross-modal search: index, search, evaluate.")
+    parser.add_argument("--version", action="version", version=f"xmodal {__version__}")
+    _add_common(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("index", parents=[common], help="index folders of images, sound and text, or a manifest")
+    p.add_argument("sources", nargs="*", type=Path, metavar="SOURCE")
+    p.add_argument("--manifest", type=Path, metavar="FILE",
+                   help="index the rows of a CSV, TSV, JSONL or Parquet file (gzip too): an 'id' column, media "
+                        "columns (default 'uri': a path, file://, http(s):// or an fsspec URL) and metadata columns; "
+                        "rerunning with a changed manifest applies inserts, updates and deletes")
+    p.add_argument("--media", action="append", metavar="COL[=MODALITY]",
+                   help="a media column of the manifest (repeat for several: --media image --media title=text); "
+                        "MODALITY is image, audio or text (text: the cell is the text itself); without it, from "
+                        "the URL's extension or the fetched bytes")
+    p.add_argument("--column-type", action="append", metavar="COL=TYPE",
+                   help="type of a metadata column: str, int, float, bool or list (e.g. --column-type sku=str; "
+                        "title, category, brand are str, price float and tags list unless told otherwise)")
+    p.add_argument("--collection", "-c", required=True)
+    _model_flags(p)
+    p.add_argument("--batch-size", type=_positive)
+    p.add_argument("--workers", type=int, help="decode processes (0 = cores - 1)")
+    p.add_argument("--exact-threshold", type=int, help="vectors below which the index is exact")
+    p.add_argument("--recall-target", type=_fraction, metavar="R",
+                   help="recall@10 (against exact search, on held-out probes) the index is tuned for; default 0.95")
+    p.add_argument("--max-index-memory", type=_memory, metavar="SIZE",
+                   help="RAM budget of each space's index, e.g. 2GiB or 800MB (sizes the PQ codes; the re-rank "
+                        "vectors stay in RAM only if they fit too, else they are memory-mapped)")
+    p.add_argument("--retry-failed", action="store_true", help="try failed files again even if unchanged")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="where decode and encode run: worker processes here (local), or Ray Data on a Ray "
+                        "cluster (ray; pip install 'xmodal[ray]')")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="Ray cluster to join with --engine ray, e.g. 10.0.0.5:6379 or auto (default: start a "
+                        "local one)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what would change (new, changed, deleted files) and change nothing")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    p.add_argument("--report", type=Path, metavar="FILE.json",
+                   help="write a machine-readable run report (counts, failures, durations, throughput)")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", parents=[common], help="search a collection")
+    p.add_argument("--collection", "-c", required=True)
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--text")
+    q.add_argument("--image", type=Path)
+    q.add_argument("--audio", type=Path)
+    q.add_argument("--item", type=int)
+    p.add_argument("--target", default=ANY, choices=TARGETS)
+    p.add_argument("--fusion", default="relevance", choices=FUSIONS,
+                   help="how the lists of several targets merge: by calibrated relevance (default) or by reciprocal rank")
+    p.add_argument("--min-relevance", type=float, metavar="R",
+                   help="leave out results with a relevance below R (0: what chance gives the best unrelated item; "
+                        "1: ten times less likely); a page left empty says 'no good match'")
+    p.add_argument("--min-score", type=float, metavar="S", help="leave out results whose raw score is below S")
+    p.add_argument("-k", type=_positive, default=10)
+    p.add_argument("--recall", type=_fraction, metavar="R",
+                   help="recall@10 wanted from approximate indexes: the cheapest point measured at build time "
+                        "that reaches it (lower is faster); default: the tuned point")
+    p.add_argument("--json", action="store_true")
+    _model_flags(p, recorded=True)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("eval", parents=[common], help="measure recall and latency on labelled queries")
+    p.add_argument("--collection", "-c", required=True)
+    p.add_argument("--queries", type=Path, required=True, help="JSONL file of queries")
+    p.add_argument("-k", type=_positive, default=10)
+    p.add_argument("--recall", type=_fraction, metavar="R",
+                   help="search approximate indexes at the operating point measured for this recall@10")
+    p.add_argument("--fusion", default="relevance", choices=FUSIONS, help="as for search")
+    p.add_argument("--min-relevance", type=float, metavar="R",
+                   help="count only results with at least this relevance (as a page with this cutoff shows them), and "
+                        "report how often it drops a relevant item")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    _model_flags(p, recorded=True)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("stats", parents=[common], help="counts, failures, spaces and index of a collection")
+    p.add_argument("--collection", "-c", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("verify", parents=[common],
+                       help="check catalog, shards and index agree (exit 4 when not); --repair fixes what it can")
+    p.add_argument("--collection", "-c", required=True)
+    p.add_argument("--repair", action="store_true",
+                   help="remove orphan files, mark items of damaged shards for re-embedding, rebuild the index")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("gc", parents=[common],
+                       help="remove unpublished and superseded index versions and unreferenced shards")
+    p.add_argument("--collection", "-c", required=True)
+    p.add_argument("--grace", default="1h", metavar="DURATION",
+                   help="keep superseded versions and unreferenced shards this long (90s, 30m, 2h, 7d; default 1h)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_gc)
+
+    p = sub.add_parser("serve", parents=[common], help="the HTTP API and web page")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--collection", "-c", action="extend", nargs="+", default=[],
+                   help="collections to serve (default: all)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("bench", parents=[common], help="indexing throughput against model-only forward")
+    p.add_argument("sources", nargs="*", type=Path, metavar="SOURCE",
+                   help="media to index (default: generated photos)")
+    _model_flags(p, audio=False)
+    p.add_argument("--images", type=_positive, default=512, help="generated images when no SOURCE is given")
+    p.add_argument("--work-dir", type=Path, help="scratch dir (default: a temporary one)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
+    return parser

@@ -1,0 +1,78 @@
+"""``xmodal search`` and ``xmodal eval``: queries of a collection, one at a time or from a labelled file."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from xmodal.cli.common import dump, settings_of, short
+from xmodal.storage.uris import path_to_uri
+
+
+def _open_searcher(args: argparse.Namespace) -> Any:
+    from xmodal.search.engine import Searcher
+
+    return Searcher(settings_of(args), args.collection, model=(args.clip_model, args.clip_pretrained),
+                    audio_model=args.audio_model)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    searcher = _open_searcher(args)
+    try:
+        outcome = searcher.run(text=args.text, image=args.image, audio=args.audio, item=args.item,
+                               target=args.target, k=args.k, recall=args.recall, fusion=args.fusion,
+                               min_relevance=args.min_relevance, min_score=args.min_score)
+    finally:
+        searcher.close()
+    results = outcome.results
+    query = {"text": args.text} if args.text is not None else (
+        {"image": path_to_uri(str(args.image))} if args.image is not None else
+        {"audio": path_to_uri(str(args.audio))} if args.audio is not None else {"item": args.item})
+    if args.json:
+        dump({"collection": args.collection, "query": query, "target": args.target, "k": args.k,
+               "routes": outcome.routes, "fusion": outcome.fusion, "ann": outcome.ann, "cutoff": outcome.cutoff,
+               "no_good_match": outcome.no_good_match, "results": [r.as_dict() for r in results]})
+        return 0
+    if outcome.no_good_match:
+        dropped = (outcome.cutoff or {}).get("dropped", 0)
+        print(f"no good match: none of the {dropped} closest results passes "
+              + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in (outcome.cutoff or {}).items() if k != "dropped"))
+        return 0
+    if not results:
+        print("no results")
+        return 0
+    print(f"{'rank':>4}  {'relev.':>7}  {'score':>7}  {'id':>8}  {'kind':<5}  {'space/method':<15}  uri")
+    for rank, r in enumerate(results, 1):
+        where = f"{r.space}/{r.method}"
+        seg = f"  [{r.segment['start_s']:.1f}-{r.segment['end_s']:.1f} s]" if r.segment else ""
+        relevance = f"{r.relevance:7.2f}" if r.relevance is not None else f"{'-':>7}"
+        print(f"{rank:>4}  {relevance}  {r.score:7.4f}  {r.id:>8}  {r.modality:<5}  {where:<15}  {r.uri}{seg}  "
+              f"{short(r.metadata)}".rstrip())
+    if outcome.fusion:
+        print(f"(lists of several targets merged by {outcome.fusion}; relevance: -log10 of how many unrelated items "
+              "would score as high, comparable across kinds; score: the raw inner product in its space)")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from xmodal.search.evaluate import evaluate
+
+    searcher = _open_searcher(args)
+    try:
+        report = evaluate(searcher, args.queries, k=args.k, progress=not args.no_progress, recall=args.recall,
+                          fusion=args.fusion, min_relevance=args.min_relevance)
+    finally:
+        searcher.close()
+    if args.json:
+        dump(report)
+        return 0
+    print(f"queries {report['queries']}  recall@1 {report['recall@1']:.3f}  recall@{args.k} {report['recall@k']:.3f}"
+          f"  MRR {report['mrr']:.3f}  latency p50 {report['latency_ms_p50']:.1f} ms"
+          f"  p95 {report['latency_ms_p95']:.1f} ms")
+    for modality, row in report["by_modality"].items():
+        print(f"  {modality:<8} {row['queries']:>4} queries  recall@1 {row['recall@1']:.3f}  "
+              f"recall@{args.k} {row['recall@k']:.3f}")
+    if report["min_relevance"] is not None:
+        print(f"  min relevance {report['min_relevance']}: dropped a relevant item in {report['dropped_by_cutoff']:.1%} "
+              f"of queries; no good match in {report['no_good_match']:.1%}")
+    return 0

@@ -1,0 +1,199 @@
+"""Query vectors: a text, an item, or query media (by modality) turned into vectors of the spaces a search
+needs, each computed once per request; text vectors are cached. A mixin of :class:`search.engine.Searcher`.
+
+Query media has its own, smaller limits than indexed media (``MediaLimits.for_queries``) and may be
+abandoned half-way (``stop``: a client that left); media arrives by modality through ``QUERY_MEDIA``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+from xmodal.config import Settings
+from xmodal.encoders.base import AudioEncoder, ImageEncoder
+from xmodal.errors import Cancelled, MediaError, UserError
+from xmodal.media.image import decode_image_with_info
+from xmodal.media.read import read_file
+from xmodal.media.types import MediaLimits
+from xmodal.spaces import native_spaces
+from xmodal.storage.catalog import STATUS_OK, Catalog
+from xmodal.storage.layout import Layout
+from xmodal.storage.shards import read_shard
+
+
+class QueryMediaError(UserError):
+    """An uploaded or named query file that is not usable media; of the media error's kind (too large,
+    unsupported, invalid)."""
+
+    def __init__(self, message: str, cause: MediaError) -> None:
+        super().__init__(message, kind=cause.kind)
+        self.reason = cause.reason
+
+
+@dataclass
+class Query:
+    """One query: its modality, its vector in each space (filled as routes ask), the ids it excludes."""
+
+    modality: str
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    exclude: set[int] = field(default_factory=set)
+
+
+def check_stop(stop: Callable[[], bool] | None) -> None:
+    if stop is not None and stop():
+        raise Cancelled("stopped: whoever asked for this query has gone")
+
+
+class QueryVectors:
+    """Query encoding, for a searcher (the attributes below are the searcher's)."""
+
+    settings: Settings
+    limits: MediaLimits
+    catalog: Catalog
+    collection_id: int
+    layout: Layout
+    primary: str
+
+    def encoder_for(self, space: str) -> Any: ...  # the searcher's: the space's loaded encoder
+
+    def _loaded(self, space: str) -> Any: ...  # the searcher's: the space's loaded version
+
+    def text_vector(self, text: str, space: str | None = None) -> np.ndarray:
+        text = text.strip()
+        if not text:
+            raise UserError("empty text query")
+        if len(text) > self.settings.max_query_chars:
+            raise UserError(f"text query too long: {len(text)} characters, at most {self.settings.max_query_chars} "
+                            "(XMODAL_MAX_QUERY_CHARS)")
+        return self._text_vector(text, space or self.primary)
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one searcher per collection for the process's life
+    def _text_vector(self, text: str, space: str) -> np.ndarray:
+        vec = self.encoder_for(space).embed_texts([text])[0]
+        vec.setflags(write=False)  # shared by every request that repeats the query
+        return vec
+
+    def _query_file(self, path: Path, kind: str) -> bytes:
+        try:
+            return read_file(str(path), self.limits)
+        except MediaError as exc:
+            raise UserError(f"cannot use {path} as an {kind} query: {exc.reason}") from exc
+
+    def image_vector(self, path: Path) -> np.ndarray:
+        return self.image_bytes_vector(self._query_file(path, "image"), name=str(path))
+
+    def image_bytes_vector(self, data: bytes, *, name: str = "the upload",
+                           stop: Callable[[], bool] | None = None) -> np.ndarray:
+        encoder = cast(ImageEncoder, self.encoder_for(native_spaces("image")[0]))
+        try:
+            info = decode_image_with_info(data, self.limits, min_side=encoder.image_min_side())
+        except MediaError as exc:
+            raise QueryMediaError(f"cannot use {name} as an image query: {exc.reason}", exc) from exc
+        check_stop(stop)
+        pixels = encoder.image_transform()(info.image)
+        check_stop(stop)
+        return np.asarray(encoder.embed_images(pixels[None])[0])
+
+    def audio_vector(self, path: Path) -> np.ndarray:
+        return self.audio_bytes_vector(self._query_file(path, "audio"), name=str(path))
+
+    def audio_bytes_vector(self, data: bytes, *, name: str = "the upload",
+                           stop: Callable[[], bool] | None = None) -> np.ndarray:
+        """A sound's vector in the space that embeds audio: windows embedded and pooled as at indexing."""
+        import dataclasses
+
+        from xmodal.media.audio import decode_audio
+
+        encoder = cast(AudioEncoder, self.encoder_for(native_spaces("audio")[0]))
+        spec = dataclasses.replace(encoder.audio_spec(), max_seconds=self.limits.max_audio_seconds)
+        try:
+            decoded = decode_audio(data, spec, encoder.audio_transform(), stop=stop)
+        except MediaError as exc:
+            raise QueryMediaError(f"cannot use {name} as an audio query: {exc.reason}", exc) from exc
+        check_stop(stop)
+        return encoder.pool(encoder.embed_windows(decoded.windows, self.settings.batch_size, stop=stop))
+
+    def item_vector(self, item_id: int, space: str | None = None) -> np.ndarray:
+        """The item's vector in a space where it is native, as the served version holds it (flat indexes
+        and re-rank stores keep the exact vectors: a lookup, not a shard read per request), else from
+        its Parquet shard."""
+        item = self.catalog.item_by_id(self.collection_id, item_id)
+        if item.status != STATUS_OK:
+            raise UserError(f"item {item_id} has no vector (status {item.status}: {item.reason or 'not embedded'})")
+        space = space or native_spaces(item.modality)[0]
+        part = self._loaded(space).parts.get(item.modality)
+        held = part.vector(int(item_id)) if part is not None else None
+        if held is not None:  # else: not in this version (embedded after it)
+            return held
+        where = self.catalog.vector_location(item_id, space)
+        if where is None:
+            raise UserError(f"item {item_id} has no vector in space {space!r}")
+        path, row = where
+        ids, vectors, _ = read_shard(self.layout.absolute(path))
+        if int(ids[row]) != item_id:
+            raise RuntimeError(f"shard {path} row {row} holds item {ids[row]}, not {item_id}")
+        return vectors[row]
+
+    #: query media by modality: bytes -> the vector in the modality's native space (see ``media_vector``)
+    QUERY_MEDIA: dict[str, str] = {"image": "image_bytes_vector", "audio": "audio_bytes_vector"}
+
+    def media_vector(self, modality: str, data: bytes, *, name: str = "the upload",
+                     stop: Callable[[], bool] | None = None) -> np.ndarray:
+        """The vector of query media of a modality, in the first space that embeds it natively."""
+        method = self.QUERY_MEDIA.get(modality)
+        if method is None:
+            raise UserError(f"{modality} is not a query modality (queries: text, item, "
+                            f"{', '.join(self.QUERY_MEDIA)})")
+        return cast(np.ndarray, getattr(self, method)(data, name=name, stop=stop))
+
+    def _query(self, *, text: str | None, media: tuple[str, bytes, str] | None, item: int | None,
+               stop: Callable[[], bool] | None = None) -> Query:
+        if sum(x is not None for x in (text, media, item)) != 1:
+            raise UserError("give exactly one query: text, media (an image or a sound) or item")
+        if text is not None:
+            return Query("text", {})
+        if media is not None:
+            modality, data, name = media
+            return Query(modality, {native_spaces(modality)[0]: self.media_vector(modality, data, name=name,
+                                                                                     stop=stop)})
+        assert item is not None
+        it = self.catalog.item_by_id(self.collection_id, int(item))
+        return Query(it.modality, {}, {int(item)})
+
+    def _media(self, *, image: Path | None = None, image_bytes: bytes | None = None, audio: Path | None = None,
+               audio_bytes: bytes | None = None) -> tuple[str, bytes, str] | None:
+        """One (modality, bytes, name) from the media arguments callers name by modality (at most one)."""
+        given = [(m, x) for m, x in (("image", image), ("image", image_bytes), ("audio", audio),
+                                     ("audio", audio_bytes)) if x is not None]
+        if len(given) > 1:
+            raise UserError("give exactly one query: text, media (an image or a sound) or item")
+        if not given:
+            return None
+        modality, value = given[0]
+        if isinstance(value, bytes):
+            return modality, value, "the upload"
+        return modality, self._query_file(Path(value), modality), str(value)
+
+    def _vector(self, q: Query, space: str, *, text: str | None, item: int | None) -> np.ndarray:
+        """The query's native vector in ``space``, computed once per request."""
+        if space not in q.vectors:
+            if text is not None:
+                q.vectors[space] = self.text_vector(text, space)
+            elif item is not None:
+                q.vectors[space] = self.item_vector(int(item), space)
+            else:  # pragma: no cover - media queries carry their one native vector
+                raise UserError(f"a {q.modality} query has no vector in the {space} space")
+        return q.vectors[space]
+
+    def query_vector(self, *, text: str | None = None, image: Path | None = None, image_bytes: bytes | None = None,
+                     item: int | None = None) -> np.ndarray:
+        """The query's vector in the primary space, from exactly one of text, an image file or bytes, an item."""
+        q = self._query(text=text, media=self._media(image=image, image_bytes=image_bytes), item=item)
+        return self._vector(q, self.primary, text=text, item=item)
+

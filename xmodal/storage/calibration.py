@@ -1,0 +1,189 @@
+"""Scores that mean the same across spaces and modality pairs: relevance against unrelated items.
+
+A raw inner product says little by itself: text-text cosines sit far above text-image ones (the
+modality gap of CLIP-style models), each space has its own spread, and some queries score high against
+everything (hubs). A result's raw score ``s`` becomes its **relevance**:
+
+    relevance = -log10( N * P(an unrelated item of the part scores at least s for this query) )
+
+the (negated, log) expected number of the part's N items that would score as high by chance: an
+E-value, as sequence search reports. 0 is what chance gives the best of N unrelated items; 1 is ten
+times less likely than that; a near-duplicate scores far above. Relevances are comparable across
+spaces, modalities and collection sizes, so lists of different targets merge by relevance, and one
+cutoff (``min_relevance``) means the same for all.
+
+The unrelated scores are modelled as a Gaussian on Fisher's scale (``atanh``: cosines are bounded by 1
+and pile up below it; on this scale their spread is even, and a near-duplicate's 0.999 stands far from
+an unrelated 0.97), so relevance keeps ordering results far beyond what a sample could rank. Its centre
+and spread come, per query, from the query's scores against a **reference sample** of the part (``REFERENCE``
+items chosen when the version is built): their median and the spread of their upper part (from the
+90th percentile: a tail probability depends on the upper side, which skew widens), which the few
+related items of the sample do not move. That takes out what a single number per pair cannot: one
+query scores higher against everything than another, and a collection's clusters (a product's many
+shots, a batch of similar renders) make the part's overall spread far wider than a query's own. Parts
+smaller than ``MIN_REFERENCE`` use the pair's **calibration**, measured when the version is built:
+query-like vectors (the query modality's own, or bank texts embedded by the space's text tower) against
+a sample of the part, every pair but an item with itself taken as unrelated.
+
+A result may also stand out from its **nearest neighbours** when it does not from the part as a whole: a
+near-copy among a cluster of look-alikes (a product's variants, a series of renders), where half the
+part scores almost as high. The query's best ``TAIL`` scores above the next one are, by chance, spaced as
+an exponential (the tail of any light-tailed background), whose scale their median spacing gives; a
+score far above that spacing is rare by the same E-value measure. A result's relevance is the larger
+of the two (``Relevance``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+QUERIES = 256  # query-like vectors per pair
+TARGETS = 4096  # target vectors per pair
+REFERENCE = 512  # reference items per part, for each query's own background
+MIN_REFERENCE = 32  # fewer: the pair's calibration stands
+UPPER = 0.9  # the quantile of a query's reference scores that its spread is read from
+_Z_UPPER = 1.2815516  # the standard normal's quantile at UPPER
+TAIL = 32  # a query's best scores in a part that its local tail is fitted on
+MIN_TAIL = 16  # fewer candidates in the part: no local tail
+_LOG10 = math.log(10.0)
+_EDGE = 1.0 - 1e-6
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Unrelated-pair scores of one (query modality, target part): their mean and spread, how many pairs
+    were measured, the part's size N, and where the query vectors came from."""
+
+    mean: float  # of atanh(score)
+    std: float  # of atanh(score)
+    pairs: int
+    targets: int  # N: the part's vectors, the candidates a query meets
+    queries: str  # where the query-like vectors came from: "bank", "items", "proxy:<part>", "proxy:space", "prior"
+    score_mean: float = 0.0  # the raw scores' mean and spread, for people who set ``min_score``
+    score_std: float = 0.0
+
+    def relevance(self, score: float) -> float:
+        """``-log10(N * P(unrelated >= score))`` (see the module docstring), rounded to 3 places."""
+        z = (fisher(float(score)) - self.mean) / self.std
+        return round(-(math.log10(max(1, self.targets)) + _log10_tail(z)), 3)
+
+    def for_query(self, reference_scores: npt.NDArray[np.float32] | None) -> Calibration:
+        """This pair's calibration centred and spread on one query's scores against the part's reference
+        sample (median, and the spread read from the 90th percentile, on Fisher's scale); itself when the
+        sample is too small."""
+        if reference_scores is None or reference_scores.size < MIN_REFERENCE:
+            return self
+        z = np.arctanh(np.clip(reference_scores.astype(np.float64), -_EDGE, _EDGE))
+        centre, upper = (float(v) for v in np.quantile(z, [0.5, UPPER]))
+        spread = (upper - centre) / _Z_UPPER  # the upper half's spread: what a tail probability depends on
+        return replace(self, mean=centre, std=max(spread, 0.1 * self.std, 1e-4))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        return cls(float(data["mean"]), float(data["std"]), int(data["pairs"]), int(data["targets"]),
+                   str(data["queries"]), float(data.get("score_mean", 0.0)), float(data.get("score_std", 0.0)))
+
+
+def fisher(score: float) -> float:
+    """Fisher's transform of a cosine: ``atanh``, the score kept inside (-1, 1) (quantized scores may
+    overshoot)."""
+    return math.atanh(min(max(score, -_EDGE), _EDGE))
+
+
+@dataclass(frozen=True)
+class Tail:
+    """A query's nearest neighbours in a part: the ``n`` best scores above ``threshold`` (the next best),
+    their excesses exponential with scale ``scale`` by chance (Fisher's scale)."""
+
+    threshold: float
+    scale: float
+    n: int
+
+    def relevance(self, score: float) -> float:
+        excess = fisher(float(score)) - self.threshold
+        return -(math.log10(self.n) - excess / self.scale / _LOG10)
+
+
+def local_tail(scores: npt.NDArray[np.float32], n_part: int) -> Tail | None:
+    """The local tail of a query's best scores in a part (any order; at least ``MIN_TAIL + 1``), fitted
+    on the best ``TAIL + 1``: None when the part holds too few."""
+    best = np.sort(np.asarray(scores, dtype=np.float64).ravel())[::-1]
+    best = best[np.isfinite(best)][: min(TAIL, n_part // 4) + 1]  # a tail: a quarter of the part at most
+    if len(best) < MIN_TAIL + 1:
+        return None
+    z = np.arctanh(np.clip(best, -_EDGE, _EDGE))
+    excess = z[:-1] - z[-1]
+    scale = float(np.median(excess)) / math.log(2.0)  # robust to the few that stand out
+    return Tail(float(z[-1]), max(scale, 1e-4), len(excess))
+
+
+@dataclass(frozen=True)
+class Relevance:
+    """A query's relevance in one part: against the part's background, or its own nearest neighbours,
+    whichever says the score stands out more (see the module docstring)."""
+
+    background: Calibration
+    tail: Tail | None = None
+
+    def __call__(self, score: float) -> float:
+        value = self.background.relevance(score)
+        return value if self.tail is None else round(max(value, self.tail.relevance(score)), 3)
+
+
+def _log10_tail(z: float) -> float:
+    """log10 of the standard normal's upper tail at z, without underflow far out (an asymptotic form)."""
+    if z < 30:
+        return math.log10(max(0.5 * math.erfc(z / math.sqrt(2.0)), 1e-300))
+    return (-0.5 * z * z - math.log(z * math.sqrt(2.0 * math.pi)) + math.log1p(-1.0 / (z * z))) / _LOG10
+
+
+def measure(queries: npt.NDArray[np.float32], targets: npt.NDArray[np.float32], *, n_targets: int,
+            query_ids: npt.NDArray[np.int64] | None = None, target_ids: npt.NDArray[np.int64] | None = None,
+            source: str = "items", seed: int = 0) -> Calibration | None:
+    """Measure a (query, target) pair from samples of both (at most ``QUERIES`` x ``TARGETS``); pairs of
+    an item with itself (same id) are left out. None when there is nothing to pair."""
+    rng = np.random.default_rng(seed)
+    q_rows = _sample(rng, len(queries), QUERIES)
+    t_rows = _sample(rng, len(targets), TARGETS)
+    if len(q_rows) == 0 or len(t_rows) == 0:
+        return None
+    q = np.ascontiguousarray(queries[q_rows], dtype=np.float32)
+    t = np.ascontiguousarray(targets[t_rows], dtype=np.float32)
+    scores = q @ t.T
+    if query_ids is not None and target_ids is not None:
+        keep = query_ids[q_rows][:, None] != target_ids[t_rows][None, :]
+        values = scores[keep]
+    else:
+        values = scores.ravel()
+    if values.size < 2:
+        return None
+    z = np.arctanh(np.clip(values.astype(np.float64), -_EDGE, _EDGE))
+    return Calibration(round(float(z.mean()), 6), round(max(float(z.std()), 1e-6), 6), int(values.size),
+                       int(n_targets), source, round(float(values.mean()), 6), round(float(values.std()), 6))
+
+
+def prior(dim: int, n_targets: int) -> Calibration:
+    """Unrelated random directions in ``dim`` dimensions (cosines about N(0, 1/dim)): the calibration of a
+    part too small to measure (a vector or two)."""
+    std = 1.0 / math.sqrt(max(1, dim))
+    return Calibration(0.0, round(std, 6), 0, int(n_targets), "prior", 0.0, round(std, 6))
+
+
+def reference_ids(ids: npt.NDArray[np.int64], seed: int = 0) -> list[int]:
+    """The part's reference sample: at most ``REFERENCE`` of its ids, seeded."""
+    rows = _sample(np.random.default_rng(seed), len(ids), REFERENCE)
+    return [int(i) for i in np.asarray(ids)[rows]]
+
+
+def _sample(rng: np.random.Generator, n: int, k: int) -> npt.NDArray[np.int64]:
+    if n <= k:
+        return np.arange(n)
+    return np.sort(rng.choice(n, size=k, replace=False))
