@@ -61,6 +61,7 @@ class Service:
         self.metrics = Metrics()
         self.searchers: dict[str, Searcher] = {}
         self.fields: dict[str, dict[str, str]] = {}
+        self._fields_at: dict[str, Any] = {}  # the catalog's last change when each field list was read
         self._roots: dict[str, list[str]] = {}
         self._by_id: dict[int, str] = {}
         self.heavy = HeavyWork(settings.query_concurrency)
@@ -107,13 +108,24 @@ class Service:
 
     def _after_load(self, name: str) -> None:
         searcher = self.searchers[name]
-        self.fields[name] = metadata_fields(self.catalog, searcher.collection_id)
+        self._fields(name)
         self._roots[name] = self.catalog.source_roots(searcher.collection_id)
         loaded = searcher.loaded
         files = loaded.manifest.get("files", {})
         self.metrics.index(name, searcher.SPACE, loaded.version,
                            sum(int(p.ntotal) for p in loaded.parts.values()),
                            sum(int(f.get("bytes", 0)) for f in files.values()))
+
+    def _fields(self, name: str) -> dict[str, str]:
+        """The filterable fields of a collection as the catalog has them now: read again when an item
+        changed since (one index lookup), so a column added by a metadata-only run (no new index version)
+        is listed and filterable once that run commits, without a restart."""
+        collection_id = self.catalog.collection_id(name)
+        stamp = self.catalog.last_change(collection_id)
+        if name not in self.fields or self._fields_at.get(name) != stamp:
+            self.fields[name] = metadata_fields(self.catalog, collection_id)
+            self._fields_at[name] = stamp
+        return self.fields[name]
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         if self.ready.is_set():
@@ -140,7 +152,7 @@ class Service:
             searcher = self.searchers.get(name)
             out.append({
                 "name": name, "items": counts["status"], "modalities": counts["modality"],
-                "metadata_fields": self.fields.get(name, {}),
+                "metadata_fields": self._fields(name),
                 "index_version": searcher.loaded.version if searcher and self.ready.is_set() else None,
                 "model": searcher.space.model.get("model") if searcher else None,
             })
@@ -155,7 +167,7 @@ class Service:
                cancel: threading.Event | None = None) -> dict[str, Any]:
         """A query by text, item, or ``media`` (modality, bytes: an upload)."""
         searcher = self._searcher(collection)
-        where = compile_filter(filters, self.fields.get(collection, {})) if filters else None
+        where = compile_filter(filters, self._fields(collection)) if filters else None
         t0 = time.perf_counter()
         outcome = searcher.run(text=text, item=item_id, media=media, target=target, k=k, offset=offset, where=where,
                                recall=recall, fusion=fusion, min_relevance=min_relevance, min_score=min_score,
@@ -183,14 +195,16 @@ class Service:
                 recall=recall, fusion=fusion, min_relevance=min_relevance, min_score=min_score, cancel=cancel))
 
     def similar(self, *, item_id: int, collection: str | None = None, target: str = "any", k: int = 12,
-                offset: int = 0, recall: float | None = None, fusion: str = "relevance",
-                min_relevance: float | None = None, min_score: float | None = None) -> dict[str, Any]:
+                offset: int = 0, filters: dict[str, Any] | None = None, recall: float | None = None,
+                fusion: str = "relevance", min_relevance: float | None = None,
+                min_score: float | None = None) -> dict[str, Any]:
         item = self._item(item_id)
         served = self._by_id.get(item.collection_id)
         if collection is not None and collection != served:
             raise NotFoundError(f"item {item_id} is not in collection {collection!r}")
         assert served is not None
-        return self.search(collection=served, item_id=item_id, target=target, k=k, offset=offset, recall=recall,
+        return self.search(collection=served, item_id=item_id, target=target, k=k, offset=offset, filters=filters,
+                           recall=recall,
                            fusion=fusion, min_relevance=min_relevance, min_score=min_score)
 
     def _response(self, collection: str, target: str, k: int, offset: int, outcome: SearchOutcome,

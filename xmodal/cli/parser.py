@@ -55,6 +55,13 @@ def _positive(value: str) -> int:
     return n
 
 
+def _natural(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {n}")
+    return n
+
+
 def _fraction(value: str) -> float:
     try:
         x = float(value)
@@ -134,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "1: ten times less likely); a page left empty says 'no good match'")
     p.add_argument("--min-score", type=float, metavar="S", help="leave out results whose raw score is below S")
     p.add_argument("-k", type=_positive, default=10)
+    p.add_argument("--offset", type=_natural, default=0, metavar="N",
+                   help="skip the first N results (the next page: --offset 10 with -k 10); default 0")
+    p.add_argument("--filter", metavar="JSON",
+                   help='a filter on metadata, as the HTTP API takes it, e.g. \'{"field": "price", "op": "lt", '
+                        '"value": 50}\' (and, or, not combine conditions)')
     p.add_argument("--recall", type=_fraction, metavar="R",
                    help="recall@10 wanted from approximate indexes: the cheapest point measured at build time "
                         "that reaches it (lower is faster); default: the tuned point")

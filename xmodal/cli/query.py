@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from xmodal.cli.common import dump, settings_of, short
@@ -16,12 +17,23 @@ def _open_searcher(args: argparse.Namespace) -> Any:
                     audio_model=args.audio_model)
 
 
+def _where(searcher: Any, text: str | None) -> Any:
+    """``--filter``: the JSON filter of the HTTP API, checked against the collection's fields as they are now."""
+    if not text:
+        return None
+    from xmodal.api.schemas import parse_filter_text
+    from xmodal.search.filters import compile_filter, metadata_fields
+
+    return compile_filter(parse_filter_text(text), metadata_fields(searcher.catalog, searcher.collection_id))
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     searcher = _open_searcher(args)
     try:
         outcome = searcher.run(text=args.text, image=args.image, audio=args.audio, item=args.item,
-                               target=args.target, k=args.k, recall=args.recall, fusion=args.fusion,
-                               min_relevance=args.min_relevance, min_score=args.min_score)
+                               target=args.target, k=args.k, offset=args.offset, where=_where(searcher, args.filter),
+                               recall=args.recall, fusion=args.fusion, min_relevance=args.min_relevance,
+                               min_score=args.min_score)
     finally:
         searcher.close()
     results = outcome.results
@@ -29,9 +41,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         {"image": path_to_uri(str(args.image))} if args.image is not None else
         {"audio": path_to_uri(str(args.audio))} if args.audio is not None else {"item": args.item})
     if args.json:
-        dump({"collection": args.collection, "query": query, "target": args.target, "k": args.k,
-               "routes": outcome.routes, "fusion": outcome.fusion, "ann": outcome.ann, "cutoff": outcome.cutoff,
-               "no_good_match": outcome.no_good_match, "results": [r.as_dict() for r in results]})
+        t = outcome.timings
+        dump({"collection": args.collection, "query": query, "target": args.target, "k": args.k, "offset": args.offset,
+               "filter": json.loads(args.filter) if args.filter else None, "routes": outcome.routes, "fusion": outcome.fusion, "ann": outcome.ann, "cutoff": outcome.cutoff,
+               "no_good_match": outcome.no_good_match, "results": [r.as_dict() for r in results],
+               "timings_ms": {"encode": round(t.encode_ms, 3), "ann": round(t.ann_ms, 3), "sql": round(t.sql_ms, 3)}})
         return 0
     if outcome.no_good_match:
         dropped = (outcome.cutoff or {}).get("dropped", 0)
@@ -42,7 +56,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         print("no results")
         return 0
     print(f"{'rank':>4}  {'relev.':>7}  {'score':>7}  {'id':>8}  {'kind':<5}  {'space/method':<15}  uri")
-    for rank, r in enumerate(results, 1):
+    for rank, r in enumerate(results, args.offset + 1):
         where = f"{r.space}/{r.method}"
         seg = f"  [{r.segment['start_s']:.1f}-{r.segment['end_s']:.1f} s]" if r.segment else ""
         relevance = f"{r.relevance:7.2f}" if r.relevance is not None else f"{'-':>7}"

@@ -9,7 +9,9 @@ from xmodal.api.deps import ServiceDep
 from xmodal.api.errors import responses
 from xmodal.api.files import VerifiedFileResponse
 from xmodal.api.schemas import (
+    FILTER_DOC,
     FUSION_DOC,
+    MAX_FILTER_TEXT,
     MAX_ID,
     MAX_K,
     MAX_OFFSET,
@@ -24,6 +26,7 @@ from xmodal.api.schemas import (
     SearchResponse,
     SignedNumber,
     Target,
+    parse_filter_text,
 )
 
 ItemId = Annotated[PlainInt, Path(ge=1, le=MAX_ID)]
@@ -45,13 +48,15 @@ def router(*, errors: tuple[int, ...]) -> APIRouter:
         target: Target = "any",
         k: Annotated[PlainInt, Query(ge=1, le=MAX_K)] = 12,
         offset: Annotated[PlainInt, Query(ge=0, le=MAX_OFFSET)] = 0,
+        filters: Annotated[str | None, Query(max_length=MAX_FILTER_TEXT, description=f"{FILTER_DOC}, as JSON text")]
+        = None,
         recall: Annotated[PlainNumber | None, Query(gt=0, le=1, description=RECALL_DOC)] = None,
         fusion: Annotated[Fusion, Query(description=FUSION_DOC)] = "relevance",
         min_relevance: Annotated[SignedNumber | None, Query(ge=-1000, le=1000, description=MIN_RELEVANCE_DOC)] = None,
         min_score: Annotated[SignedNumber | None, Query(ge=-1, le=1, description=MIN_SCORE_DOC)] = None,
     ) -> dict[str, Any]:
         return service.similar(item_id=item_id, collection=collection, target=target, k=k, offset=offset,
-                               recall=recall, fusion=fusion, min_relevance=min_relevance, min_score=min_score)
+                               filters=parse_filter_text(filters), recall=recall, fusion=fusion, min_relevance=min_relevance, min_score=min_score)
 
     @r.get("/{item_id}/media", response_class=Response, responses={
         200: {"description": "The original file, as indexed (Range requests are honoured).",

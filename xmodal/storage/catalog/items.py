@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from xmodal.errors import NotFoundError
@@ -170,3 +170,9 @@ class ItemQueries(CatalogBase):
         )
         with self.Session() as s:
             return [int(i) for i in s.scalars(q)]
+
+    def last_change(self, collection_id: int) -> datetime | None:
+        """When an item of the collection last changed (added, status, metadata): one index lookup, for
+        callers that cache something derived from the items (the service's field list)."""
+        with self.Session() as s:
+            return s.scalar(select(func.max(Item.updated_at)).where(Item.collection_id == collection_id))

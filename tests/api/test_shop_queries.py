@@ -1,0 +1,94 @@
+"""A shop's collection (a products manifest) served in-process: what a shop's search engineer met (issue 15,
+points 5 and 6): a column added by a metadata-only rerun is filterable without a restart, "more like this"
+over GET honours filters as POST does, and the CLI's search takes a filter and an offset."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from helpers import MEDIA, cli_json, live_app, products, write_csv
+
+from xmodal.cli import EXIT_USER_ERROR, main
+from xmodal.config import Settings
+from xmodal.indexer.pipeline import index_manifest
+
+
+@pytest.fixture
+def shop(settings: Settings, tmp_path: Path) -> Iterator[tuple[httpx.Client, Path, list[dict[str, Any]], Settings]]:
+    rows = products(tmp_path, 12)
+    manifest = write_csv(tmp_path / "products.csv", rows)
+    index_manifest(settings, manifest, "shop", media=MEDIA, progress=False)
+    served = settings.model_copy(update={"index_poll_seconds": 0.2})
+    with live_app(served, "shop") as (base, _), httpx.Client(base_url=base, timeout=30) as client:
+        yield client, manifest, rows, settings
+
+
+def _ok(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+@pytest.mark.backends  # the catalog's last change and its JSON metadata: SQL that differs by dialect
+def test_a_column_added_by_a_metadata_only_rerun_is_filterable_without_a_restart(shop) -> None:
+    client, manifest, rows, settings = shop
+    color = {"field": "color", "op": "eq", "value": "green"}
+    before = client.post("/v1/search", json={"collection": "shop", "text": "boot", "filters": color})
+    assert before.status_code == 422 and "unknown field 'color'" in before.json()["message"]
+
+    for i, row in enumerate(rows):
+        row["color"] = "green" if i % 3 == 0 else "black"
+    write_csv(manifest, rows)
+    summary = index_manifest(settings, manifest, "shop", media=MEDIA, progress=False)
+    assert summary.embedded == 0  # metadata only: nothing re-embedded
+
+    body = _ok(client.post("/v1/search", json={"collection": "shop", "text": "boot", "k": 50, "filters": color}))
+    assert {r["source"]["id"] for r in body["results"]} == {r["id"] for r in rows if r["color"] == "green"}
+    assert all(r["metadata"]["color"] == "green" for r in body["results"])
+    listed = _ok(client.get("/v1/collections"))["collections"]
+    assert listed[0]["metadata_fields"]["color"] == "string"
+    still = client.post("/v1/search", json={"collection": "shop", "text": "boot", "filters":
+                                            {"field": "colour", "op": "eq", "value": "green"}})
+    assert still.status_code == 422 and "unknown field 'colour'" in still.json()["message"]
+
+
+@pytest.mark.backends  # filters compile per dialect
+def test_get_similar_honours_filters_and_offset_as_post_does(shop) -> None:
+    client, _, _, _ = shop
+    bags = {"field": "category", "op": "eq", "value": "bags"}
+    seed = _ok(client.post("/v1/search", json={"collection": "shop", "text": "boot", "k": 1}))["results"][0]["id"]
+    post = _ok(client.post("/v1/search", json={"collection": "shop", "item_id": seed, "k": 5, "offset": 2,
+                                               "filters": bags}))
+    get = _ok(client.get(f"/v1/items/{seed}/similar", params={"k": 5, "offset": 2, "filters": json.dumps(bags)}))
+    assert [r["id"] for r in get["results"]] == [r["id"] for r in post["results"]]
+    assert get["results"] and all(r["metadata"]["category"] == "bags" for r in get["results"])
+    unfiltered = _ok(client.get(f"/v1/items/{seed}/similar", params={"k": 20}))
+    assert {r["metadata"]["category"] for r in unfiltered["results"]} == {"bags", "shoes"}
+    bad = client.get(f"/v1/items/{seed}/similar", params={"filters": '{"field": "nope", "op": "eq", "value": 1}'})
+    assert bad.status_code == 422 and "unknown field 'nope'" in bad.json()["message"]
+    broken = client.get(f"/v1/items/{seed}/similar", params={"filters": "{not json"})
+    assert broken.status_code == 422
+
+
+def test_cli_search_takes_a_filter_and_an_offset_and_answers_as_http_does(shop, capsys) -> None:
+    client, _, _, settings = shop
+    bags = {"field": "category", "op": "eq", "value": "bags"}
+    argv = ["search", "-c", "shop", "--home", str(settings.home), "--database-url", settings.resolved_database_url,
+            "--text", "leather boot", "-k", "3", "--offset", "2", "--filter", json.dumps(bags)]
+    got = cli_json(capsys, argv)
+    http = _ok(client.post("/v1/search", json={"collection": "shop", "text": "leather boot", "k": 3, "offset": 2,
+                                               "filters": bags}))
+    assert [r["id"] for r in got["results"]] == [r["id"] for r in http["results"]] and len(got["results"]) == 3
+    assert all(r["metadata"]["category"] == "bags" for r in got["results"])
+    assert got["offset"] == 2 and got["filter"] == bags and set(got["timings_ms"]) == {"encode", "ann", "sql"}
+    main(argv[:-2])  # the table counts ranks from the offset
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:4]]
+    assert [int(r[0]) for r in rows] == [3, 4, 5]
+    assert main([*argv[:-1], '{"field": "colour", "op": "eq", "value": 1}']) == EXIT_USER_ERROR
+    assert "unknown field 'colour'" in capsys.readouterr().err
+    assert main([*argv[:-1], "{oops"]) == EXIT_USER_ERROR
+    assert "filters: not valid JSON" in capsys.readouterr().err
