@@ -92,3 +92,32 @@ def test_cli_search_takes_a_filter_and_an_offset_and_answers_as_http_does(shop, 
     assert "unknown field 'colour'" in capsys.readouterr().err
     assert main([*argv[:-1], "{oops"]) == EXIT_USER_ERROR
     assert "filters: not valid JSON" in capsys.readouterr().err
+
+
+@pytest.mark.backends  # the lookup by source id is SQL
+def test_a_product_is_found_by_its_own_id_and_more_like_it_by_that_id(shop) -> None:
+    client, _, rows, _ = shop
+    sku = rows[3]["id"]
+    row = _ok(client.get(f"/v1/sources/{sku}"))
+    assert row["source_id"] == sku and row["collection"] == "shop"
+    assert row["metadata"]["category"] == rows[3]["category"] and row["metadata"]["price"] == 13.5
+    assert sorted((it["column"], it["modality"]) for it in row["items"]) == [("image", "image"), ("title", "text")]
+    image = next(it for it in row["items"] if it["column"] == "image")
+    assert image["thumbnail_url"] == f"/v1/items/{image['id']}/thumbnail"
+    assert client.get(image["media_url"]).status_code == 200
+
+    like = _ok(client.get(f"/v1/sources/{sku}/similar", params={"k": 6, "target": "image"}))
+    by_item = _ok(client.get(f"/v1/items/{image['id']}/similar", params={"k": 7, "target": "image"}))
+    assert sku not in {r["source"]["id"] for r in like["results"]} and len(like["results"]) == 6
+    assert [r["id"] for r in like["results"]] == [r["id"] for r in by_item["results"] if r["source"]["id"] != sku][:6]
+    shoes = {"field": "category", "op": "eq", "value": "shoes"}
+    filtered = _ok(client.get(f"/v1/sources/{sku}/similar", params={"filters": json.dumps(shoes), "k": 20}))
+    assert filtered["results"] and {r["metadata"]["category"] for r in filtered["results"]} == {"shoes"}
+    assert sku not in {r["source"]["id"] for r in filtered["results"]}
+    by_title = _ok(client.get(f"/v1/sources/{sku}/similar", params={"column": "title", "target": "text", "k": 3}))
+    assert by_title["results"] and all(r["modality"] == "text" for r in by_title["results"])
+
+    missing = client.get("/v1/sources/SKU-999")
+    assert missing.status_code == 404 and "SKU-999" in missing.json()["message"]
+    assert client.get(f"/v1/sources/{sku}/similar", params={"column": "photo"}).status_code == 404
+    assert client.get(f"/v1/sources/{sku}", params={"collection": "elsewhere"}).status_code == 404

@@ -28,7 +28,7 @@ from xmodal.api import errors
 from xmodal.api.deps import auth
 from xmodal.api.errors import CatchAll, SafeJSONResponse
 from xmodal.api.guard import RequestGuard
-from xmodal.api.routes import items, search, system
+from xmodal.api.routes import items, search, sources, system
 from xmodal.api.schemas import filter_components
 from xmodal.api.service import Service
 
@@ -114,6 +114,7 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(system.collections_router(errors=common), dependencies=guarded)
     app.include_router(search.router(settings, errors=common), dependencies=guarded)
     app.include_router(items.router(errors=common), dependencies=guarded)
+    app.include_router(sources.router(errors=common), dependencies=guarded)
     if STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -307,6 +307,19 @@ class ItemOut(BaseModel):
     thumbnail_url: str | None
 
 
+class SourceItemOut(ItemOut):
+    column: str | None = Field(description="the manifest's media column this item came from")
+
+
+class SourceOut(BaseModel):
+    """A manifest row (a product): its own id, its metadata, and one item per media column."""
+
+    collection: str
+    source_id: str
+    metadata: dict[str, Any]
+    items: list[SourceItemOut]
+
+
 class CollectionOut(BaseModel):
     name: str
     items: dict[str, int]

@@ -252,12 +252,54 @@ class Service:
         return found
 
     def item(self, *, item_id: int) -> dict[str, Any]:
-        it = self._item(item_id)
+        return self._item_out(self._item(item_id))
+
+    def _item_out(self, it: Item) -> dict[str, Any]:
         collection = self._by_id[it.collection_id]
         return {"id": it.id, "collection": collection, "uri": self._client_uri(collection, it.uri),
                 "modality": it.modality, "metadata": it.meta or {}, "content_hash": it.content_hash, "size": it.size,
                 "media_url": f"/v1/items/{it.id}/media",
                 "thumbnail_url": f"/v1/items/{it.id}/thumbnail" if it.modality == "image" else None}
+
+    # sources: a manifest's rows, by the catalog's own ids -----------------------------------------
+
+    def _source(self, source_id: str, collection: str | None) -> tuple[str, list[Item]]:
+        if collection is not None:
+            self._searcher(collection)  # not ready, not served: said as for a search
+        elif not self.ready.is_set():
+            raise NotReadyError("the service is still loading its models and indexes")
+        names = [collection] if collection is not None else self.names
+        ids = {self.searchers[n].collection_id: n for n in names}
+        items = self.catalog.source_items(list(ids), source_id)
+        found = sorted({ids[it.collection_id] for it in items})
+        if not found:
+            where = f" in collection {collection!r}" if collection is not None else ""
+            raise NotFoundError(f"no product or manifest row with id {source_id!r}{where}")
+        if len(found) > 1:
+            raise UserError(f"id {source_id!r} is in collections {', '.join(found)}: name one (collection=...)")
+        return found[0], items
+
+    def source(self, *, source_id: str, collection: str | None = None) -> dict[str, Any]:
+        """A manifest row by its own id (a SKU): its metadata and its items, one per media column."""
+        name, items = self._source(source_id, collection)
+        return {"collection": name, "source_id": source_id, "metadata": items[0].source_meta or {},
+                "items": [{**self._item_out(it), "column": it.source_column} for it in items]}
+
+    def similar_source(self, *, source_id: str, collection: str | None = None, column: str | None = None,
+                       filters: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
+        """More like a row: its ``column``'s item as the query (default: its first image, else its first
+        item), the row's own items left out; ``options`` as for ``search``."""
+        name, items = self._source(source_id, collection)
+        if column is not None:
+            chosen = [it for it in items if it.source_column == column]
+            if not chosen:
+                have = ", ".join(sorted({str(it.source_column) for it in items}))
+                raise NotFoundError(f"{source_id!r} has no media column {column!r} (it has: {have})")
+        else:
+            chosen = [it for it in items if it.modality == "image"] or items
+        others = {"not": {"field": "source_id", "op": "eq", "value": source_id}}
+        return self.search(collection=name, item_id=chosen[0].id, filters={"and": [filters, others]} if filters
+                           else others, **options)
 
     def media(self, *, item_id: int) -> tuple[VerifiedFile, str] | str:
         """The original file of an item, open and checked (``api.files``: by id only, from under the

@@ -176,3 +176,10 @@ class ItemQueries(CatalogBase):
         callers that cache something derived from the items (the service's field list)."""
         with self.Session() as s:
             return s.scalar(select(func.max(Item.updated_at)).where(Item.collection_id == collection_id))
+
+    def source_items(self, collection_ids: Sequence[int], source_id: str) -> list[Item]:
+        """The servable items of a manifest row (its source id) in these collections, by collection and id."""
+        q = (select(Item).where(Item.collection_id.in_(list(collection_ids)), Item.source_id == source_id,
+                                Item.status == STATUS_OK).order_by(Item.collection_id, Item.id))
+        with self.Session() as s:
+            return list(s.scalars(q))
