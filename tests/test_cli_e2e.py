@@ -271,6 +271,8 @@ def test_stats_reports_counts_spaces_and_index(env, media, capsys, monkeypatch):
     (space,) = stats["spaces"]
     assert space["name"] == "clip" and space["dim"] == 64 and space["model"] == env.clip_model
     assert stats["index"]["clip"]["version"] == 1 and stats["index"]["clip"]["vectors"] == 47
+    assert main(["--device", "cpu", "stats", "--collection", "shop"]) == 0  # the device in words, not a dict
+    assert "  device: cpu (torch), FAISS on " in capsys.readouterr().out
     # --home and --database-url work before the command too, and beat the environment
     monkeypatch.setenv("XMODAL_HOME", str(env.home.parent / "elsewhere"))
     monkeypatch.delenv("XMODAL_DATABASE_URL")
