@@ -4,11 +4,12 @@ and what `xmodal stats` prints about the device reads as words."""
 from __future__ import annotations
 
 import argparse
+import socket
 
 import pytest
 
 from xmodal.cli import build_parser
-from xmodal.cli.admin import device_words
+from xmodal.cli.admin import device_words, page_urls
 
 SILENT = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)
 
@@ -51,3 +52,11 @@ def test_device_in_words() -> None:
     assert device_words({"torch": "cuda:0", "gpu_name": "NVIDIA H100", "faiss_gpus": 1}) == \
         "cuda:0 NVIDIA H100 (torch), FAISS on 1 GPU"
     assert device_words({"torch": "cpu", "gpu_name": None, "faiss_gpus": 2}) == "cpu (torch), FAISS on 2 GPUs"
+
+
+def test_the_serve_message_names_urls_a_browser_can_open() -> None:
+    assert page_urls("127.0.0.1", 8000) == ("http://127.0.0.1:8000/", None)
+    assert page_urls("localhost", 80) == ("http://localhost:80/", None)
+    assert page_urls("0.0.0.0", 8000) == ("http://127.0.0.1:8000/", f"http://{socket.gethostname()}:8000/")
+    assert page_urls("::", 8000) == ("http://[::1]:8000/", f"http://{socket.gethostname()}:8000/")
+    assert page_urls("fe80::1", 8000) == ("http://[fe80::1]:8000/", None)

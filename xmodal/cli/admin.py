@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from typing import Any
 
@@ -145,6 +146,14 @@ def device_words(report: dict[str, Any]) -> str:
     return f"{torch_part} (torch), FAISS on " + ("CPU" if n == 0 else f"{n} GPU{'s' if n > 1 else ''}")
 
 
+def page_urls(host: str, port: int) -> tuple[str, str | None]:
+    """The page's URL on this machine, and from other machines when ``host`` listens on every interface."""
+    if host in ("0.0.0.0", "::", ""):
+        local = "127.0.0.1" if host == "0.0.0.0" else "[::1]"
+        return f"http://{local}:{port}/", f"http://{socket.gethostname()}:{port}/"
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/", None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from xmodal.api import server
     from xmodal.api.app import create_app
@@ -152,10 +161,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = settings_of(args)
     service = Service(settings, args.collection or None)
-    print(f"xmodal: serving {', '.join(service.names)} on http://{args.host}:{args.port} "
-          f"(docs at /docs; /readyz turns 200 once models and indexes are loaded)", file=sys.stderr)
+    names = service.names
+
+    def ready(host: str, port: int) -> None:
+        local, other = page_urls(host, port)
+        what = (f"collection{'s' if len(names) > 1 else ''} {', '.join(names)}" if names
+                else "no collections (index one first: xmodal index FOLDER -c NAME)")
+        print(f"xmodal: serving {what} at {local} (API docs {local}docs)"
+              f"{f', from other machines: {other}' if other else ''}; searches answer once models and indexes "
+              f"are loaded; Ctrl-C stops", file=sys.stderr, flush=True)
+
     server.run(create_app(service), settings, host=args.host, port=args.port,
-               log_level="info" if getattr(args, "verbose", 0) else "warning")
+               log_level="info" if getattr(args, "verbose", 0) else "warning", on_ready=ready)
     return 0
 
 
