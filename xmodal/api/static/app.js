@@ -6,7 +6,7 @@ const KEY_STORE = "xmodal.apikey";
 const MODALITY_LABELS = { image: "images", text: "text", audio: "audio" };
 const COUNTED = { image: ["image", "images"], text: ["text", "texts"], audio: ["sound", "sounds"] };
 // "strong matches only": relevance at least 1, ten times less likely than the best of the collection's
-// unrelated items (see the README on scores)
+// unrelated items (see docs/serving.md on scores)
 const STRONG = 1;
 const NOT_FILTERS = new Set(["snippet"]);  // free text made for display, not for filtering
 // Filter fields in words. Fields not named here (a manifest's own columns) show their name, title-cased.
