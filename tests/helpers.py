@@ -141,15 +141,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(env: dict[str, str], log: Path, *collections: str, ready_seconds: float = 60,
+def serving(env: dict[str, str], log: Path, *collections: str, ready_seconds: float = 60, host: str = "127.0.0.1",
             **extra_env: str) -> Iterator[str]:
-    """`xmodal serve` of some collections as a subprocess; yields its base URL once /readyz answers 200;
-    always stopped."""
+    """`xmodal serve` of some collections as a subprocess (listening on ``host``, reached on 127.0.0.1);
+    yields its base URL once /readyz answers 200; always stopped."""
     port = free_port()
     xmodal = str(Path(sys.executable).with_name("xmodal"))
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [xmodal, "serve", "--host", "127.0.0.1", "--port", str(port), "--collection", *collections],
+            [xmodal, "serve", "--host", host, "--port", str(port), "--collection", *collections],
             env={**env, **extra_env}, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     keys = [k for k in {**env, **extra_env}.get("XMODAL_API_KEYS", "").split(",") if k.strip()]

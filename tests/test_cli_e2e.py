@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli_json, photo, write_photos, write_texts
+from helpers import cli_json, free_port, photo, serving, write_photos, write_texts
 from PIL import Image
 
 from xmodal.cli import main
@@ -271,6 +272,8 @@ def test_stats_reports_counts_spaces_and_index(env, media, capsys, monkeypatch):
     (space,) = stats["spaces"]
     assert space["name"] == "clip" and space["dim"] == 64 and space["model"] == env.clip_model
     assert stats["index"]["clip"]["version"] == 1 and stats["index"]["clip"]["vectors"] == 47
+    assert main(["--device", "cpu", "stats", "--collection", "shop"]) == 0  # the device in words, not a dict
+    assert "  device: cpu (torch), FAISS on " in capsys.readouterr().out
     # --home and --database-url work before the command too, and beat the environment
     monkeypatch.setenv("XMODAL_HOME", str(env.home.parent / "elsewhere"))
     monkeypatch.delenv("XMODAL_DATABASE_URL")
@@ -400,3 +403,29 @@ def test_run_report_for_schedulers(env, media, capsys, tmp_path):
     partial = json.loads(report.read_text())
     assert partial["status"] == "partial" and partial["exit_code"] == 3 and partial["failed"] == 1
     assert partial["failures"][0]["uri"].endswith("broken.jpg")
+
+
+@pytest.mark.slow  # a real `xmodal serve` subprocess
+def test_serve_says_where_the_page_and_the_docs_are(env, media, capsys, tmp_path):
+    """Once it listens, `xmodal serve` prints the page's and the API docs' URLs, reachable ones when it
+    listens on every interface; a port in use is a one-line error that names --port."""
+    index(capsys, media)
+    log = tmp_path / "serve.log"
+    with serving(dict(os.environ), log, "shop") as base:
+        lines = [line for line in log.read_text().splitlines() if line.startswith("xmodal:")]
+    assert lines == [f"xmodal: serving collection shop at {base}/ (API docs {base}/docs); searches answer once "
+                     f"models and indexes are loaded; Ctrl-C stops"]
+    with serving(dict(os.environ), log, "shop", host="0.0.0.0") as base:
+        text = log.read_text()
+    port = base.rsplit(":", 1)[1]
+    assert f"at http://127.0.0.1:{port}/ (API docs http://127.0.0.1:{port}/docs)" in text
+    assert f"other machines: http://{socket.gethostname()}:{port}/" in text
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port := free_port()))
+        busy.listen()
+        proc = subprocess.run([str(Path(sys.executable).with_name("xmodal")), "serve", "-c", "shop", "--port",
+                               str(port)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert f"xmodal serve: error: cannot listen on 127.0.0.1:{port}" in proc.stderr and "--port" in proc.stderr
+    assert "Traceback" not in proc.stderr

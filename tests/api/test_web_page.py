@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,10 @@ def drop_file(page: Any, path: Path, mime: str) -> None:
         }""", [list(path.read_bytes()), path.name, mime])
 
 
+def shown_fields(page: Any) -> set[str]:
+    return set(page.eval_on_selector_all("#filter-fields [data-field]", "es => es.map(e => e.dataset.field)"))
+
+
 def search_bodies(page: Any) -> list[dict[str, Any]]:
     bodies: list[dict[str, Any]] = []
     page.on("request", lambda r: bodies.append(json.loads(r.post_data)) if r.url.endswith("/v1/search") else None)
@@ -128,12 +133,26 @@ def test_search_drop_similar_filter_and_errors(server: str, indexed: tuple[dict[
     assert targets == ["any", "image", "text"]  # from the collection's modalities
     fields = page.eval_on_selector_all("#filter-fields [data-field]", "es => es.map(e => e.dataset.field)")
     assert "format" in fields and "width" in fields and "snippet" not in fields
+    # the empty page says what to do and what the collection holds; the filters wait, closed, labelled in words
+    assert page.is_visible("#hint")
+    assert "drop an image" in page.inner_text("#hint") and "23 images, 2 texts" in page.inner_text("#hint")
+    assert page.get_attribute("#filters-box", "open") is None and page.is_hidden("#filter-fields")
+    page.click("#filters-box summary")
+    labels = page.locator("#filter-fields .field").all_inner_texts()
+    assert any(t.startswith("Width (px)") for t in labels) and any(t.startswith("Length (characters)") for t in labels)
+    assert not any(t.startswith(("width", "chars")) for t in labels)
+    page.select_option("#target", "text")  # only the fields of the kinds in view, and the catalog's
+    assert shown_fields(page) == {"chars", "title"}
+    page.select_option("#target", "image")
+    assert shown_fields(page) == {"format", "height", "title", "width"}
+    page.select_option("#target", "any")
     sent = search_bodies(page)
 
     # (1) type a query, press Enter: a full page of cards; then the next page, and back
     page.fill("#q", "red boots")
     page.press("#q", "Enter")
     page.wait_for_selector(".card")
+    assert page.is_hidden("#hint") and page.is_hidden("#query-preview")
     assert page.locator(".card").count() == PAGE_SIZE  # 25 items, 24 a page
     assert sent[-1] == {"collection": COLLECTION, "text": "red boots", "item_id": None, "target": "any",
                         "k": PAGE_SIZE, "offset": 0, "filters": None, "min_relevance": None}
@@ -165,6 +184,10 @@ def test_search_drop_similar_filter_and_errors(server: str, indexed: tuple[dict[
     page.wait_for_function("document.getElementById('status').textContent.includes('photo_0007.jpg')")
     first = page.locator(".card").first
     assert first.locator(".name").inner_text() == "photo_0007.jpg"
+    # the dropped image is shown above the results, from a blob URL
+    assert page.is_visible("#query-preview") and "photo_0007.jpg" in page.inner_text("#query-name")
+    page.wait_for_function("(i => i && i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0)("
+                           "document.querySelector('#query-preview img'))")
     assert first.locator("img").get_attribute("src").endswith("/thumbnail")
     assert first.locator("a.original").get_attribute("href").endswith("/media")
     page.wait_for_function("[...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)")
@@ -192,6 +215,13 @@ def test_search_drop_similar_filter_and_errors(server: str, indexed: tuple[dict[
     page.wait_for_function("document.getElementById('status').textContent.includes('like photo_0007.jpg')")
     similar_ids = [c.get_attribute("data-id") for c in page.locator(".card").all()]
     assert len(similar_ids) == PAGE_SIZE and first_id not in similar_ids
+    assert page.is_hidden("#query-preview")  # the query is that item now, not the file
+    # "Clear" on a dropped file: back to the empty page and its hint
+    drop_file(page, dropped, "image/jpeg")
+    page.wait_for_selector("#query-preview img")
+    page.wait_for_function("document.getElementById('status').textContent.includes('photo_0007.jpg')")
+    page.click("#clear-query")
+    assert page.is_hidden("#query-preview") and page.locator(".card").count() == 0 and page.is_visible("#hint")
 
     # (4) a metadata filter: format = PNG leaves the 3 PNGs, and the request says so
     page.fill("#q", "a photo")
@@ -202,6 +232,7 @@ def test_search_drop_similar_filter_and_errors(server: str, indexed: tuple[dict[
     page.wait_for_function("document.querySelectorAll('.card').length === 3")
     assert sorted(cards(page)) == ["photo_0040.png", "photo_0041.png", "photo_0042.png"]
     assert sent[-1]["filters"] == {"and": [{"field": "format", "op": "eq", "value": "PNG"}]}
+    assert page.inner_text("#filter-count") == "(1 active)"
 
     # a range filter nothing matches (the photos are 160 px wide), combined with the format
     page.fill("#filter-fields input[data-field=width][data-bound=gte]", "161")
@@ -210,9 +241,11 @@ def test_search_drop_similar_filter_and_errors(server: str, indexed: tuple[dict[
     assert page.locator(".card").count() == 0
     assert sent[-1]["filters"] == {"and": [{"field": "format", "op": "eq", "value": "PNG"},
                                            {"field": "width", "op": "range", "value": {"gte": 161}}]}
+    assert page.inner_text("#filter-count") == "(2 active)"
     page.click("#clear-filters")
     page.wait_for_function(f"document.querySelectorAll('.card').length === {PAGE_SIZE}")
-    assert sent[-1]["filters"] is None
+    assert sent[-1]["filters"] is None and page.inner_text("#filter-count") == ""
+    page.click("#filters-box summary")  # closed again for the screenshot
 
     # an error from the API is shown with its message: a text file through the file picker is a 415
     notes = media / "notes" / "boots.txt"
@@ -261,7 +294,8 @@ def test_api_key_from_the_box_is_sent_and_kept(indexed: tuple[dict[str, str], Pa
         assert page.input_value("#apikey") == "s3cret" and page.is_hidden("#error")
 
 
-def test_controls_follow_the_collection_and_audio_cards(server: str, open_page: Callable[[str], Any]) -> None:
+def test_controls_follow_the_collection_and_audio_cards(server: str, open_page: Callable[[str], Any],
+                                                        tmp_path: Path) -> None:
     """Modalities and metadata types the test collection lacks (audio, booleans, numbers), from a stubbed API."""
     listing = {"collections": [{
         "name": "sounds", "items": {"ok": 2}, "modalities": {"audio": 1, "image": 1},
@@ -274,10 +308,30 @@ def test_controls_follow_the_collection_and_audio_cards(server: str, open_page: 
     page = open_page(server)
     page.route("**/v1/collections", lambda r: r.fulfill(json=listing))
     page.route("**/v1/search", lambda r: r.fulfill(json=results))
+    page.route("**/v1/search/upload", lambda r: r.fulfill(json=results))
     page.reload()
     page.wait_for_selector("#collection option[value=sounds]", state="attached")
     assert page.eval_on_selector_all("#target option", "os => os.map(o => o.value)") == ["any", "audio", "image"]
     assert page.get_attribute("#file", "accept") == "image/*,audio/*"
+    assert "drop an image or a sound" in page.inner_text("#hint") and "1 sound, 1 image" in page.inner_text("#hint")
+
+    # a dropped sound is shown back by its name and a player on the file itself
+    wav = tmp_path / "bell.wav"
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(b"\x00\x10" * 8000)
+    drop_file(page, wav, "audio/wav")
+    page.wait_for_selector(".card audio")
+    assert page.get_attribute("#query-preview audio", "src").startswith("blob:")
+    assert page.inner_text("#query-name") == "Your sound: bell.wav"
+    page.click("#clear-query")
+    assert page.is_hidden("#query-preview")
+
+    page.click("#filters-box summary")
+    labels = page.locator("#filter-fields .field").all_inner_texts()
+    assert any(t.startswith("Loud") for t in labels) and any(t.startswith("Seconds") for t in labels)
 
     # boolean: a tri-state checkbox, any -> yes -> no -> any; number: a min/max pair with decimals
     loud = page.locator("#filter-fields input[data-field=loud]")

@@ -5,18 +5,24 @@ takes to send a request's headers: a client that opens connections and sends a h
 then would hold them forever. :class:`HeaderDeadline` arms a timer when a request's first byte
 arrives (and when a connection opens) and answers 408 and closes the connection if the headers are
 not complete in ``request_header_timeout`` seconds. Bodies are bounded by ``api.guard.RequestGuard``.
+
+:func:`run` calls ``on_ready(host, port)`` once the socket listens (the port is the bound one), so that the
+command line can say where the page is; an address or port it cannot bind is a :class:`UserError`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from xmodal.config import Settings
+from xmodal.errors import UserError
 
 
 def _protocol(header_timeout: float) -> type[asyncio.Protocol]:
@@ -78,5 +84,26 @@ def config(app: Any, settings: Settings, *, host: str, port: int, log_level: str
                           timeout_keep_alive=5, timeout_graceful_shutdown=10)
 
 
-def run(app: Any, settings: Settings, *, host: str, port: int, log_level: str = "warning") -> None:
-    uvicorn.Server(config(app, settings, host=host, port=port, log_level=log_level)).run()
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling when it listens, and turning a failed bind into a user error."""
+
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[str, int], None] | None) -> None:
+        super().__init__(config)
+        self._on_ready = on_ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets)
+        except SystemExit:
+            if self.lifespan.should_exit:  # the app's startup failed: uvicorn has logged why
+                raise
+            raise UserError(f"cannot listen on {self.config.host}:{self.config.port} (is another server using "
+                            f"it? choose another with --port, or --host)") from None
+        if self.started and self._on_ready is not None:
+            port = self.servers[0].sockets[0].getsockname()[1]
+            self._on_ready(self.config.host, int(port))
+
+
+def run(app: Any, settings: Settings, *, host: str, port: int, log_level: str = "warning",
+        on_ready: Callable[[str, int], None] | None = None) -> None:
+    _Server(config(app, settings, host=host, port=port, log_level=log_level), on_ready).run()

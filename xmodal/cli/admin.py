@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from typing import Any
 
@@ -73,7 +74,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
                     part["retrain_due"] = due.get(modality)
     finally:
         catalog.close()
-    stats["device"] = _device_report()
+    stats["device"] = _device_report(settings.device)
     if args.json:
         dump(stats)
         return 0
@@ -112,7 +113,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
                       f"over {c['pairs']:,} pairs ({c['queries']} as queries, {c['targets']:,} candidates)")
         else:
             print("    calibration: none (built before calibration: the next `xmodal index` adds it)")
-    print(f"  device: {stats['device']}")
+    print(f"  device: {device_words(stats['device'])}")
     if stats["failed"]:
         print(f"  failed ({len(stats['failed'])}):")
         for f in stats["failed"][:50]:
@@ -120,12 +121,37 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _device_report() -> dict[str, Any]:
+def _device_report(requested: str) -> dict[str, Any]:
+    """What encoders and FAISS run on here: torch's device (as ``--device``/XMODAL_DEVICE resolve), the GPU's
+    name, and how many GPUs this FAISS build sees."""
     import faiss
     import torch
 
-    return {"torch": "cuda" if torch.cuda.is_available() else "cpu",
+    cuda = torch.cuda.is_available()
+    device = ("cuda" if cuda else "cpu") if requested == "auto" else requested
+    name = None
+    if device.startswith("cuda") and cuda:
+        index = torch.device(device).index or 0
+        device, name = f"cuda:{index}", torch.cuda.get_device_name(index)
+    elif device.startswith("cuda"):
+        device = f"{device} (requested; CUDA is not available)"
+    return {"torch": device, "gpu_name": name,
             "faiss_gpus": int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0}
+
+
+def device_words(report: dict[str, Any]) -> str:
+    """``cpu (torch), FAISS on CPU`` or ``cuda:0 NVIDIA H100 (torch), FAISS on 1 GPU``."""
+    torch_part = f"{report['torch']} {report['gpu_name']}" if report.get("gpu_name") else str(report["torch"])
+    n = int(report.get("faiss_gpus") or 0)
+    return f"{torch_part} (torch), FAISS on " + ("CPU" if n == 0 else f"{n} GPU{'s' if n > 1 else ''}")
+
+
+def page_urls(host: str, port: int) -> tuple[str, str | None]:
+    """The page's URL on this machine, and from other machines when ``host`` listens on every interface."""
+    if host in ("0.0.0.0", "::", ""):
+        local = "127.0.0.1" if host == "0.0.0.0" else "[::1]"
+        return f"http://{local}:{port}/", f"http://{socket.gethostname()}:{port}/"
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/", None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -135,10 +161,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = settings_of(args)
     service = Service(settings, args.collection or None)
-    print(f"xmodal: serving {', '.join(service.names)} on http://{args.host}:{args.port} "
-          f"(docs at /docs; /readyz turns 200 once models and indexes are loaded)", file=sys.stderr)
+    names = service.names
+
+    def ready(host: str, port: int) -> None:
+        local, other = page_urls(host, port)
+        what = (f"collection{'s' if len(names) > 1 else ''} {', '.join(names)}" if names
+                else "no collections (index one first: xmodal index FOLDER -c NAME)")
+        print(f"xmodal: serving {what} at {local} (API docs {local}docs)"
+              f"{f', from other machines: {other}' if other else ''}; searches answer once models and indexes "
+              f"are loaded; Ctrl-C stops", file=sys.stderr, flush=True)
+
     server.run(create_app(service), settings, host=args.host, port=args.port,
-               log_level="info" if getattr(args, "verbose", 0) else "warning")
+               log_level="info" if getattr(args, "verbose", 0) else "warning", on_ready=ready)
     return 0
 
 

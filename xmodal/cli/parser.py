@@ -21,8 +21,18 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="data dir (env XMODAL_HOME; default ./xmodal-data)")
     g.add_argument("--database-url", default=argparse.SUPPRESS,
                    help="SQLAlchemy URL of the catalog (env XMODAL_DATABASE_URL; default SQLite in the data dir)")
-    g.add_argument("--device", default=argparse.SUPPRESS, help="auto, cpu, cuda (env XMODAL_DEVICE)")
-    g.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS)
+    g.add_argument("--device", default=argparse.SUPPRESS, help="where models run: auto (a GPU when there is one), cpu, cuda or cuda:N "
+                        "(env XMODAL_DEVICE; default auto)")
+    g.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                   help="log progress on stderr (-vv: debug); default: warnings and errors only")
+
+
+def _collection(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--collection", "-c", required=True, metavar="NAME", help=f"{what} (required)")
+
+
+def _json(p: argparse.ArgumentParser, what: str = "the result") -> None:
+    p.add_argument("--json", action="store_true", help=f"print {what} as JSON instead of text")
 
 
 def _common() -> argparse.ArgumentParser:
@@ -89,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("index", parents=[common], help="index folders of images, sound and text, or a manifest")
-    p.add_argument("sources", nargs="*", type=Path, metavar="SOURCE")
+    p.add_argument("sources", nargs="*", type=Path, metavar="SOURCE",
+                   help="folders or files to index (images, sound, text; subfolders too); a rerun picks up what "
+                        "is new, changed or deleted")
     p.add_argument("--manifest", type=Path, metavar="FILE",
                    help="index the rows of a CSV, TSV, JSONL or Parquet file (gzip too): an 'id' column, media "
                         "columns (default 'uri': a path, file://, http(s):// or an fsspec URL) and metadata columns; "
@@ -101,11 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--column-type", action="append", metavar="COL=TYPE",
                    help="type of a metadata column: str, int, float, bool or list (e.g. --column-type sku=str; "
                         "title, category, brand are str, price float and tags list unless told otherwise)")
-    p.add_argument("--collection", "-c", required=True)
+    _collection(p, "the collection to create or update")
     _model_flags(p)
-    p.add_argument("--batch-size", type=_positive)
-    p.add_argument("--workers", type=int, help="decode processes (0 = cores - 1)")
-    p.add_argument("--exact-threshold", type=int, help="vectors below which the index is exact")
+    p.add_argument("--batch-size", type=_positive, metavar="N",
+                   help="items encoded per batch (env XMODAL_BATCH_SIZE; default 64)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="decode processes (env XMODAL_WORKERS; default 0: one per core but one)")
+    p.add_argument("--exact-threshold", type=int, metavar="N",
+                   help="vectors below which the index is exact, above IVF-PQ (env XMODAL_EXACT_THRESHOLD; "
+                        "default 50000)")
     p.add_argument("--recall-target", type=_fraction, metavar="R",
                    help="recall@10 (against exact search, on held-out probes) the index is tuned for; default 0.95")
     p.add_argument("--max-index-memory", type=_memory, metavar="SIZE",
@@ -113,34 +129,35 @@ def build_parser() -> argparse.ArgumentParser:
                         "vectors stay in RAM only if they fit too, else they are memory-mapped)")
     p.add_argument("--retry-failed", action="store_true", help="try failed files again even if unchanged")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="where decode and encode run: worker processes here (local), or Ray Data on a Ray "
-                        "cluster (ray; pip install 'xmodal[ray]')")
+                   help="where decode and encode run: worker processes here (local, the default), or Ray Data on "
+                        "a Ray cluster (ray; pip install 'xmodal[ray]')")
     p.add_argument("--ray-address", metavar="ADDR",
                    help="Ray cluster to join with --engine ray, e.g. 10.0.0.5:6379 or auto (default: start a "
                         "local one)")
     p.add_argument("--dry-run", action="store_true",
                    help="print what would change (new, changed, deleted files) and change nothing")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    _json(p, "the run summary")
     p.add_argument("--report", type=Path, metavar="FILE.json",
                    help="write a machine-readable run report (counts, failures, durations, throughput)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", parents=[common], help="search a collection")
-    p.add_argument("--collection", "-c", required=True)
+    _collection(p, "the collection to search")
     q = p.add_mutually_exclusive_group(required=True)
-    q.add_argument("--text")
-    q.add_argument("--image", type=Path)
-    q.add_argument("--audio", type=Path)
-    q.add_argument("--item", type=int)
-    p.add_argument("--target", default=ANY, choices=TARGETS)
+    q.add_argument("--text", help="find what this text describes (images, sounds and texts alike)")
+    q.add_argument("--image", type=Path, metavar="FILE", help="find items like this image file")
+    q.add_argument("--audio", type=Path, metavar="FILE", help="find items like this sound file (needs a CLAP space)")
+    q.add_argument("--item", type=int, metavar="ID", help="find items like this indexed item (its id in results)")
+    p.add_argument("--target", default=ANY, choices=TARGETS,
+                   help=f"which kind of items to return: {', '.join(TARGETS)} (default {ANY}: every kind, merged)")
     p.add_argument("--fusion", default="relevance", choices=FUSIONS,
                    help="how the lists of several targets merge: by calibrated relevance (default) or by reciprocal rank")
     p.add_argument("--min-relevance", type=float, metavar="R",
                    help="leave out results with a relevance below R (0: what chance gives the best unrelated item; "
                         "1: ten times less likely); a page left empty says 'no good match'")
     p.add_argument("--min-score", type=float, metavar="S", help="leave out results whose raw score is below S")
-    p.add_argument("-k", type=_positive, default=10)
+    p.add_argument("-k", type=_positive, default=10, metavar="N", help="how many results (default 10)")
     p.add_argument("--offset", type=_natural, default=0, metavar="N",
                    help="skip the first N results (the next page: --offset 10 with -k 10); default 0")
     p.add_argument("--filter", metavar="JSON",
@@ -149,59 +166,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recall", type=_fraction, metavar="R",
                    help="recall@10 wanted from approximate indexes: the cheapest point measured at build time "
                         "that reaches it (lower is faster); default: the tuned point")
-    p.add_argument("--json", action="store_true")
+    _json(p, "the results (with metadata and timings)")
     _model_flags(p, recorded=True)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("eval", parents=[common], help="measure recall and latency on labelled queries")
-    p.add_argument("--collection", "-c", required=True)
-    p.add_argument("--queries", type=Path, required=True, help="JSONL file of queries")
-    p.add_argument("-k", type=_positive, default=10)
+    _collection(p, "the collection to evaluate")
+    p.add_argument("--queries", type=Path, required=True, metavar="FILE.jsonl",
+                   help="labelled queries, one JSON object a line (required)")
+    p.add_argument("-k", type=_positive, default=10, metavar="N", help="results per query (default 10)")
     p.add_argument("--recall", type=_fraction, metavar="R",
                    help="search approximate indexes at the operating point measured for this recall@10")
-    p.add_argument("--fusion", default="relevance", choices=FUSIONS, help="as for search")
+    p.add_argument("--fusion", default="relevance", choices=FUSIONS,
+                   help="how the lists of several targets merge, as for search (default relevance)")
     p.add_argument("--min-relevance", type=float, metavar="R",
                    help="count only results with at least this relevance (as a page with this cutoff shows them), and "
                         "report how often it drops a relevant item")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    _json(p, "the report")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _model_flags(p, recorded=True)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("stats", parents=[common], help="counts, failures, spaces and index of a collection")
-    p.add_argument("--collection", "-c", required=True)
-    p.add_argument("--json", action="store_true")
+    _collection(p, "the collection to describe")
+    _json(p, "the statistics")
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("verify", parents=[common],
                        help="check catalog, shards and index agree (exit 4 when not); --repair fixes what it can")
-    p.add_argument("--collection", "-c", required=True)
+    _collection(p, "the collection to check")
     p.add_argument("--repair", action="store_true",
                    help="remove orphan files, mark items of damaged shards for re-embedding, rebuild the index")
-    p.add_argument("--json", action="store_true")
+    _json(p, "the report")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("gc", parents=[common],
                        help="remove unpublished and superseded index versions and unreferenced shards")
-    p.add_argument("--collection", "-c", required=True)
+    _collection(p, "the collection to clean up")
     p.add_argument("--grace", default="1h", metavar="DURATION",
                    help="keep superseded versions and unreferenced shards this long (90s, 30m, 2h, 7d; default 1h)")
-    p.add_argument("--json", action="store_true")
+    _json(p, "what was removed")
     p.set_defaults(func=cmd_gc)
 
     p = sub.add_parser("serve", parents=[common], help="the HTTP API and web page")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--collection", "-c", action="extend", nargs="+", default=[],
-                   help="collections to serve (default: all)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on (default 8000)")
+    p.add_argument("--collection", "-c", action="extend", nargs="+", default=[], metavar="NAME",
+                   help="collections to serve, one or more (default: all)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", parents=[common], help="indexing throughput against model-only forward")
     p.add_argument("sources", nargs="*", type=Path, metavar="SOURCE",
                    help="media to index (default: generated photos)")
     _model_flags(p, audio=False)
-    p.add_argument("--images", type=_positive, default=512, help="generated images when no SOURCE is given")
+    p.add_argument("--images", type=_positive, default=512, metavar="N",
+                   help="generated images when no SOURCE is given (default 512)")
     p.add_argument("--work-dir", type=Path, help="scratch dir (default: a temporary one)")
-    p.add_argument("--json", action="store_true")
+    _json(p, "the report")
     p.set_defaults(func=cmd_bench)
     return parser

@@ -6,9 +6,23 @@ const KEY_STORE = "xmodal.apikey";
 const MODALITY_LABELS = { image: "images", text: "text", audio: "audio" };
 const COUNTED = { image: ["image", "images"], text: ["text", "texts"], audio: ["sound", "sounds"] };
 // "strong matches only": relevance at least 1, ten times less likely than the best of the collection's
-// unrelated items (see the README on scores)
+// unrelated items (see docs/serving.md on scores)
 const STRONG = 1;
 const NOT_FILTERS = new Set(["snippet"]);  // free text made for display, not for filtering
+// Filter fields in words. Fields not named here (a manifest's own columns) show their name, title-cased.
+const FIELD_LABELS = {
+  chars: "Length (characters)", title: "Title", width: "Width (px)", height: "Height (px)", format: "Format",
+  duration_s: "Duration (s)", sample_rate: "Sample rate (Hz)", channels: "Channels", subtype: "Encoding",
+  windows: "Windows", window_s: "Window length (s)", price: "Price", category: "Category", brand: "Brand",
+  tags: "Tags", sku: "SKU",
+};
+// The fields the decoders write for each modality (xmodal/media, xmodal/indexer/decode.py). Any other field
+// (a manifest's columns, a text's title) is the catalog's and is offered whatever the "Find" target.
+const MODALITY_FIELDS = {
+  image: ["width", "height", "format"],
+  audio: ["duration_s", "sample_rate", "channels", "format", "subtype", "windows", "window_s"],
+  text: ["chars"],
+};
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -17,6 +31,7 @@ const state = {
   offset: 0,
   controller: null,     // aborts the request in flight when a newer one starts
   objectUrls: [],       // media fetched with the API key, freed when the results change
+  previewUrl: null,     // the uploaded query's blob URL, freed when the query changes
 };
 
 function el(tag, props = {}, ...children) {
@@ -87,6 +102,66 @@ function currentCollection() {
 
 // ---- controls that follow the collection: target modalities, upload types, filters ----
 
+function fieldLabel(name) {
+  if (FIELD_LABELS[name]) return FIELD_LABELS[name];
+  return name.split(/[_\s]+/).filter(Boolean).map((w) => w[0].toUpperCase() + w.slice(1)).join(" ") || name;
+}
+
+// a field is offered when the target's modalities write it, or when no modality's decoder does (the catalog's own)
+function fieldShown(name, target) {
+  const owners = Object.keys(MODALITY_FIELDS).filter((m) => MODALITY_FIELDS[m].includes(name));
+  return target === "any" || owners.length === 0 || owners.includes(target);
+}
+
+function plural(n, [one, many]) {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
+function renderHint() {
+  const col = currentCollection();
+  const hint = $("hint");
+  if (!col || state.query) {
+    hint.hidden = true;
+    return;
+  }
+  const counts = Object.entries(col.modalities || {}).filter(([, n]) => n > 0).sort(([a], [b]) => a.localeCompare(b));
+  const audio = counts.some(([m]) => m === "audio");
+  hint.replaceChildren(
+    el("p", {}, "Type what you are looking for (“red leather boots”, “rain on a tin roof”) and press Enter, or drop "
+      + (audio ? "an image or a sound" : "an image") + " above to find look-alikes; “similar” on a result finds more "
+      + "like it."),
+    el("p", {}, `${col.name} holds `
+      + (counts.length ? counts.map(([m, n]) => plural(n, COUNTED[m] || [m, m])).join(", ") : "nothing yet") + "."));
+  hint.hidden = false;
+}
+
+function renderFilters() {
+  const col = currentCollection();
+  const target = $("target").value || "any";
+  const kept = new Map();  // what was typed or chosen in fields that stay
+  for (const input of $("filter-fields").querySelectorAll("[data-field]")) {
+    kept.set(`${input.dataset.field}/${input.dataset.bound || ""}`,
+      input.dataset.type === "boolean" ? input.dataset.state : input.value);
+  }
+  const fields = col ? Object.entries(col.metadata_fields || {})
+    .filter(([name]) => !NOT_FILTERS.has(name) && fieldShown(name, target)) : [];
+  $("filter-fields").replaceChildren(...fields.map(([name, type]) => filterControl(name, type)));
+  for (const input of $("filter-fields").querySelectorAll("[data-field]")) {
+    const value = kept.get(`${input.dataset.field}/${input.dataset.bound || ""}`);
+    if (value === undefined) continue;
+    if (input.dataset.type === "boolean") setTriState(input, value);
+    else input.value = value;
+  }
+  $("filters-box").hidden = fields.length === 0;
+  countFilters();
+}
+
+function countFilters() {
+  const spec = filterSpec();
+  const n = spec ? spec.and.length : 0;
+  $("filter-count").textContent = n ? `(${n} active)` : "";
+}
+
 function renderControls() {
   const col = currentCollection();
   const modalities = Object.entries(col ? col.modalities : {}).filter(([, n]) => n > 0).map(([m]) => m).sort();
@@ -103,23 +178,22 @@ function renderControls() {
     audio ? "Drop an image or audio file here to find look-alikes, or " : "Drop an image here to find look-alikes, or ",
     el("u", {}, "choose a file"));
 
-  const box = $("filter-fields");
-  const fields = col ? Object.entries(col.metadata_fields || {}).filter(([name]) => !NOT_FILTERS.has(name)) : [];
-  box.replaceChildren(...fields.map(([name, type]) => filterControl(name, type)));
-  $("filters").hidden = fields.length === 0;
+  renderFilters();
+  renderHint();
 }
 
 function filterControl(name, type) {
+  const label = fieldLabel(name);
   if (type === "integer" || type === "number") {
     const step = type === "integer" ? "1" : "any";
-    return el("div", { className: "field", attrs: { role: "group", "aria-label": name } },
-      el("span", { className: "field-name" }, name),
+    return el("div", { className: "field", attrs: { role: "group", "aria-label": label } },
+      el("span", { className: "field-name" }, label),
       el("label", { className: "inline" }, "min",
         el("input", { type: "number", step, inputMode: "decimal", dataset: { field: name, type, bound: "gte" },
-          attrs: { "aria-label": `${name} at least` } })),
+          attrs: { "aria-label": `${label} at least` } })),
       el("label", { className: "inline" }, "max",
         el("input", { type: "number", step, inputMode: "decimal", dataset: { field: name, type, bound: "lte" },
-          attrs: { "aria-label": `${name} at most` } })));
+          attrs: { "aria-label": `${label} at most` } })));
   }
   if (type === "boolean") {
     const shown = el("span", { className: "tri" }, "any");
@@ -130,9 +204,9 @@ function filterControl(name, type) {
       setTriState(box, next);
     });
     box._shown = shown;
-    return el("div", { className: "field" }, el("label", { className: "inline" }, box, name, shown));
+    return el("div", { className: "field" }, el("label", { className: "inline" }, box, label, shown));
   }
-  return el("div", { className: "field" }, el("label", { className: "inline" }, name,
+  return el("div", { className: "field" }, el("label", { className: "inline" }, label,
     el("input", { type: "text", size: 10, autocomplete: "off", dataset: { field: name, type } })));
 }
 
@@ -141,6 +215,7 @@ function setTriState(box, value) {
   box.indeterminate = value === "";
   box.checked = value === "true";
   box._shown.textContent = value === "" ? "any" : value === "true" ? "yes" : "no";
+  countFilters();
 }
 
 function filterSpec() {
@@ -174,6 +249,29 @@ function clearFilters() {
     if (input.dataset.type === "boolean") setTriState(input, "");
     else input.value = "";
   }
+  countFilters();
+}
+
+// ---- the query shown back: the dropped or chosen file, from a blob URL ----
+
+function showQuery(query) {
+  if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+  state.previewUrl = null;
+  const box = $("query-preview");
+  if (!query || query.kind !== "file") {
+    box.hidden = true;
+    $("query-media").replaceChildren();
+    return;
+  }
+  const { file } = query;
+  const name = file.name || "the uploaded file";
+  state.previewUrl = URL.createObjectURL(file);
+  const audio = (file.type || "").startsWith("audio/");
+  $("query-media").replaceChildren(audio
+    ? el("audio", { controls: true, src: state.previewUrl, attrs: { "aria-label": `your query: ${name}` } })
+    : el("img", { src: state.previewUrl, alt: `your query: ${name}` }));
+  $("query-name").textContent = `Your ${audio ? "sound" : "image"}: ${name}`;
+  box.hidden = false;
 }
 
 // ---- results ----
@@ -288,7 +386,9 @@ async function run(query, offset) {
   if (state.controller) state.controller.abort();
   const controller = new AbortController();
   state.controller = controller;
+  if (query !== state.query) showQuery(query);
   state.query = query;
+  $("hint").hidden = true;
   state.offset = offset;
   showError(null);
   setBusy(true);
@@ -370,7 +470,10 @@ function resetResults() {
   $("results").replaceChildren();
   $("status").textContent = "";
   $("page").textContent = "";
+  showError(null);
+  showQuery(null);
   setBusy(false);
+  renderHint();
 }
 
 async function loadCollections() {
@@ -413,7 +516,8 @@ function wire() {
     if (text) run({ kind: "text", text }, 0);
     else $("q").focus();
   });
-  $("target").addEventListener("change", () => state.query && run(state.query, 0));
+  $("target").addEventListener("change", () => { renderFilters(); if (state.query) run(state.query, 0); });
+  $("clear-query").addEventListener("click", () => { $("q").value = ""; resetResults(); });
   $("strong").addEventListener("change", () => state.query && run(state.query, 0));
   $("closest").addEventListener("click", () => {
     $("strong").checked = false;
@@ -423,7 +527,8 @@ function wire() {
     event.preventDefault();
     if (state.query) run(state.query, 0);
   });
-  $("filter-fields").addEventListener("change", () => state.query && run(state.query, 0));
+  $("filter-fields").addEventListener("change", () => { countFilters(); if (state.query) run(state.query, 0); });
+  $("filter-fields").addEventListener("input", countFilters);
   $("clear-filters").addEventListener("click", () => { clearFilters(); if (state.query) run(state.query, 0); });
   $("prev").addEventListener("click", () => run(state.query, Math.max(0, state.offset - K)));
   $("next").addEventListener("click", () => run(state.query, state.offset + K));
