@@ -61,6 +61,9 @@ class RunSummary:
     unchanged: int = 0
     deleted: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    still_failed: int = 0  # of the unchanged: items that failed before and stay failed (not retried)
+    still_failed_reasons: list[dict[str, Any]] = field(default_factory=list)  # their reasons, with counts
+    skipped: dict[str, int] = field(default_factory=dict)  # files of no supported type, by extension
     index: dict[str, Any] = field(default_factory=dict)  # space -> its published version
     alignment: dict[str, Any] = field(default_factory=dict)  # the clap -> clip map's fit, when (re)fitted
     device: str = "cpu"
@@ -81,7 +84,8 @@ class RunSummary:
         return {
             "collection": self.collection, "scanned": self.scanned, "new": self.new, "embedded": self.embedded,
             "ok": self.ok, "failed": self.failed, "unchanged": self.unchanged, "deleted": self.deleted,
-            "failures": [{"uri": u, "reason": r} for u, r in self.failures],
+            "still_failed": self.still_failed, "still_failed_reasons": self.still_failed_reasons,
+            "skipped": self.skipped, "failures": [{"uri": u, "reason": r} for u, r in self.failures],
             "index": self.index, "alignment": self.alignment, "device": self.device, "seconds": self.seconds,
             "totals": self.totals, "unlisted": self.unlisted, "warnings": self.warnings, "swept": self.swept,
             "items_per_second": round(self.items_per_second, 2), "plan": self.plan,
