@@ -350,6 +350,7 @@ def test_console_script_offline_default_model_names_the_flag(tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "--clip-pretrained" in lines[0] and "laion2b_s34b_b79k" in lines[0]
+    assert len(lines[0]) <= 100, lines[0]  # a terminal shows it whole
 
 
 @pytest.mark.slow  # subprocesses and worker processes

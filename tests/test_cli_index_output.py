@@ -82,3 +82,48 @@ def test_stats_groups_failures_by_reason(env, tmp_path, capsys):
     code, out, _ = run(capsys, ["stats", "-c", "shop"])
     assert len([line for line in out.splitlines() if ".png" in line]) == 3, out  # a few examples, not all 5
     assert "5 x empty file" in out and "... and 2 more" in out, out
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network and an empty Hugging Face cache, as on a fresh machine without internet."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.delenv("XMODAL_AUDIO_MODEL", raising=False)
+
+
+def test_a_missing_audio_model_is_said_once_before_the_work_and_on_every_rerun(env, offline, tmp_path, capsys):
+    from helpers import write_sounds
+
+    media = tmp_path / "m"
+    write_photos(media, 2)
+    write_sounds(media, 3, seconds=0.5)
+    for attempt in range(2):
+        code, out, err = run(capsys, ["index", str(media), "-c", "shop", "--no-progress"])
+        assert code == 3, (attempt, out, err)
+        said = [line for line in err.splitlines() if "laion/clap-htsat-unfused" in line]
+        assert len(said) == 1 and len(said[0]) <= 160 and "--audio-model" in said[0], err
+        failed = [line for line in out.splitlines() if line.startswith("  failed: ")]
+        assert len(failed) == 3 and all(len(line.split(".wav: ")[1]) <= 100 for line in failed), out
+        assert any(line.startswith("  warning: audio unavailable: ") for line in out.splitlines()), out
+        assert "HF_HUB_OFFLINE" not in out + err
+    summary = cli_json(capsys, ["index", str(media), "-c", "shop", "--no-progress"], code=3)
+    assert summary["failed"] == 3 and summary["ok"] == 0
+    stats = cli_json(capsys, ["stats", "-c", "shop"])
+    (group,) = stats["failed"]["by_reason"]
+    assert group["count"] == 3 and group["reason"].startswith("audio unavailable: ")
+
+
+def test_a_missing_default_clip_model_says_what_to_do_in_one_short_line(env, offline, tmp_path, capsys, monkeypatch):
+    media = tmp_path / "m"
+    write_photos(media, 1)
+    monkeypatch.delenv("XMODAL_CLIP_MODEL")
+    monkeypatch.delenv("XMODAL_CLIP_PRETRAINED")
+    code, _, err = run(capsys, ["index", str(media), "-c", "demo", "--no-progress"])
+    assert code == 2
+    (line,) = err.splitlines()
+    assert len(line) <= 100 and "--clip-pretrained" in line and "laion2b_s34b_b79k" in line, line
+    code, _, err = run(capsys, ["-v", "index", str(media), "-c", "demo", "--no-progress"])
+    assert code == 2 and "  detail: " in err and "XMODAL_CLIP_PRETRAINED" in err  # the rest, for who asks

@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BUSY
     except UserError as exc:
         print(f"xmodal {args.command}: error: {exc}", file=sys.stderr)
+        detail = getattr(exc, "detail", None)
+        if detail and getattr(args, "verbose", 0):
+            print(f"  detail: {detail}", file=sys.stderr)
         return EXIT_USER_ERROR
     except ValidationError as exc:
         first = exc.errors()[0]

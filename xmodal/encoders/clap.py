@@ -24,7 +24,7 @@ import numpy as np
 
 from xmodal.digest import file_sha256
 from xmodal.encoders.base import autocast, resolve_device, unit_rows
-from xmodal.encoders.files import file_record, first_line, hub_mode
+from xmodal.encoders.files import file_record, first_line, hub_mode, not_here
 from xmodal.errors import Cancelled, ModelLoadError, UserError
 from xmodal.spaces import SPACES, AudioSpec
 
@@ -78,11 +78,8 @@ def resolve_record(model: str, pretrained: str | None = None) -> dict[str, Any]:
         with hub_mode():
             path = Path(snapshot_download(model, allow_patterns=["*.json", "*.txt", *WEIGHT_FILES]))
     except Exception as exc:
-        first = first_line(exc)
-        raise ModelLoadError(
-            f"cannot load CLAP model {model} (no network and not in the Hugging Face cache?): {FLAG_HINT}. "
-            f"Detail: {first[:300]}"
-        ) from exc
+        raise ModelLoadError(not_here(f"CLAP {model}", "--audio-model DIR"),
+                             detail=f"{' '.join(str(exc).split())}; {FLAG_HINT}, or run once online to download it") from exc
     record.update(path=str(path), identity=f"hf:{model}@{path.name}")
     return record
 

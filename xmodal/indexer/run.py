@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,7 +109,8 @@ class IndexRun:
         self.collection_id = self.catalog.collection_id(collection, create=True)
         self.limits = MediaLimits.from_settings(settings)
         self._crash_at = crash_at or fault_from_env()
-        self.models = RunModels(settings, collection, self.catalog.spaces(self.collection_id))
+        self.models = RunModels(settings, collection, self.catalog.spaces(self.collection_id),
+                                warn=lambda text: say(f"warning: {text}"))
 
     def hook(self, point: str) -> None:
         if self._crash_at is not None:
@@ -202,6 +204,11 @@ class IndexRun:
         summary.alignment = fitted.metrics
         log.info("fitted the %s -> %s alignment: %s", spec.source, spec.target, fitted.metrics)
         return align.LoadedAlignment(key, fitted.matrix, fitted.metrics)
+
+
+def say(text: str) -> None:
+    """A line for the person watching (stderr, between progress bars): what runs now, or what will not."""
+    tqdm.write(text, file=sys.stderr)
 
 
 def alignment_target() -> str:
