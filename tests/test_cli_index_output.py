@@ -127,3 +127,52 @@ def test_a_missing_default_clip_model_says_what_to_do_in_one_short_line(env, off
     assert len(line) <= 100 and "--clip-pretrained" in line and "laion2b_s34b_b79k" in line, line
     code, _, err = run(capsys, ["-v", "index", str(media), "-c", "demo", "--no-progress"])
     assert code == 2 and "  detail: " in err and "XMODAL_CLIP_PRETRAINED" in err  # the rest, for who asks
+
+
+@pytest.mark.slow  # a subprocess with decode workers
+def test_ctrl_c_keeps_what_was_committed_and_exits_130_without_a_traceback(tiny_clip, tmp_path):
+    """Ctrl-C in a terminal reaches the whole process group: the run and its decode workers."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from xmodal.bench import generate_photos
+
+    n = 160
+    media = tmp_path / "m"
+    generate_photos(media, n, size=(512, 384))
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XMODAL_")}
+    env.update(XMODAL_HOME=str(home), XMODAL_CLIP_MODEL=tiny_clip[0], XMODAL_CLIP_PRETRAINED=tiny_clip[1],
+               XMODAL_WORKERS="2", XMODAL_DECODE_POOL_MIN_BYTES="0", XMODAL_BATCH_SIZE="8", XMODAL_SHARD_ROWS="8")
+    xmodal = str(Path(sys.executable).with_name("xmodal"))
+    argv = [xmodal, "index", str(media), "-c", "demo", "--no-progress"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    catalog = home / "catalog.sqlite"
+
+    def committed() -> int:
+        try:
+            with sqlite3.connect(f"file:{catalog}?mode=ro", uri=True, timeout=1) as db:
+                return int(db.execute("select count(*) from items where status = 'ok'").fetchone()[0])
+        except sqlite3.Error:
+            return 0
+
+    deadline = time.monotonic() + 240
+    while committed() == 0 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err, err
+    kept = committed()
+    assert 0 < kept < n
+    again = subprocess.run([*argv, "--json"], env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert summary["embedded"] == n - kept and summary["unchanged"] == kept

@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         where = ".".join(str(x) for x in first.get("loc", ())) or "settings"
         print(f"xmodal {args.command}: error: invalid setting {where}: {first.get('msg')}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
         return 130
 
 

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,12 +173,16 @@ class IndexRun:
                          collection_id=self.collection_id, settings=s, encoders=encoders, work=work, summary=summary,
                          hook=self.hook)
         bar = tqdm(total=len(tasks), desc="embed", unit=" items", disable=not self.progress, smoothing=0.1)
-        try:
-            summary.device = self.engine.embed(EmbedJob(tasks, work, config, dict(self.models.records), self.encoder,
-                                                        sink, s, bar, self.hook))
-            sink.finish()
-        finally:
-            bar.close()
+        with _StopOnCtrlC(getattr(self.engine, "stoppable", False)) as stop:
+            try:
+                summary.device = self.engine.embed(EmbedJob(tasks, work, config, dict(self.models.records),
+                                                            self.encoder, sink, s, bar, self.hook, stop))
+                sink.finish()
+            finally:
+                bar.close()
+        if stop():
+            raise KeyboardInterrupt(f"{len(sink.ok_ids - sink.failed_ids)} items committed before it stopped; "
+                                    "the next run goes on from there")
 
     def _text_probes(self, space: str) -> npt.NDArray[np.float32] | None:
         return text_probes(self.layout, space, self.models.records.get(space), lambda: self.encoder(space))
@@ -204,6 +209,33 @@ class IndexRun:
         summary.alignment = fitted.metrics
         log.info("fitted the %s -> %s alignment: %s", spec.source, spec.target, fitted.metrics)
         return align.LoadedAlignment(key, fitted.matrix, fitted.metrics)
+
+
+class _StopOnCtrlC:
+    """While an engine that can stop early embeds: the first Ctrl-C asks it to stop (it commits what it
+    embedded, then the run ends with KeyboardInterrupt); a second one interrupts at once."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.asked = False
+        self.previous: Any = None
+
+    def __call__(self) -> bool:
+        return self.asked
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.asked = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        say("stopping: committing what is embedded (Ctrl-C again to stop at once)")
+
+    def __enter__(self) -> _StopOnCtrlC:
+        if self.enabled:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def say(text: str) -> None:
