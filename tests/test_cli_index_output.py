@@ -176,3 +176,20 @@ def test_ctrl_c_keeps_what_was_committed_and_exits_130_without_a_traceback(tiny_
     assert again.returncode == 0, again.stderr
     summary = json.loads(again.stdout)
     assert summary["embedded"] == n - kept and summary["unchanged"] == kept
+
+
+def test_long_steps_say_what_runs_unless_asked_not_to(env, tiny_clap, tmp_path, capsys, monkeypatch):
+    from helpers import write_sounds
+
+    monkeypatch.setenv("XMODAL_AUDIO_MODEL", tiny_clap)
+    media = tmp_path / "m"
+    write_photos(media, 2)
+    write_sounds(media, 2, seconds=0.5)
+    code, out, err = run(capsys, ["index", str(media), "-c", "shop", "--json"])
+    assert code == 0 and json.loads(out)["ok"] == 4  # machine output stays clean: notes go to stderr
+    assert "loading clip model " in err and "loading clap model " in err, err
+    assert "aligning audio to the clip space: embedding " in err and "align:" in err, err
+    (media / "sound_0000.wav").unlink()
+    write_sounds(media, 1, start=5, seconds=0.5)
+    code, _, err = run(capsys, ["index", str(media), "-c", "shop", "--no-progress"])
+    assert code == 0 and err == ""

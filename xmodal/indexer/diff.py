@@ -60,8 +60,13 @@ def decide_files(catalog: Catalog | None, collection_id: int | None, models: Run
     """Scan the sources and decide for every file; nothing is written."""
     found = Scan()
     entries: list[FileEntry] = []
+    walk = scan(sources, found.unlisted, follow_external=follow_external, found=found)
+    first = next(walk, None)  # the sources are checked here: a bad one's error comes alone, with no bar
     bar = tqdm(desc="scan", unit=" files", disable=not progress)  # left on screen: what was found
-    for entry in scan(sources, found.unlisted, follow_external=follow_external, found=found):
+    for entry in ([first] if first is not None else []):
+        entries.append(entry)
+        bar.update()
+    for entry in walk:
         entries.append(entry)
         bar.update()
     bar.refresh()

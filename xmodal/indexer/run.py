@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,6 +120,10 @@ class IndexRun:
     def encoder(self, space: str) -> Encoder:
         """A space's encoder, loaded once; the catalog records it as the space's model (or checks it is)."""
         if space not in self.models.encoders:
+            if self.progress:
+                record = self.models.records[space]
+                name = str(record.get("model")) + (f" ({record['pretrained']})" if record.get("pretrained") else "")
+                say(f"loading {space} model {name} on {self.settings.device} ...")
             enc = self.models.encoder(space)
             recorded = self.catalog.ensure_space(self.collection_id, enc.space, enc.family, enc.record, enc.dim)
             if recorded.dim != enc.dim:
@@ -201,7 +205,22 @@ class IndexRun:
         if row is not None and row.key == key:
             return align.from_row(row)
         texts = align.bank_texts()
-        bank = {sp: align.embed_bank(self.encoder(sp).embed_texts, texts) for sp in (spec.source, spec.target)}
+        encoders = {sp: self.encoder(sp) for sp in (spec.source, spec.target)}
+        if self.progress:
+            say(f"aligning audio to the {spec.target} space: embedding {len(texts)} bank texts with both models ...")
+        bar = tqdm(total=2 * len(texts), desc="align", unit=" texts", disable=not self.progress)
+
+        def counted(embed: Callable[[Sequence[str]], np.ndarray]) -> Callable[[Sequence[str]], np.ndarray]:
+            def run(batch: Sequence[str]) -> np.ndarray:
+                out = embed(batch)
+                bar.update(len(batch))
+                return out
+            return run
+
+        try:
+            bank = {sp: align.embed_bank(counted(enc.embed_texts), texts) for sp, enc in encoders.items()}
+        finally:
+            bar.close()
         for sp, vectors in bank.items():  # the calibration's text probes come from the same embeddings
             store_text_probes(self.layout, sp, self.models.records.get(sp), vectors)
         fitted = align.fit(bank[spec.source], bank[spec.target])
