@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from xmodal.config import Settings
 from xmodal.encoders import Encoder, align
 from xmodal.encoders.align import LoadedAlignment
+from xmodal.encoders.base import resolve_device
 from xmodal.errors import ModelMismatchError
 from xmodal.indexer import engines
 from xmodal.indexer.calibrate import store_text_probes, text_probes
@@ -123,7 +124,7 @@ class IndexRun:
             if self.progress:
                 record = self.models.records[space]
                 name = str(record.get("model")) + (f" ({record['pretrained']})" if record.get("pretrained") else "")
-                say(f"loading {space} model {name} on {self.settings.device} ...")
+                say(f"loading {space} model {name} on {resolve_device(self.settings.device)} ...")
             enc = self.models.encoder(space)
             recorded = self.catalog.ensure_space(self.collection_id, enc.space, enc.family, enc.record, enc.dim)
             if recorded.dim != enc.dim:
