@@ -179,7 +179,7 @@ def test_every_kind_of_bad_file_is_recorded_and_the_run_goes_on(env, tmp_path, c
     summary = cli_json(capsys, ["index", str(root), "--collection", "shop", "--no-progress"], code=3)
     assert summary["ok"] == 1 and summary["failed"] == len(expected)
     stats = cli_json(capsys, ["stats", "--collection", "shop"])
-    reasons = {Path(f["uri"]).name: f["reason"] for f in stats["failed"]}
+    reasons = {Path(uri).name: g["reason"] for g in stats["failed"]["by_reason"] for uri in g["examples"]}
     assert set(reasons) == set(expected)
     for name, words in expected.items():
         assert words.lower() in reasons[name].lower(), (name, reasons[name])
@@ -268,7 +268,7 @@ def test_stats_reports_counts_spaces_and_index(env, media, capsys, monkeypatch):
     stats = cli_json(capsys, ["stats", "--collection", "shop"])
     assert stats["items"]["status"] == {"ok": 47}
     assert stats["items"]["modality"] == {"image": 44, "text": 3}
-    assert stats["failed"] == []
+    assert stats["failed"] == {"count": 0, "by_reason": []}
     (space,) = stats["spaces"]
     assert space["name"] == "clip" and space["dim"] == 64 and space["model"] == env.clip_model
     assert stats["index"]["clip"]["version"] == 1 and stats["index"]["clip"]["vectors"] == 47
@@ -353,6 +353,7 @@ def test_console_script_offline_default_model_names_the_flag(tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "--clip-pretrained" in lines[0] and "laion2b_s34b_b79k" in lines[0]
+    assert len(lines[0]) <= 100, lines[0]  # a terminal shows it whole
 
 
 @pytest.mark.slow  # subprocesses and worker processes

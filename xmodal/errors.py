@@ -63,7 +63,12 @@ class ConflictError(UserError):
 
 
 class ModelLoadError(UserError):
-    """A model could not be loaded (no network, missing file, unknown name)."""
+    """A model could not be loaded (no network, missing file, unknown name). The message is one short line
+    that says what to do; ``detail`` keeps the library's own words (shown under ``-v``)."""
+
+    def __init__(self, message: str = "", *, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class ModelMismatchError(ConflictError):

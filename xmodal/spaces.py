@@ -61,7 +61,7 @@ class AudioSpec:
 
     sample_rate: int
     window_s: float = 10.0
-    min_seconds: float = 0.1
+    min_seconds: float = 0.1  # shorter clips (a click) are zero-padded to this, not refused
     max_seconds: float = 3600.0
     silence_dbfs: float = -60.0
 

@@ -187,11 +187,15 @@ def test_short_windows_many_chunks_after_resampling() -> None:
     assert decoded.spans[-2:] == [(2.75, 3.0), (2.85, 3.1)]
 
 
-def test_minimum_length_accepted_and_shorter_refused() -> None:
+def test_shorter_than_the_minimum_is_zero_padded_and_only_no_samples_is_refused() -> None:
     decoded = decode_audio(encode(signal(0.1), RATE), SPEC)
     assert decoded.windows.shape == (1, 4800)
-    reason = reason_of(lambda: decode_audio(encode(signal(0.05), RATE), SPEC))
-    assert reason == "too short: 0.05 s, at least 0.1 s"
+    click = decode_audio(encode(signal(0.005), RATE), SPEC)  # a UI click: 240 samples
+    assert click.windows.shape == (1, 4800) and click.duration_s == pytest.approx(0.005)
+    assert np.abs(click.windows[0, :240]).max() > 0.01  # the click itself
+    assert not click.windows[0, 240:].any()  # the padding is silence
+    reason = reason_of(lambda: decode_audio(encode(np.zeros(0, dtype=np.float32), RATE), SPEC))
+    assert reason.startswith("empty")
 
 
 @pytest.mark.parametrize(

@@ -47,14 +47,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BUSY
     except UserError as exc:
         print(f"xmodal {args.command}: error: {exc}", file=sys.stderr)
+        detail = getattr(exc, "detail", None)
+        if detail and getattr(args, "verbose", 0):
+            print(f"  detail: {detail}", file=sys.stderr)
         return EXIT_USER_ERROR
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first.get("loc", ())) or "settings"
         print(f"xmodal {args.command}: error: invalid setting {where}: {first.get('msg')}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
         return 130
 
 

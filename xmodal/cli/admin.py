@@ -114,10 +114,18 @@ def cmd_stats(args: argparse.Namespace) -> int:
         else:
             print("    calibration: none (built before calibration: the next `xmodal index` adds it)")
     print(f"  device: {device_words(stats['device'])}")
-    if stats["failed"]:
-        print(f"  failed ({len(stats['failed'])}):")
-        for f in stats["failed"][:50]:
-            print(f"    {f['uri']}: {f['reason']}")
+    failed = stats["failed"]
+    if failed["count"]:
+        print(f"  failed ({failed['count']}), by reason:")
+        for group in failed["by_reason"][:20]:
+            print(f"    {group['count']} x {group['reason']}")
+            more = group["count"] - len(group["examples"])
+            for uri in group["examples"]:
+                print(f"        {uri}")
+            if more > 0:
+                print(f"        ... and {more} more")
+        if len(failed["by_reason"]) > 20:
+            print(f"    ... and {len(failed['by_reason']) - 20} more reasons (--json lists them all)")
     return 0
 
 

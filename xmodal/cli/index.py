@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 from xmodal.cli.common import EXIT_PARTIAL, dump, settings_of, write_report
 from xmodal.errors import UserError
@@ -22,6 +23,11 @@ def _media_columns(values: list[str]) -> dict[str, str | None]:
         name, sep, modality = text.partition("=")
         out[name.strip()] = modality.strip() if sep else None
     return out
+
+
+def _unchanged(s: Any) -> str:
+    """The summary's unchanged count, saying how many of them stay failed (so it agrees with the totals)."""
+    return f"unchanged {s.unchanged}" + (f" ({s.still_failed} still failed)" if s.still_failed else "")
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -100,15 +106,23 @@ def cmd_index(args: argparse.Namespace) -> int:
         m = s.manifest
         print(f"{s.collection}: {m['entries']} entries from {m['rows']} manifest rows | inserted {m['inserted']} | "
               f"updated {m['updated']} | metadata {m['metadata_updated']} | deleted {m['deleted']} | ok {s.ok} | "
-              f"failed {s.failed} | unchanged {s.unchanged} | rows skipped {m['skipped_rows']}")
+              f"failed {s.failed} | {_unchanged(s)} | rows skipped {m['skipped_rows']}")
     else:
         print(f"{s.collection}: {s.scanned} files scanned, {s.new} new | ok {s.ok} | failed {s.failed} | "
-              f"unchanged {s.unchanged} | deleted {s.deleted}")
+              f"{_unchanged(s)} | deleted {s.deleted}")
+    if s.skipped:
+        print("skipped: " + ", ".join(f"{n} {ext}" for ext, n in sorted(s.skipped.items(), key=lambda kv: (-kv[1], kv[0])))
+              + " (not indexed: unsupported type)")
     if s.embedded:
         print(f"embedded {s.embedded} items in {s.seconds.get('embed', 0):.1f}s "
               f"({s.items_per_second:.1f} items/s on {s.device})")
     for folder in s.unlisted:
         print(f"  could not list {folder}: its indexed files were kept, not deleted")
+    for group in s.still_failed_reasons[:5]:
+        print(f"  still failed: {group['count']} x {group['reason']}")
+    if s.still_failed:
+        print(f"  (failed before and unchanged since: not retried; --retry-failed tries again, "
+              f"xmodal stats -c {s.collection} lists them)")
     for uri, reason in s.failures[:20]:
         print(f"  failed: {uri}: {reason}")
     if len(s.failures) > 20:

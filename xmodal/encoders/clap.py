@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from xmodal.digest import file_sha256
 from xmodal.encoders.base import autocast, resolve_device, unit_rows
-from xmodal.encoders.files import file_record, first_line, hub_mode
+from xmodal.encoders.files import file_record, first_line, hub_mode, not_here
 from xmodal.errors import Cancelled, ModelLoadError, UserError
 from xmodal.spaces import SPACES, AudioSpec
 
@@ -78,11 +78,8 @@ def resolve_record(model: str, pretrained: str | None = None) -> dict[str, Any]:
         with hub_mode():
             path = Path(snapshot_download(model, allow_patterns=["*.json", "*.txt", *WEIGHT_FILES]))
     except Exception as exc:
-        first = first_line(exc)
-        raise ModelLoadError(
-            f"cannot load CLAP model {model} (no network and not in the Hugging Face cache?): {FLAG_HINT}. "
-            f"Detail: {first[:300]}"
-        ) from exc
+        raise ModelLoadError(not_here(f"CLAP {model}", "--audio-model DIR"),
+                             detail=f"{' '.join(str(exc).split())}; {FLAG_HINT}, or run once online to download it") from exc
     record.update(path=str(path), identity=f"hf:{model}@{path.name}")
     return record
 
@@ -101,7 +98,7 @@ class ClapEncoder:
         self.device = resolve_device(device)
         source = record.get("path") or record["model"]
         try:
-            with contextlib.nullcontext() if Path(source).is_dir() else hub_mode():
+            with contextlib.nullcontext() if Path(source).is_dir() else hub_mode(), _quiet_loading():
                 model = ClapModel.from_pretrained(source)
                 processor = ClapProcessor.from_pretrained(source)
         except Exception as exc:
@@ -152,6 +149,21 @@ class ClapEncoder:
             longer = torch.zeros((batch.shape[0], 1), dtype=torch.bool, device=self.device)
             out = self._model.audio_model(input_features=batch, is_longer=longer)
             return self._finish(self._model.audio_projection(out.pooler_output))
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No transformers progress bar while the weights load: the index run says what it loads, and
+    --no-progress means none."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 class AudioTransform:

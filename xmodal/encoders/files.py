@@ -41,6 +41,21 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def offline() -> bool:
+    """Whether the Hugging Face Hub is out of reach (HF_HUB_OFFLINE set, or no connection to it)."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - open_clip and transformers depend on it
+        return not hub_reachable()
+    return bool(constants.HF_HUB_OFFLINE) or not hub_reachable()
+
+
+def not_here(what: str, flag: str) -> str:
+    """The one line for a named model that is neither cached nor downloadable: what to do first."""
+    why = "not cached, offline" if offline() else "not cached, download failed"
+    return f"{what} {why}: pass {flag}"
+
+
 @contextlib.contextmanager
 def hub_mode() -> Iterator[None]:
     """Use only the local Hugging Face cache when the Hub can't be reached (fail fast, not in minutes)."""

@@ -25,7 +25,7 @@ import numpy as np
 
 from xmodal.digest import file_sha256
 from xmodal.encoders.base import ImageTransform, autocast, resolve_device, unit_rows
-from xmodal.encoders.files import file_record, first_line, hub_mode
+from xmodal.encoders.files import file_record, first_line, hub_mode, not_here
 from xmodal.errors import ModelLoadError, UserError
 from xmodal.spaces import SPACES
 
@@ -124,10 +124,12 @@ class OpenClipEncoder:
                 first = f"{module}{kind.__qualname__}: {first}"
             if pretrained and not Path(str(pretrained)).is_file():
                 raise ModelLoadError(
-                    f"cannot load open_clip weights {record['model']}/{pretrained} (no network and not in the "
-                    f"Hugging Face cache?): {FLAG_HINT}. Detail: {first[:300]}"
+                    not_here(f"{record['model']}/{pretrained}", "--clip-pretrained FILE"),
+                    detail=f"{' '.join(str(exc).split())}; the flag's env var is XMODAL_CLIP_PRETRAINED, or run once online to "
+                           "download the weights into the Hugging Face cache",
                 ) from exc
-            raise ModelLoadError(f"cannot load open_clip model {record['model']}: {first[:300]}") from exc
+            raise ModelLoadError(f"cannot load open_clip model {record['model']}: {first[:300]}",
+                                 detail=str(exc)) from exc
         model.eval()
         self._model = model
         self._preprocess = preprocess

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import signal
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -116,7 +117,9 @@ def _fetcher(options: FetchOptions | None) -> Fetcher:
 
 
 def init_worker() -> None:
-    """Process-pool initializer: one torch thread per worker (the cores are the pool's)."""
+    """Process-pool initializer: Ctrl-C is the parent's to handle (it stops the run and shuts the pool
+    down), and one torch thread per worker (the cores are the pool's)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import torch
 

@@ -60,10 +60,16 @@ def decide_files(catalog: Catalog | None, collection_id: int | None, models: Run
     """Scan the sources and decide for every file; nothing is written."""
     found = Scan()
     entries: list[FileEntry] = []
-    bar = tqdm(desc="scan", unit=" files", disable=not progress, leave=False)
-    for entry in scan(sources, found.unlisted, follow_external=follow_external, found=found):
+    walk = scan(sources, found.unlisted, follow_external=follow_external, found=found)
+    first = next(walk, None)  # the sources are checked here: a bad one's error comes alone, with no bar
+    bar = tqdm(desc="scan", unit=" files", disable=not progress)  # left on screen: what was found
+    for entry in ([first] if first is not None else []):
         entries.append(entry)
         bar.update()
+    for entry in walk:
+        entries.append(entry)
+        bar.update()
+    bar.refresh()
     bar.close()
     states = catalog.item_states(collection_id) if catalog is not None and collection_id is not None else {}
     active = models.active({e.modality for e in entries if e.error is None})
@@ -81,6 +87,7 @@ def apply_files(catalog: Catalog, collection_id: int, models: RunModels, sources
                                         follow_external=follow_external, progress=progress)
     catalog.record_roots(collection_id, found.roots)
     summary.scanned = len(entries)
+    summary.skipped = dict(found.skipped)
     summary.unlisted = found.unlisted
     summary.warnings += [f"not walked: {d} links to a folder outside the sources "
                          "(XMODAL_FOLLOW_EXTERNAL_SYMLINKS=true walks it)" for d in found.refused]
@@ -98,6 +105,8 @@ def apply_files(catalog: Catalog, collection_id: int, models: RunModels, sources
 
 
 def _record_failures(catalog: Catalog, plan: Plan, summary: Any) -> None:
+    summary.still_failed = sum(plan.still_failed.values())
+    summary.still_failed_reasons = [{"reason": r, "count": n} for r, n in plan.still_failed.most_common()]
     catalog.record_outcomes([ItemOutcome(d.item_id, STATUS_FAILED, d.reason, None, d.size, d.mtime_ns, d.source)
                              for d in plan.failed if d.item_id is not None])
     summary.failed += len(plan.failed)
@@ -248,6 +257,7 @@ def plan_sources(settings: Settings, sources: Iterable[Path], collection: str, *
            "new": c[NEW] + c[REVIVED], "changed": c[CHANGED], "unfinished": c[UNFINISHED], "retry": c[RETRY],
            "missing_vectors": c[MISSING], "unchanged": c[UNCHANGED], "unreadable": c[FAILED],
            "deleted": len(plan.deletes), "examples": _examples(plan, limit), "unlisted": found.unlisted,
+           "skipped": dict(found.skipped),
            "not_walked": found.refused, "plan": plan.summary()}
     out["would_rebuild_index"] = bool(plan.work or plan.deletes)
     return out

@@ -10,7 +10,8 @@ retried by the first run that can embed them. A model the user named that does n
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from xmodal.config import DEFAULT_AUDIO_MODEL, Settings
@@ -19,6 +20,8 @@ from xmodal.errors import ModelLoadError
 from xmodal.indexer.decode import UNKNOWN
 from xmodal.spaces import PRIMARY, SPACES, native_spaces
 from xmodal.storage.catalog import Space, check_same_model
+
+log = logging.getLogger(__name__)
 
 #: failure reasons that start with this are retried as soon as a run can embed that modality again
 UNAVAILABLE = "audio unavailable: "
@@ -31,8 +34,10 @@ _DEFAULTS = {"clap": DEFAULT_AUDIO_MODEL}
 class RunModels:
     """The models of one run (or dry run), by space: ``recorded`` are the collection's spaces, if any."""
 
-    def __init__(self, settings: Settings, collection: str, recorded: Iterable[Space]) -> None:
+    def __init__(self, settings: Settings, collection: str, recorded: Iterable[Space],
+                 warn: Callable[[str], None] | None = None) -> None:
         self.settings = settings
+        self.warn = warn or log.warning  # a run says a missing default model once, before the work
         self.collection = collection
         self.records: dict[str, dict[str, Any]] = {PRIMARY: self._resolve(PRIMARY, *self._named(PRIMARY))}
         self.encoders: dict[str, Encoder] = {}
@@ -69,6 +74,9 @@ class RunModels:
                 if model:  # named by the user: a mistake to fix, not a file to skip
                     raise
                 self.unavailable[space] = f"{UNAVAILABLE}{exc}"
+                self.warn(f"{exc}; its files wait as failed until a run can embed them")
+                if exc.detail:
+                    log.info("%s model: %s", space, exc.detail)
         return space in self.records
 
     def active(self, modalities: Iterable[str]) -> list[str]:

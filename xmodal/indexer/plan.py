@@ -90,9 +90,12 @@ class Plan:
     deletes: list[int] = field(default_factory=list)  # items that left the sources
     deleted: list[str] = field(default_factory=list)  # their keys
     removals: Removals | None = None  # a manifest's deletes, kept and held keys
+    still_failed: Counter[str] = field(default_factory=Counter)  # unchanged items that stay failed, by reason
 
     def add(self, d: Decision) -> None:
         self.counts[d.kind] += 1
+        if d.kind == UNCHANGED and d.previous is not None and d.previous.status == STATUS_FAILED:
+            self.still_failed[d.previous.reason or ""] += 1
         shown = self.examples.setdefault(d.kind, [])
         if len(shown) < self.examples_limit:
             shown.append(d.label)
@@ -114,6 +117,7 @@ class Plan:
 
     def summary(self) -> dict[str, Any]:
         return {**{k: self.counts.get(k, 0) for k in KINDS}, "deleted": len(self.deletes),
+                "still_failed": sum(self.still_failed.values()),
                 "examples": {k: v for k, v in self.examples.items() if v and k != UNCHANGED}}
 
 

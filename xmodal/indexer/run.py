@@ -16,7 +16,9 @@ import functools
 import logging
 import os
 import signal
-from collections.abc import Callable, Iterable
+import sys
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from tqdm.auto import tqdm
 from xmodal.config import Settings
 from xmodal.encoders import Encoder, align
 from xmodal.encoders.align import LoadedAlignment
+from xmodal.encoders.base import resolve_device
 from xmodal.errors import ModelMismatchError
 from xmodal.indexer import engines
 from xmodal.indexer.calibrate import store_text_probes, text_probes
@@ -61,6 +64,9 @@ class RunSummary:
     unchanged: int = 0
     deleted: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    still_failed: int = 0  # of the unchanged: items that failed before and stay failed (not retried)
+    still_failed_reasons: list[dict[str, Any]] = field(default_factory=list)  # their reasons, with counts
+    skipped: dict[str, int] = field(default_factory=dict)  # files of no supported type, by extension
     index: dict[str, Any] = field(default_factory=dict)  # space -> its published version
     alignment: dict[str, Any] = field(default_factory=dict)  # the clap -> clip map's fit, when (re)fitted
     device: str = "cpu"
@@ -81,7 +87,8 @@ class RunSummary:
         return {
             "collection": self.collection, "scanned": self.scanned, "new": self.new, "embedded": self.embedded,
             "ok": self.ok, "failed": self.failed, "unchanged": self.unchanged, "deleted": self.deleted,
-            "failures": [{"uri": u, "reason": r} for u, r in self.failures],
+            "still_failed": self.still_failed, "still_failed_reasons": self.still_failed_reasons,
+            "skipped": self.skipped, "failures": [{"uri": u, "reason": r} for u, r in self.failures],
             "index": self.index, "alignment": self.alignment, "device": self.device, "seconds": self.seconds,
             "totals": self.totals, "unlisted": self.unlisted, "warnings": self.warnings, "swept": self.swept,
             "items_per_second": round(self.items_per_second, 2), "plan": self.plan,
@@ -104,7 +111,8 @@ class IndexRun:
         self.collection_id = self.catalog.collection_id(collection, create=True)
         self.limits = MediaLimits.from_settings(settings)
         self._crash_at = crash_at or fault_from_env()
-        self.models = RunModels(settings, collection, self.catalog.spaces(self.collection_id))
+        self.models = RunModels(settings, collection, self.catalog.spaces(self.collection_id),
+                                warn=lambda text: say(f"warning: {text}"))
 
     def hook(self, point: str) -> None:
         if self._crash_at is not None:
@@ -113,6 +121,10 @@ class IndexRun:
     def encoder(self, space: str) -> Encoder:
         """A space's encoder, loaded once; the catalog records it as the space's model (or checks it is)."""
         if space not in self.models.encoders:
+            if self.progress:
+                record = self.models.records[space]
+                name = str(record.get("model")) + (f" ({record['pretrained']})" if record.get("pretrained") else "")
+                say(f"loading {space} model {name} on {resolve_device(self.settings.device)} ...")
             enc = self.models.encoder(space)
             recorded = self.catalog.ensure_space(self.collection_id, enc.space, enc.family, enc.record, enc.dim)
             if recorded.dim != enc.dim:
@@ -166,12 +178,16 @@ class IndexRun:
                          collection_id=self.collection_id, settings=s, encoders=encoders, work=work, summary=summary,
                          hook=self.hook)
         bar = tqdm(total=len(tasks), desc="embed", unit=" items", disable=not self.progress, smoothing=0.1)
-        try:
-            summary.device = self.engine.embed(EmbedJob(tasks, work, config, dict(self.models.records), self.encoder,
-                                                        sink, s, bar, self.hook))
-            sink.finish()
-        finally:
-            bar.close()
+        with _StopOnCtrlC(getattr(self.engine, "stoppable", False)) as stop:
+            try:
+                summary.device = self.engine.embed(EmbedJob(tasks, work, config, dict(self.models.records),
+                                                            self.encoder, sink, s, bar, self.hook, stop))
+                sink.finish()
+            finally:
+                bar.close()
+        if stop():
+            raise KeyboardInterrupt(f"{len(sink.ok_ids - sink.failed_ids)} items committed before it stopped; "
+                                    "the next run goes on from there")
 
     def _text_probes(self, space: str) -> npt.NDArray[np.float32] | None:
         return text_probes(self.layout, space, self.models.records.get(space), lambda: self.encoder(space))
@@ -190,7 +206,22 @@ class IndexRun:
         if row is not None and row.key == key:
             return align.from_row(row)
         texts = align.bank_texts()
-        bank = {sp: align.embed_bank(self.encoder(sp).embed_texts, texts) for sp in (spec.source, spec.target)}
+        encoders = {sp: self.encoder(sp) for sp in (spec.source, spec.target)}
+        if self.progress:
+            say(f"aligning audio to the {spec.target} space: embedding {len(texts)} bank texts with both models ...")
+        bar = tqdm(total=2 * len(texts), desc="align", unit=" texts", disable=not self.progress)
+
+        def counted(embed: Callable[[Sequence[str]], np.ndarray]) -> Callable[[Sequence[str]], np.ndarray]:
+            def run(batch: Sequence[str]) -> np.ndarray:
+                out = embed(batch)
+                bar.update(len(batch))
+                return out
+            return run
+
+        try:
+            bank = {sp: align.embed_bank(counted(enc.embed_texts), texts) for sp, enc in encoders.items()}
+        finally:
+            bar.close()
         for sp, vectors in bank.items():  # the calibration's text probes come from the same embeddings
             store_text_probes(self.layout, sp, self.models.records.get(sp), vectors)
         fitted = align.fit(bank[spec.source], bank[spec.target])
@@ -198,6 +229,38 @@ class IndexRun:
         summary.alignment = fitted.metrics
         log.info("fitted the %s -> %s alignment: %s", spec.source, spec.target, fitted.metrics)
         return align.LoadedAlignment(key, fitted.matrix, fitted.metrics)
+
+
+class _StopOnCtrlC:
+    """While an engine that can stop early embeds: the first Ctrl-C asks it to stop (it commits what it
+    embedded, then the run ends with KeyboardInterrupt); a second one interrupts at once."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.asked = False
+        self.previous: Any = None
+
+    def __call__(self) -> bool:
+        return self.asked
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.asked = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        say("stopping: committing what is embedded (Ctrl-C again to stop at once)")
+
+    def __enter__(self) -> _StopOnCtrlC:
+        if self.enabled:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def say(text: str) -> None:
+    """A line for the person watching (stderr, between progress bars): what runs now, or what will not."""
+    tqdm.write(text, file=sys.stderr)
 
 
 def alignment_target() -> str:

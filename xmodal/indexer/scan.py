@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +42,19 @@ class FileEntry:
 class Scan:
     """What a walk found besides its entries: folders it could not list (their items must not be
     taken for deleted), the real roots of what it indexed (the sources, and the targets of links it
-    was allowed to follow outside them) and the symlinked folders outside the sources it did not walk."""
+    was allowed to follow outside them), the symlinked folders outside the sources it did not walk, and
+    the files it passed over because no modality takes their type (counted by extension)."""
 
     unlisted: list[str] = field(default_factory=list)
     roots: list[tuple[str, str]] = field(default_factory=list)  # (real path, "folder" | "link")
     refused: list[str] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)  # files of no supported type, by extension
+
+
+def skipped_key(name: str) -> str:
+    """How a skipped file is counted: its extension, lower case (``.m4a``), or ``(no extension)``."""
+    ext = os.path.splitext(name)[1].lower()
+    return ext if ext else "(no extension)"
 
 
 def _entry(path: str, modality: str, error: str | None = None) -> FileEntry:
@@ -158,6 +167,8 @@ class _Walk:
                 modality = modality_for_path(name)
                 if modality is not None:
                     yield self.file(os.path.join(dirpath, name), modality, real_dir)
+                elif not name.startswith("."):  # hidden files (.DS_Store) are nobody's media
+                    self.found.skipped[skipped_key(name)] += 1
 
 
 def under_roots(uri: str, roots: list[str]) -> bool:

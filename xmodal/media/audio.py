@@ -7,7 +7,8 @@ buffer of about two windows and the windows already cut (or what ``transform`` m
 The output depends on the bytes alone: no random crops, same bytes, same arrays.
 
 Every failure, whatever the bytes, is a :class:`~xmodal.errors.MediaError` with a short reason:
-unrecognised or malformed data, a clip too short, too long, silent or holding NaN, a decode error
+unrecognised or malformed data, a clip with no samples (one shorter than the spec's ``min_seconds``
+is zero-padded to it), too long, silent or holding NaN, a decode error
 in the middle of the stream, and files that are cut short. libsndfile hides truncation in several
 ways, so it is looked for explicitly:
 
@@ -193,9 +194,8 @@ def _decode(
         if frames - decoded > tolerance:
             said, held = _pair(frames / rate, duration)
             raise MediaError(f"truncated: header says {said} s, file holds {held} s")
-    if decoded == 0 or duration < spec.min_seconds - 1e-9:
-        length, limit = _pair(duration, spec.min_seconds)
-        raise MediaError(f"too short: {length} s, at least {limit} s")
+    if decoded == 0:  # shorter clips than ``min_seconds`` were padded with silence; none at all is nothing
+        raise MediaError("empty: no audio samples")
     if peak == 0.0:
         raise MediaError("silent (all samples are zero)")
     level = 20.0 * math.log10(peak)
@@ -266,6 +266,9 @@ def _stream(
             break
     if resampler is not None:
         windows.feed(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+    short = round(spec.min_seconds * spec.sample_rate) - (windows.offset + windows.fill)
+    if decoded and short > 0:  # a click or UI sound: zero-padded to the shortest clip the model takes
+        windows.feed(np.zeros(short, dtype=np.float32))
     return decoded, peak, windows
 
 

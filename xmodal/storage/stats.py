@@ -9,7 +9,14 @@ from xmodal.storage.ann import IndexRecipe
 from xmodal.storage.catalog import Catalog
 
 
-def collection_stats(catalog: Catalog, collection: str, *, failures_limit: int | None = None) -> dict[str, Any]:
+def failed_summary(catalog: Catalog, collection_id: int, examples: int = 3) -> dict[str, Any]:
+    """Failed items grouped by reason (most common first), each with its count and a few example URIs:
+    a missing model's hundreds of files read as one line."""
+    groups = catalog.failure_groups(collection_id, examples)
+    return {"count": sum(g["count"] for g in groups), "by_reason": groups}
+
+
+def collection_stats(catalog: Catalog, collection: str) -> dict[str, Any]:
     cid = catalog.collection_id(collection)
     spaces = []
     indexes: dict[str, Any] = {}
@@ -46,7 +53,7 @@ def collection_stats(catalog: Catalog, collection: str, *, failures_limit: int |
         "collection": collection,
         "alignment": alignment,
         "items": catalog.counts(cid),
-        "failed": [{"uri": u, "reason": r} for u, r in catalog.failures(cid, limit=failures_limit)],
+        "failed": failed_summary(catalog, cid),
         "spaces": spaces,
         "index": indexes,
     }

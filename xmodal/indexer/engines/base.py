@@ -28,6 +28,7 @@ class EmbedJob:
     settings: Settings
     progress: Any  # a progress bar: update() per item
     hook: Callable[[str], None]  # the fault hook: called at "after-encode-batch"
+    stop: Callable[[], bool] = lambda: False  # True once the user asked to stop (Ctrl-C): end early, cleanly
 
 
 class Engine(Protocol):

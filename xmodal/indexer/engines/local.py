@@ -9,8 +9,11 @@ runs decode in this process. A pool starts before the models load, so that its s
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import logging
 import multiprocessing
+import signal
+import threading
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
 
@@ -47,6 +50,7 @@ def wants_pool(tasks: list[DecodeTask], work: dict[int, ItemWork], *, workers: i
 
 class LocalEngine:
     name = "local"
+    stoppable = True  # asks job.stop() between items: Ctrl-C ends the run after committing what is embedded
 
     def __init__(self) -> None:
         self.pool: DecodePool | None = None
@@ -88,8 +92,11 @@ class LocalEngine:
                             encode(space, modality)
                             job.hook("after-encode-batch")
                 sink.flush()
-            for space, modality in list(groups):
-                encode(space, modality)
+                if job.stop():  # Ctrl-C: what was embedded goes to the sink, the rest stays pending
+                    break
+            else:
+                for space, modality in list(groups):
+                    encode(space, modality)
         finally:
             self.close()
         return next(iter(encoders.values())).device if encoders else "cpu"
@@ -98,6 +105,20 @@ class LocalEngine:
         if self.pool is not None:
             self.pool.close()
             self.pool = None
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while worker processes are spawned (they inherit it: a Ctrl-C then never prints a
+    traceback from a worker's start-up); in the main thread only, where handlers can be set."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _in_process(tasks: list[DecodeTask], config: DecodeConfig) -> Iterator[Decoded]:
@@ -120,9 +141,10 @@ class DecodePool:
         self._pool = self._start()
 
     def _start(self) -> cf.ProcessPoolExecutor:
-        pool = cf.ProcessPoolExecutor(self.workers, mp_context=self._ctx, initializer=init_worker)
-        for _ in range(self.workers):
-            pool.submit(warm_up)
+        with _sigint_ignored():  # workers start ignoring Ctrl-C (the parent stops them), even before init_worker
+            pool = cf.ProcessPoolExecutor(self.workers, mp_context=self._ctx, initializer=init_worker)
+            for _ in range(self.workers):
+                pool.submit(warm_up)
         return pool
 
     def close(self) -> None:

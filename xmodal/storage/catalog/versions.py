@@ -88,3 +88,18 @@ class IndexQueries(CatalogBase):
             q = q.limit(limit)
         with self.Session() as s:
             return [(r[0], r[1] or "") for r in s.execute(q)]
+
+    def failure_groups(self, collection_id: int, examples: int = 3) -> list[dict[str, Any]]:
+        """The collection's failed items grouped by reason, most common first: each reason's count and
+        its first few URIs (by URI)."""
+        where = (Item.collection_id == collection_id, Item.status == STATUS_FAILED)
+        counted = func.count(Item.id).label("n")
+        out = []
+        with self.Session() as s:
+            rows = s.execute(select(Item.reason, counted).where(*where).group_by(Item.reason)
+                             .order_by(counted.desc(), Item.reason)).all()
+            for reason, n in rows:
+                same = Item.reason.is_(None) if reason is None else Item.reason == reason
+                uris = s.scalars(select(Item.uri).where(*where, same).order_by(Item.uri).limit(examples))
+                out.append({"reason": reason or "", "count": int(n), "examples": list(uris)})
+        return out
