@@ -90,6 +90,58 @@ def write_sounds(folder: Path, n: int, *, start: int = 0, ext: str = "wav", seco
     return paths
 
 
+def write_video(path: Path, shots: list[tuple[Image.Image, float]] | None, *, fps: int = 8, codec: str = "libx264",
+                container: str | None = None, audio: np.ndarray | None = None, audio_rate: int = 48_000,
+                size: tuple[int, int] = (96, 64), rotation: int = 0) -> Path:
+    """Encode a video with PyAV (never a system ffmpeg): each shot is a still held for its seconds (with a
+    little seeded noise, as a camera gives), at ``fps``; ``audio`` (mono float32) as an AAC or Opus track.
+    ``shots=None`` writes an audio-only file. ``rotation``: the display matrix's counter-clockwise degrees."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = av.open(str(path), "w", format=container)
+    video = None
+    if shots is not None:
+        video = out.add_stream(codec, rate=fps)
+        video.width, video.height = size
+        video.pix_fmt = "yuv420p"
+        if rotation:
+            video.set_display_rotation(rotation)
+    sound_stream = None
+    if audio is not None:
+        acodec = "libopus" if path.suffix.lower() in (".webm", ".ogg") else "aac"
+        sound_stream = out.add_stream(acodec, rate=audio_rate)
+        sound_stream.layout = "mono"
+    rng = np.random.default_rng(7)
+    out.start_encoding()  # the header, even for a file that gets no frames
+    if video is not None:
+        n = 0
+        for image, seconds in shots or []:
+            base = np.asarray(image.convert("RGB").resize(size)).astype(np.int16)
+            for _ in range(round(seconds * fps)):
+                noisy = np.clip(base + rng.integers(-3, 4, size=base.shape), 0, 255).astype(np.uint8)
+                frame = av.VideoFrame.from_ndarray(noisy, format="rgb24")
+                frame.pts = n
+                n += 1
+                for packet in video.encode(frame):
+                    out.mux(packet)
+        for packet in video.encode():
+            out.mux(packet)
+    if sound_stream is not None and audio is not None:
+        step = 1024
+        for at in range(0, len(audio), step):
+            chunk = np.ascontiguousarray(audio[at:at + step], dtype=np.float32)[None, :]
+            frame = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
+            frame.sample_rate = audio_rate
+            frame.pts = at
+            for packet in sound_stream.encode(frame):
+                out.mux(packet)
+        for packet in sound_stream.encode():
+            out.mux(packet)
+    out.close()
+    return path
+
+
 def cli_json(capsys: pytest.CaptureFixture[str], argv: list[str], *, code: int = 0) -> Any:
     """Run the CLI in-process with --json, check its exit code (3: an index run with failed files) and
     parse what it printed."""

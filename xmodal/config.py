@@ -61,6 +61,13 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=100_000_000, ge=1)
     max_text_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     max_audio_seconds: float = Field(default=3600.0, gt=0, le=86_400, description="longer clips are failed")
+    max_video_seconds: float = Field(default=3 * 3600.0, gt=0, le=86_400, description="longer videos are failed")
+    max_video_pixels: int = Field(default=7680 * 4320, ge=1, description="pixels of one video frame (8K)")
+    video_timeout_s: float = Field(default=600.0, gt=0, description="seconds one video may take to decode")
+    video_fps: float = Field(default=1.0, gt=0, le=60, description="video frames sampled per second")
+    video_max_frames: int = Field(default=256, ge=2, le=100_000, description="frames kept per video: a longer one "
+                                  "is sampled more sparsely (memory per decode worker is bounded by this)")
+    video_max_segment_s: float = Field(default=10.0, gt=0, description="longest video segment (shot) in seconds")
     follow_external_symlinks: bool = Field(
         default=False, description="index files that symlinks lead to outside the sources (their targets are then "
         "served too); off: such links are recorded failed and symlinked folders outside are not walked")

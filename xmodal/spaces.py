@@ -1,8 +1,8 @@
 """Modalities and embedding spaces, as data: the one table every part of xmodal reads.
 
-A **modality** is a kind of media an item can be (image, text, audio), with the file extensions and
+A **modality** is a kind of media an item can be (image, text, audio, video), with the file extensions and
 upload types that mean it. A **space** is one encoder model with a fixed dimension; each embeds some
-modalities natively (``clip``: images and text; ``clap``: audio and text), and a collection has the
+modalities natively (``clip``: images, text and video frames; ``clap``: audio and text), and a collection has the
 spaces its items need. Spaces are listed in **routing order**: a (query modality, target modality)
 pair is searched in the first space where both are native, else through an **alignment**, a linear
 map from one space into another fitted on texts that both embed (``clap`` -> ``clip`` carries audio
@@ -28,6 +28,8 @@ class Modality:
     extensions: frozenset[str]  # lower case, with the dot: files with these are indexed as this modality
     upload_types: frozenset[str] = frozenset()  # MIME types a query upload may have (none: not uploadable)
     windowed: bool = False  # an item is cut into windows, each embedded; a result names its best one
+    always_segment: bool = False  # a result names its window even when there is only one (a video's one shot)
+    may_be: frozenset[str] = frozenset()  # what a file of this kind may turn out to hold (an .mp4 with sound only)
 
 
 @dataclass(frozen=True)
@@ -82,16 +84,19 @@ IMAGE = Modality("image", "images", frozenset({".jpg", ".jpeg", ".jpe", ".jfif",
                                      ".tif"}),
                  frozenset({"image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff"}))
 TEXT = Modality("text", "texts", frozenset({".txt", ".md", ".markdown"}))
-AUDIO = Modality("audio", "audio", frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff"}),
+AUDIO = Modality("audio", "audio", frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff",
+                                             ".m4a", ".aac"}),
                  frozenset({"audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave", "audio/flac", "audio/x-flac",
                             "audio/ogg", "audio/opus", "audio/mpeg", "audio/mp3", "audio/aiff", "audio/x-aiff"}),
                  windowed=True)
+VIDEO = Modality("video", "videos", frozenset({".mp4", ".m4v", ".webm", ".mkv", ".mov", ".avi", ".ts"}),
+                 windowed=True, always_segment=True, may_be=frozenset({"audio"}))
 
 #: every modality, in the order lists and pages show them
-MODALITIES: dict[str, Modality] = {m.name: m for m in (IMAGE, TEXT, AUDIO)}
+MODALITIES: dict[str, Modality] = {m.name: m for m in (IMAGE, TEXT, AUDIO, VIDEO)}
 #: every space, in routing order (text -> text is searched in the first)
 SPACES: dict[str, Space] = {s.name: s for s in (
-    Space("clip", "open_clip", frozenset({"image", "text"}), "run `xmodal index` on images or text"),
+    Space("clip", "open_clip", frozenset({"image", "text", "video"}), "run `xmodal index` on images, text or video"),
     Space("clap", "clap", frozenset({"audio", "text"}),
           "audio indexed with a CLAP model: install the 'audio' extra and run `xmodal index` on audio files"),
 )}

@@ -26,6 +26,7 @@ from xmodal.media.image import decode_image_with_info
 from xmodal.media.read import read_file
 from xmodal.media.text import decode_text, text_metadata
 from xmodal.media.types import MediaLimits, looks_like_text, sniff_modality
+from xmodal.media.video import VideoSpec
 from xmodal.spaces import AudioSpec
 
 log = logging.getLogger(__name__)
@@ -88,19 +89,21 @@ class DecodeConfig:
     prepare: dict[str, Any] = field(default_factory=dict)  # modality -> its encoder's preparation (above)
     fetch: FetchOptions | None = None  # bounds on remote fetches (timeouts, retries, size cap)
     fetch_threads: int = 8  # remote fetches of one chunk run concurrently: they wait on the network
+    video: VideoSpec = field(default_factory=VideoSpec)  # how videos are sampled and cut into segments
 
     def __hash__(self) -> int:  # frozen, but holds a dict: hashed by identity (one config per run)
         return id(self)
 
 
 def preparations(encoders: Iterable[Any]) -> dict[str, Any]:
-    """Each modality's preparation, from the encoders that embed it (image and audio encoders)."""
+    """Each modality's preparation, from the encoders that embed it (image encoders: images and video frames;
+    audio encoders)."""
     from xmodal.encoders.base import AudioEncoder, ImageEncoder
 
     out: dict[str, Any] = {}
     for enc in encoders:
         if isinstance(enc, ImageEncoder):
-            out["image"] = ImagePrep(enc.image_transform(), enc.image_min_side())
+            out["image"] = out["video"] = ImagePrep(enc.image_transform(), enc.image_min_side())  # frames are images
         if isinstance(enc, AudioEncoder):
             out["audio"] = AudioPrep(enc.audio_spec(), enc.audio_transform())
     return out
@@ -132,6 +135,14 @@ def warm_up() -> None:
     """A first task that makes the pool start its processes now (they import torch meanwhile)."""
 
 
+class DecodeAs(Exception):  # noqa: N818 - a redirection, not an error
+    """Raised by a decoder: these bytes are another modality (an ``.mp4`` with sound and no pictures is audio)."""
+
+    def __init__(self, modality: str) -> None:
+        super().__init__(modality)
+        self.modality = modality
+
+
 Decoder = Callable[[bytes, DecodeConfig], tuple[Any, "list[tuple[float, float]] | None", dict[str, Any]]]
 #: modality -> bytes to (model inputs, window spans or None, metadata); raise MediaError for bad bytes
 DECODERS: dict[str, Decoder] = {}
@@ -161,16 +172,54 @@ def _decode_text(data: bytes, config: DecodeConfig) -> tuple[Any, None, dict[str
 
 def _decode_audio(data: bytes, config: DecodeConfig) -> tuple[Any, list[tuple[float, float]], dict[str, Any]]:
     from xmodal.media.audio import audio_metadata, decode_audio
+    from xmodal.media.video import is_av_container
 
     prep: AudioPrep = _prep(config, "audio")
-    audio = decode_audio(data, dataclasses.replace(prep.spec, max_seconds=config.limits.max_audio_seconds),
-                         prep.transform)
+    spec = dataclasses.replace(prep.spec, max_seconds=config.limits.max_audio_seconds)
+    if is_av_container(data):  # m4a, aac, an mp4 or webm with sound only: FFmpeg through PyAV
+        from xmodal.media.avaudio import decode_audio_av
+
+        audio = decode_audio_av(data, spec, prep.transform)
+    else:
+        audio = decode_audio(data, spec, prep.transform)
     return audio.windows, audio.spans, audio_metadata(audio)
+
+
+def _decode_video(data: bytes, config: DecodeConfig) -> tuple[Any, list[tuple[float, float]], dict[str, Any]]:
+    from xmodal.media.video import NoVideoStream, VideoLimits, decode_video, video_metadata
+
+    prep: ImagePrep = _prep(config, "video")
+    lim = config.limits
+    try:
+        video = decode_video(data, config.video, VideoLimits(lim.max_video_seconds, lim.max_video_pixels,
+                                                             lim.video_timeout_s), prep.transform)
+    except NoVideoStream as exc:
+        if exc.audio:
+            raise DecodeAs("audio") from None
+        raise
+    return video.inputs(), video.spans, video_metadata(video)
 
 
 register_decoder("image", _decode_image)
 register_decoder("text", _decode_text)
 register_decoder("audio", _decode_audio)
+register_decoder("video", _decode_video)
+
+
+def _decode_as(modality: str, data: bytes, config: DecodeConfig) -> tuple[str, Any, Any, dict[str, Any]]:
+    """(modality, inputs, spans, metadata) by the modality's decoder, or the one it hands the bytes to."""
+    tried: list[str] = []
+    while True:
+        decoder = DECODERS.get(modality)
+        if decoder is None:
+            raise MediaError(f"unsupported modality {modality!r}")
+        tried.append(modality)
+        try:
+            return (modality, *decoder(data, config))
+        except DecodeAs as redirect:
+            if redirect.modality in tried:
+                raise MediaError(f"no decoder takes this {modality} file") from None
+            modality = redirect.modality
 
 
 def decode_many(tasks: list[DecodeTask], config: DecodeConfig) -> list[Decoded]:
@@ -218,13 +267,9 @@ def decode_one(task: DecodeTask, config: DecodeConfig, *, fetched: bytes | Media
             found = sniff_modality(data)
             if found is None:
                 kind = "text" if looks_like_text(data[:512]) else "data"
-                raise MediaError(f"not an image or audio file (it looks like {kind}; its URL names no type)")
+                raise MediaError(f"not an image, audio or video file (it looks like {kind}; its URL names no type)")
             modality = found
-        decoder = DECODERS.get(modality)
-        if decoder is None:
-            raise MediaError(f"unsupported modality {modality!r}")
-        out.modality = modality
-        out.inputs, out.spans, out.meta = decoder(data, config)
+        out.modality, out.inputs, out.spans, out.meta = _decode_as(modality, data, config)
     except FetchError as exc:
         out.error = f"{TEMPORARY_FAILURE if exc.retryable else ''}fetch failed: {exc.reason}"
     except MediaError as exc:

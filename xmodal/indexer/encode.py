@@ -1,7 +1,8 @@
 """The encode step every engine runs: a group of decoded items of one modality through one space's
 encoder, in batches. Embedders are registered by modality (as decoders are in ``indexer.decode``):
 images and texts are one vector each, a windowed modality (audio) is every window embedded and an
-item's vector their pool (the window vectors are kept for the best-window lookup).
+item's vector their pool (the window vectors are kept for the best-window lookup); a video is its sampled
+frames embedded as images, pooled per segment, and the segments pooled.
 """
 
 from __future__ import annotations
@@ -61,6 +62,32 @@ def _embed_windows(encoder: Any, group: list[Decoded], batch: int) -> tuple[np.n
     return np.stack(vecs), windows
 
 
+def _embed_video(encoder: Any, group: list[Decoded], batch: int) -> tuple[np.ndarray, list[Windows | None]]:
+    """Every sampled frame embedded as an image (in batches); a segment's vector is the normalised mean of
+    its frames', the video's the normalised mean of its segments' (each shot counts the same, however long).
+    The segment vectors are kept as the item's windows, even for a single shot."""
+    enc = cast(ImageEncoder, encoder)
+    frames = np.concatenate([d.inputs.frames for d in group])
+    frame_vecs = np.concatenate([enc.embed_images(frames[at : at + batch]) for at in range(0, len(frames), batch)])
+    vecs: list[np.ndarray] = []
+    windows: list[Windows | None] = []
+    at = 0
+    for d in group:
+        own = frame_vecs[at : at + len(d.inputs)]
+        at += len(d.inputs)
+        n = len(d.spans or [])
+        segs = np.stack([_unit(own[d.inputs.segment == i].mean(axis=0)) for i in range(n)]).astype(np.float32)
+        vecs.append(_unit(segs.mean(axis=0)))
+        windows.append(Windows(segs, np.asarray(d.spans, dtype=np.float32).reshape(-1, 2)))
+    return np.stack(vecs).astype(np.float32), windows
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 0 else v
+
+
 register_embedder("image", _embed_images)
 register_embedder("text", _embed_texts)
 register_embedder("audio", _embed_windows)
+register_embedder("video", _embed_video)

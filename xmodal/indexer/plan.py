@@ -32,7 +32,7 @@ from xmodal.indexer.models import UNAVAILABLE
 from xmodal.indexer.scan import OUTSIDE, FileEntry, under_roots
 from xmodal.media.fetch import is_remote
 from xmodal.media.types import modality_for_uri
-from xmodal.spaces import native
+from xmodal.spaces import MODALITIES, native
 from xmodal.storage.catalog import STATUS_DELETED, STATUS_FAILED, STATUS_OK, ItemState, SourceFields
 from xmodal.storage.uris import is_under, uri_to_path
 
@@ -184,12 +184,14 @@ def _retry(st: ItemState, retry_failed: bool) -> bool:
 
 def assign_spaces(plan: Plan, active: list[str], why_not: Callable[[str], str] | None = None) -> Plan:
     """Each work decision's spaces: those it lacks (``missing_vectors``), else every active space that
-    embeds its modality natively (all of them for a type still unknown). Work no active space embeds is
+    embeds its modality natively, or what a file of that kind may turn out to hold (a video's sound only: audio),
+    all of them for a type still unknown. Work no active space embeds is
     failed with the reason (retried by the first run that can embed it)."""
     for d in list(plan.work):
         if d.kind == MISSING:
             continue
-        d.spaces = tuple(sp for sp in active if d.modality == UNKNOWN or native(sp, d.modality))
+        may_be = (d.modality, *MODALITIES[d.modality].may_be) if d.modality in MODALITIES else ()
+        d.spaces = tuple(sp for sp in active if d.modality == UNKNOWN or any(native(sp, m) for m in may_be))
         if not d.spaces:
             plan.fail(d, why_not(d.modality) if why_not else f"{UNAVAILABLE}no model embeds {d.modality}")
     return plan

@@ -46,6 +46,7 @@ from xmodal.indexer.publish import build_and_publish
 from xmodal.indexer.sink import ItemWork, ShardSink
 from xmodal.media.fetch import FetchOptions
 from xmodal.media.types import MediaLimits
+from xmodal.media.video import VideoSpec
 from xmodal.spaces import ALIGNMENTS, PRIMARY
 from xmodal.storage.catalog import Catalog
 from xmodal.storage.layout import Layout
@@ -173,7 +174,8 @@ class IndexRun:
         needed = sorted({sp for w in work.values() for sp in w.spaces})
         encoders = {sp: self.encoder(sp) for sp in needed}  # loaded while the decode workers start
         config = DecodeConfig(self.limits, preparations(encoders.values()), fetch=FetchOptions(
-            timeout_s=s.fetch_timeout, deadline_s=s.fetch_deadline, retries=s.fetch_retries, max_bytes=s.max_file_bytes))
+            timeout_s=s.fetch_timeout, deadline_s=s.fetch_deadline, retries=s.fetch_retries, max_bytes=s.max_file_bytes),
+            video=VideoSpec(s.video_fps, s.video_max_frames, s.video_max_segment_s))
         sink = ShardSink(catalog=self.catalog, layout=self.layout, collection=self.collection,
                          collection_id=self.collection_id, settings=s, encoders=encoders, work=work, summary=summary,
                          hook=self.hook)

@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # keep ``import xmodal.media`` free of pydantic
 IMAGE_EXTENSIONS: frozenset[str] = MODALITIES["image"].extensions
 TEXT_EXTENSIONS: frozenset[str] = MODALITIES["text"].extensions
 AUDIO_EXTENSIONS: frozenset[str] = MODALITIES["audio"].extensions
+VIDEO_EXTENSIONS: frozenset[str] = MODALITIES["video"].extensions
 
 
 @dataclass(frozen=True)
@@ -23,11 +24,15 @@ class MediaLimits:
     max_image_pixels: int
     max_text_bytes: int
     max_audio_seconds: float = 3600.0
+    max_video_seconds: float = 3 * 3600.0
+    max_video_pixels: int = 7680 * 4320
+    video_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
-        if not 0 < self.max_audio_seconds < float("inf"):
-            raise ValueError(f"MediaLimits.max_audio_seconds must be positive, got {self.max_audio_seconds!r}")
-        for name in ("max_file_bytes", "max_image_pixels", "max_text_bytes"):
+        for name in ("max_audio_seconds", "max_video_seconds", "video_timeout_s"):
+            if not 0 < getattr(self, name) < float("inf"):
+                raise ValueError(f"MediaLimits.{name} must be positive, got {getattr(self, name)!r}")
+        for name in ("max_file_bytes", "max_image_pixels", "max_text_bytes", "max_video_pixels"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"MediaLimits.{name} must be a positive integer, got {value!r}")
@@ -40,6 +45,9 @@ class MediaLimits:
             max_image_pixels=settings.max_image_pixels,
             max_text_bytes=settings.max_text_bytes,
             max_audio_seconds=settings.max_audio_seconds,
+            max_video_seconds=settings.max_video_seconds,
+            max_video_pixels=settings.max_video_pixels,
+            video_timeout_s=settings.video_timeout_s,
         )
 
     @classmethod
@@ -64,7 +72,7 @@ def modality_for_uri(uri: str) -> str | None:
 
 
 def sniff_modality(data: bytes) -> str | None:
-    """``"image"`` or ``"audio"`` from a file's first bytes (its magic number), or ``None``: for media
+    """``"image"``, ``"audio"`` or ``"video"`` from a file's first bytes (its magic number), or ``None``: for media
     whose URL names no type (``https://cdn/p/123``). Text is never guessed (a manifest gives it inline)."""
     head = data[:16]
     if head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00",
@@ -75,6 +83,8 @@ def sniff_modality(data: bytes) -> str | None:
         return "audio"
     if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06:  # an MPEG audio frame
         return "audio"
+    if head[4:8] == b"ftyp" or head.startswith(b"\x1a\x45\xdf\xa3") or (head[:4] == b"RIFF" and head[8:12] == b"AVI "):
+        return "video"  # MP4/MOV, Matroska/WebM, AVI: decoded as audio when it holds no pictures
     return None
 
 
