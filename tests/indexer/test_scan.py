@@ -53,15 +53,17 @@ def test_finds_supported_extensions_case_insensitively(tmp_path: Path) -> None:
     images = ["a.jpg", "b.JPEG", "c.Png", "d.webp", "e.GIF", "f.bmp", "g.tif", "h.TIFF", "sub/deep/i.JpG",
               ".hidden.png"]
     texts = ["notes.txt", "README.MD", "sub/j.Md"]
-    ignored = ["k.pdf", "noext", "l.jpg.bak", "m.jpgx", "n.mp4", ".jpg", "o.text", "sub/p.heic"]
-    for name in images + texts + ignored:
+    videos = ["n.mp4", "q.MKV", "sub/r.webm"]
+    ignored = ["k.pdf", "noext", "l.jpg.bak", "m.jpgx", "n.mp4.part", ".jpg", "o.text", "sub/p.heic"]
+    for name in images + texts + videos + ignored:
         touch(tmp_path / name, b"12345")
     entries = scanned(tmp_path)
     by_path = {os.path.relpath(e.path, tmp_path): e for e in entries}
-    assert set(by_path) == set(images + texts)
+    assert set(by_path) == set(images + texts + videos)
     assert len(entries) == len(by_path)
     assert {by_path[n].modality for n in images} == {"image"}
     assert {by_path[n].modality for n in texts} == {"text"}
+    assert {by_path[n].modality for n in videos} == {"video"}
     for rel, e in by_path.items():
         st = os.stat(tmp_path / rel)
         assert (e.size, e.mtime_ns, e.error) == (5, st.st_mtime_ns, None)

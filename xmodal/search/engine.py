@@ -288,6 +288,7 @@ class Searcher(QueryVectors):
         total = part.ntotal
         fetch = min(total, max(want + 16, TAIL + 1))  # the local tail is fitted on the best TAIL + 1
         results: list[SearchResult] = []
+        segmented = MODALITIES[r.target].always_segment and r.target in SPACES[r.space].modalities
         while fetch > 0:
             t0 = time.perf_counter()
             scores, ids = part.search(query, fetch, recall=recall, exclude=excluded)
@@ -306,7 +307,7 @@ class Searcher(QueryVectors):
                 source = {"id": it.source_id, "column": it.source_column or ""} if it.source_id is not None else None
                 results.append(SearchResult(item_id, it.uri, it.modality, score, it.meta or {}, r.space, r.method,
                                             relevance(score) if relevance else None, source=source))
-                if len(results) == want:
+                if len(results) == want and not segmented:  # segmented: every candidate, re-ranked below
                     break
             below = bool(cutoff) and bool(candidates) and not cutoff.passes(SearchResult(
                 0, "", r.target, candidates[-1][0], {}, r.space, r.method,
@@ -314,16 +315,36 @@ class Searcher(QueryVectors):
             if len(results) >= want or fetch >= total or below:
                 break
             fetch = min(total, fetch * 4)  # many filtered out (or hidden after the lookup): look further
+        if segmented:
+            results = self._by_best_segment(results, query[0], relevance)[:want]
         return results
 
-    # windowed items (long audio): the best window -----------------------------------------------
+    def _by_best_segment(self, results: list[SearchResult], query: np.ndarray,
+                         relevance: Relevance | None) -> list[SearchResult]:
+        """Candidates made of segments (videos) scored by their best segment rather than by their pool, and
+        re-ordered: a still from one shot matches that shot, however many other shots dilute the pool."""
+        for res in results:
+            win = self._item_windows(res.id, res.space)
+            if win is None or not len(win.vectors):
+                continue
+            scores = win.vectors @ query
+            best = int(np.argmax(scores))
+            res.score = float(scores[best])
+            res.relevance = relevance(res.score) if relevance else None
+            res.segment = {"start_s": round(float(win.spans[best][0]), 3), "end_s": round(float(win.spans[best][1]), 3),
+                           "score": round(res.score, 6), "window": best}
+        return sorted(results, key=lambda x: -x.score)
+
+    # windowed items (long audio, video): the best window -----------------------------------------------
 
     def _add_segments(self, results: list[SearchResult], q: Query, *, text: str | None, item: int | None) -> None:
         """For results pooled from several windows: the window that matches the query best, scored in the
         result's space (window vectors are native to the item's modality; carried through the alignment
         when the result came from the space it aligns into)."""
         for r in results:
-            if not MODALITIES[r.modality].windowed or int(r.metadata.get("windows", 1) or 1) < 2:
+            kind = MODALITIES[r.modality]
+            if r.segment is not None or not kind.windowed or (int(r.metadata.get("windows", 1) or 1) < 2
+                                                               and not kind.always_segment):
                 continue
             native = native_spaces(r.modality)[0]
             win = self._item_windows(r.id, native)
