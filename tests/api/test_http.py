@@ -168,7 +168,7 @@ def test_bad_requests_are_4xx_json(server: Server) -> None:
         ({"collection": "shop", "text": "x" * 1001}, 422),
         ({"collection": "shop", "text": "x", "item_id": 1}, 422),
         ({"collection": "shop"}, 422),
-        ({"collection": "shop", "text": "x", "target": "video"}, 422),
+        ({"collection": "shop", "text": "x", "target": "hologram"}, 422),
         ({"collection": "shop", "text": "x", "extra": 1}, 422),
         ({"collection": "nope", "text": "x"}, 404),
         ({"collection": "shop", "text": "x", "filters": {"field": "colour", "op": "eq", "value": "red"}}, 422),

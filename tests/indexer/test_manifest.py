@@ -369,7 +369,7 @@ def test_unreadable_files_are_fatal(tmp_path: Path) -> None:
 
 def test_bad_arguments_are_fatal(tmp_path: Path) -> None:
     path = write_manifest(tmp_path / "m.csv", PRODUCTS)
-    assert "unknown modality 'video'" in fatal(path, media={"uri": "video"})
+    assert "unknown modality 'hologram'" in fatal(path, media={"uri": "hologram"})
     assert "'ID' cannot be a media column" in fatal(path, media={"ID": None})
     assert "no media columns given" in fatal(path, media={})
     assert "unknown type 'date'" in fatal(path, column_types={"when": "date"})
