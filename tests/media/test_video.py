@@ -139,3 +139,10 @@ def test_silent_sound_in_a_container_is_refused(tmp_path: Path) -> None:
     data = write_video(tmp_path / "q.m4a", None, audio=np.zeros(48_000, np.float32), container="mp4").read_bytes()
     with pytest.raises(MediaError, match="silent"):
         decode_audio_av(data, AudioSpec(48_000))
+
+
+def test_a_video_url_without_an_extension_is_known_by_its_bytes(tmp_path: Path) -> None:
+    from xmodal.media.types import sniff_modality
+
+    for name, codec in (("a.mp4", "libx264"), ("a.webm", "libvpx-vp9"), ("a.avi", "mpeg4")):
+        assert sniff_modality(write_video(tmp_path / name, SHOTS[:1], codec=codec).read_bytes()) == "video"
