@@ -138,3 +138,11 @@ def test_the_cli_and_http_give_the_same_video_results(indexed, capsys, tmp_path)
     assert out["results"][0]["uri"] == str(media / "film_1.webm")
     assert out["results"][0]["segment"] == body["results"][0]["segment"]
     assert body["results"][0]["segment"]["start_s"] == pytest.approx(2.0, abs=0.51)
+
+
+def test_verify_finds_a_video_collection_consistent_and_a_rerun_embeds_nothing(indexed, capsys):
+    settings, media, _ = indexed
+    report = cli_json(capsys, ["verify", "--home", str(settings.home), "-c", "v"])
+    assert report["ok"] is True and report["problems"] == [], report
+    again = index_sources(settings, [media], "v", progress=False)
+    assert again.embedded == 0 and again.failed == 0 and again.unchanged == 4 + 1 + 2 + len(VIDEOS) + 2 + 3
