@@ -271,6 +271,9 @@ def test_stats_reports_counts_spaces_and_index(env, media, capsys, monkeypatch):
     (space,) = stats["spaces"]
     assert space["name"] == "clip" and space["dim"] == 64 and space["model"] == env.clip_model
     assert stats["index"]["clip"]["version"] == 1 and stats["index"]["clip"]["vectors"] == 47
+    # the command says which catalog it used, on stderr (stdout is the JSON)
+    assert capsys.readouterr().err == "" and main(["stats", "-c", "shop", "--json"]) == 0
+    assert f"catalog: {env.catalog_label} (collection shop)\n" in capsys.readouterr().err
     # --home and --database-url work before the command too, and beat the environment
     monkeypatch.setenv("XMODAL_HOME", str(env.home.parent / "elsewhere"))
     monkeypatch.delenv("XMODAL_DATABASE_URL")
@@ -293,7 +296,11 @@ def test_collection_remembers_its_model(env, media, capsys, tmp_path, monkeypatc
     code = main(["index", str(media), "-c", "shop", "--clip-model", env.clip_model, "--clip-pretrained", str(other),
                  "--no-progress"])
     assert code == 2
-    assert "indexed with" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "indexed with" in err
+    # the ways out: another collection, dropping this one, or the recorded model
+    assert "-c NEW" in err and "xmodal collections drop shop" in err
+    assert f"--clip-model {env.clip_model} --clip-pretrained {env.clip_pretrained}" in err
     assert main(["search", "-c", "shop", "--text", "x", "--clip-pretrained", str(other)]) == 2
     assert "indexed with" in capsys.readouterr().err
 
@@ -349,7 +356,8 @@ def test_console_script_offline_default_model_names_the_flag(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "--clip-pretrained" in lines[0] and "laion2b_s34b_b79k" in lines[0]
+    assert lines[0] == f"catalog: {tmp_path / 'home'} (collection demo)"
+    assert len(lines) == 2 and "--clip-pretrained" in lines[1] and "laion2b_s34b_b79k" in lines[1]
 
 
 @pytest.mark.slow  # subprocesses and worker processes

@@ -18,7 +18,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     """Options taken before or after the command; SUPPRESS keeps a subcommand from resetting them."""
     g = p.add_argument_group("common options")
     g.add_argument("--home", type=Path, default=argparse.SUPPRESS,
-                   help="data dir (env XMODAL_HOME; default ./xmodal-data)")
+                   help="data dir (env XMODAL_HOME; default: the user data dir, ~/.local/share/xmodal on Linux, "
+                        "or ./xmodal-data where one with a catalog is in the current folder)")
     g.add_argument("--database-url", default=argparse.SUPPRESS,
                    help="SQLAlchemy URL of the catalog (env XMODAL_DATABASE_URL; default SQLite in the data dir)")
     g.add_argument("--device", default=argparse.SUPPRESS, help="auto, cpu, cuda (env XMODAL_DEVICE)")
