@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from xmodal import __version__
+from xmodal.cli import collections
 from xmodal.cli.admin import cmd_bench, cmd_gc, cmd_serve, cmd_stats, cmd_verify
 from xmodal.cli.index import cmd_index
 from xmodal.cli.query import cmd_eval, cmd_search
@@ -177,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep superseded versions and unreferenced shards this long (90s, 30m, 2h, 7d; default 1h)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_gc)
+
+    collections.add_parser(sub, common)
 
     p = sub.add_parser("serve", parents=[common], help="the HTTP API and web page")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
