@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from xmodal.cli.common import EXIT_PROBLEMS, dump, settings_of, tell_catalog
+from xmodal.cli.common import EXIT_PROBLEMS, dump, settings_of
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -61,7 +61,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from xmodal.storage.stats import collection_stats
 
     settings = settings_of(args)
-    tell_catalog(args, settings)
     catalog = Catalog(settings.resolved_database_url, create=False)
     try:
         stats = collection_stats(catalog, args.collection)

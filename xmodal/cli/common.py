@@ -24,7 +24,7 @@ def settings_of(args: argparse.Namespace, **extra: Any) -> Settings:
 
 
 def tell_catalog(args: argparse.Namespace, settings: Settings) -> None:
-    """One line on stderr saying which catalog a command uses (never on stdout, which --json keeps clean)."""
+    """One line on stderr saying which catalog a command used (never on stdout, which --json keeps clean)."""
     line = f"catalog: {settings.catalog_label} (collection {args.collection})"
     chosen = getattr(args, "home", None) is not None or bool(os.environ.get("XMODAL_HOME"))
     if not chosen and settings.home == legacy_home():

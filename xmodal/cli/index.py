@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from xmodal.cli.common import EXIT_PARTIAL, dump, settings_of, tell_catalog, write_report
+from xmodal.cli.common import EXIT_PARTIAL, dump, settings_of, write_report
 from xmodal.errors import UserError
 
 
@@ -32,7 +32,6 @@ def cmd_index(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, workers=args.workers, exact_threshold=args.exact_threshold,
         recall_target=args.recall_target, max_index_memory=args.max_index_memory,
     )
-    tell_catalog(args, settings)
     started = time.time()
     if bool(args.sources) == bool(args.manifest):
         raise UserError("give folders or files to index, or --manifest FILE (not both)")

@@ -5,17 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from xmodal.cli.common import dump, settings_of, short, tell_catalog
+from xmodal.cli.common import dump, settings_of, short
 from xmodal.storage.uris import path_to_uri
 
 
 def _open_searcher(args: argparse.Namespace) -> Any:
     from xmodal.search.engine import Searcher
 
-    settings = settings_of(args)
-    if args.command == "search":
-        tell_catalog(args, settings)
-    return Searcher(settings, args.collection, model=(args.clip_model, args.clip_pretrained),
+    return Searcher(settings_of(args), args.collection, model=(args.clip_model, args.clip_pretrained),
                     audio_model=args.audio_model)
 
 
