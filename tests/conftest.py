@@ -15,6 +15,17 @@ from xmodal.config import Settings
 PG_URL = os.environ.get("XMODAL_TEST_DATABASE_URL")
 
 
+@pytest.fixture(autouse=True)
+def _private_data_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No test (nor a subprocess it starts, which inherits the environment) writes into the real user data
+    dir: the platform default points into a temporary folder, and so does ``XMODAL_HOME`` unless a test
+    sets its own."""
+    base = tmp_path_factory.mktemp("user-data")
+    monkeypatch.setenv("XDG_DATA_HOME", str(base / "xdg"))
+    monkeypatch.setenv("XMODAL_HOME", str(base / "xmodal-home"))
+    return base
+
+
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """(--clip-model, --clip-pretrained) of a tiny random-weights open_clip model on disk."""

@@ -274,6 +274,12 @@ def test_stats_reports_counts_spaces_and_index(env, media, capsys, monkeypatch):
     assert stats["index"]["clip"]["version"] == 1 and stats["index"]["clip"]["vectors"] == 47
     assert main(["--device", "cpu", "stats", "--collection", "shop"]) == 0  # the device in words, not a dict
     assert "  device: cpu (torch), FAISS on " in capsys.readouterr().out
+    # the command says which catalog it used, on stderr (stdout is the JSON)
+    assert capsys.readouterr().err == "" and main(["stats", "-c", "shop", "--json"]) == 0
+    assert f"catalog: {env.catalog_label} (collection shop)\n" in capsys.readouterr().err
+    for argv in (["search", "-c", "shop", "--text", "x", "--json"], ["index", str(media), "-c", "shop", "--json"]):
+        assert main(argv) == 0
+        assert capsys.readouterr().err.endswith(f"catalog: {env.catalog_label} (collection shop)\n")
     # --home and --database-url work before the command too, and beat the environment
     monkeypatch.setenv("XMODAL_HOME", str(env.home.parent / "elsewhere"))
     monkeypatch.delenv("XMODAL_DATABASE_URL")
@@ -296,7 +302,11 @@ def test_collection_remembers_its_model(env, media, capsys, tmp_path, monkeypatc
     code = main(["index", str(media), "-c", "shop", "--clip-model", env.clip_model, "--clip-pretrained", str(other),
                  "--no-progress"])
     assert code == 2
-    assert "indexed with" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "indexed with" in err
+    # the ways out: another collection, dropping this one, or the recorded model
+    assert "-c NEW" in err and "xmodal collections drop shop" in err
+    assert f"--clip-model {env.clip_model} --clip-pretrained {env.clip_pretrained}" in err
     assert main(["search", "-c", "shop", "--text", "x", "--clip-pretrained", str(other)]) == 2
     assert "indexed with" in capsys.readouterr().err
 

@@ -3,6 +3,10 @@
 Values come from, in order of priority: explicit arguments (the CLI flags), environment variables
 ``XMODAL_*``, an optional TOML file (``XMODAL_CONFIG`` or ``$XMODAL_HOME/xmodal.toml``), defaults.
 Derived values (database URL from the home, worker counts) are computed here and nowhere else.
+
+The data dir defaults to the platform's per-user data folder (:func:`user_data_dir`: ``~/.local/share/xmodal``
+on Linux), so every command finds the same catalog wherever it runs; a ``./xmodal-data`` holding a catalog in
+the current folder (the default of earlier versions) is still used, so nobody loses a catalog.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+import platformdirs
 from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -25,11 +30,32 @@ DEFAULT_CLIP_PRETRAINED = "laion2b_s34b_b79k"
 DEFAULT_AUDIO_MODEL = "laion/clap-htsat-unfused"
 
 
+#: the data dir of earlier versions, relative to the current folder: still used when it holds a catalog
+LEGACY_HOME = "xmodal-data"
+
+
+def user_data_dir(app: str = "xmodal") -> Path:
+    """The platform's per-user data folder (platformdirs): ``$XDG_DATA_HOME/xmodal`` or ``~/.local/share/xmodal``
+    on Linux and BSD, ``~/Library/Application Support/xmodal`` on macOS, ``%LOCALAPPDATA%\\xmodal`` on Windows."""
+    return Path(platformdirs.user_data_dir(app, appauthor=False))
+
+
+def legacy_home() -> Path | None:
+    """``./xmodal-data`` when it holds a catalog (a data dir made by an earlier version), else None."""
+    path = Path(LEGACY_HOME).absolute()
+    return path if (path / "catalog.sqlite").is_file() else None
+
+
+def default_home() -> Path:
+    """The data dir when neither ``--home`` nor ``XMODAL_HOME`` names one."""
+    return legacy_home() or user_data_dir()
+
+
 def _toml_file() -> Path | None:
     explicit = os.environ.get("XMODAL_CONFIG")
     if explicit:
         return Path(explicit)
-    home = Path(os.environ.get("XMODAL_HOME", "xmodal-data"))
+    home = Path(os.environ["XMODAL_HOME"]) if os.environ.get("XMODAL_HOME") else default_home()
     candidate = home / "xmodal.toml"
     return candidate if candidate.is_file() else None
 
@@ -37,7 +63,8 @@ def _toml_file() -> Path | None:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="XMODAL_", extra="ignore", validate_default=True)
 
-    home: Path = Field(default=Path("xmodal-data"), description="data dir: catalog, shards, indexes")
+    home: Path = Field(default_factory=default_home, description="data dir: catalog, shards, indexes (default: "
+                       "the user data dir, e.g. ~/.local/share/xmodal)")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in home")
 
     clip_model: str = DEFAULT_CLIP_MODEL
@@ -138,6 +165,19 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.home / 'catalog.sqlite'}"
+
+    @property
+    def catalog_label(self) -> str:
+        """Where the catalog is, for the line commands print: the data dir, or the database URL (no password)."""
+        if not self.database_url:
+            return str(self.home)
+        from sqlalchemy.engine import make_url
+
+        try:
+            url = make_url(self.database_url).render_as_string(hide_password=True)
+        except Exception:  # noqa: BLE001 - an unreadable URL fails later with its own error
+            url = self.database_url.split("@")[-1]
+        return f"{url}, data dir {self.home}"
 
     @property
     def resolved_workers(self) -> int:

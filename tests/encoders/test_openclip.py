@@ -57,7 +57,7 @@ def assert_unit_rows(x: np.ndarray, n: int, dim: int) -> None:
 def test_encoder_shape_and_record(encoder: Encoder, tiny_clip: tuple[str, str]) -> None:
     assert isinstance(encoder, Encoder)
     assert (encoder.family, encoder.space, encoder.dim, encoder.device) == ("open_clip", "clip", 64, "cpu")
-    assert encoder.modalities == frozenset({"image", "text"})
+    assert encoder.modalities == frozenset({"image", "text", "video"})  # video: its frames, as images
     assert encoder.image_min_side() == 64
     record = encoder.record
     assert record["model"] == str(Path(tiny_clip[0]).absolute())
@@ -363,3 +363,24 @@ def test_text_encoding_over_real_tokens_equals_the_full_context(encoder: Encoder
     finally:
         del model.transformer.forward
     assert calls == [3]  # start-of-text, "boots", end-of-text
+
+
+def test_loading_skips_the_random_init_and_gives_the_checkpoints_model(tiny_clip):
+    """The encoder builds the model without drawing random weights (the checkpoint overwrites them all):
+    its vectors are those of the model open_clip loads the ordinary way, and torch's init is itself again."""
+    import open_clip
+
+    init_before = {name: getattr(torch.nn.init, name) for name in ("uniform_", "normal_", "kaiming_uniform_")}
+    enc = load(resolve_model("open_clip", *tiny_clip))
+    assert {name: getattr(torch.nn.init, name) for name in init_before} == init_before
+    texts = ["a red bicycle", "waves on a beach at night"]
+    ours = enc.embed_texts(texts)
+    name = Path(tiny_clip[0]).stem
+    model, _, _ = open_clip.create_model_and_transforms(name, pretrained=tiny_clip[1], weights_only=True)
+    model.eval()
+    with torch.inference_mode():
+        plain = model.encode_text(open_clip.get_tokenizer(name)(texts)).numpy()
+    plain /= np.linalg.norm(plain, axis=1, keepdims=True)
+    np.testing.assert_allclose(ours, plain, atol=1e-5)
+    probe = torch.empty(4)
+    assert torch.nn.init.ones_(probe).eq(1).all()  # init works again after the load

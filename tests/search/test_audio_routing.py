@@ -221,3 +221,25 @@ def test_an_audio_only_collection_is_reachable_from_images_and_text(tmp_path, ti
         assert len(s.search(text="thunder", k=5)) == 3
     finally:
         s.close()
+
+
+def test_a_text_search_for_images_loads_neither_the_audio_model_nor_its_index(indexed, capsys, monkeypatch):
+    """A cold `xmodal search --text ... --target image` on a collection with audio: only what the query
+    routes to is loaded (what `-v` says); asking for audio then loads the CLAP space."""
+    from xmodal.cli import main
+
+    monkeypatch.setenv("XMODAL_HOME", str(indexed[0].home))
+
+    def loaded(target: str) -> list[str]:
+        capsys.readouterr()
+        assert main(["search", "-c", "av", "--text", "a dog barking", "--target", target, "-k", "2", "-v"]) == 0
+        return [line.split(": ", 1)[1] for line in capsys.readouterr().err.splitlines()
+                if line.startswith("INFO xmodal.search.engine: loaded the ")]
+
+    images = loaded("image")
+    assert any(m.startswith("loaded the clip model") for m in images)
+    assert any(m.startswith("loaded the clip index") for m in images)
+    assert not [m for m in images if m.startswith("loaded the clap")], images
+    sounds = loaded("audio")
+    assert any(m.startswith("loaded the clap model") for m in sounds)
+    assert any(m.startswith("loaded the clap index") for m in sounds)

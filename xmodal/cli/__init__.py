@@ -1,8 +1,9 @@
-"""The ``xmodal`` command line: index, search, eval, stats, verify, gc, serve, bench.
+"""The ``xmodal`` command line: index, search, eval, stats, verify, gc, collections, serve, bench.
 
 Errors meant for people (bad flags, missing files, no network for a model) print one line on stderr
 and exit with status 2; an unexpected error keeps its traceback and exits with 1. Modules: ``parser``
-(the flags), ``index``, ``query`` (search, eval), ``admin`` (stats, verify, gc, serve, bench), ``common``.
+(the flags), ``index``, ``query`` (search, eval), ``admin`` (stats, verify, gc, serve, bench),
+``collections`` (list, describe, rename, drop), ``common``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,15 @@ import sys
 
 from pydantic import ValidationError
 
-from xmodal.cli.common import EXIT_BUG, EXIT_BUSY, EXIT_PARTIAL, EXIT_PROBLEMS, EXIT_USER_ERROR
+from xmodal.cli.common import (
+    EXIT_BUG,
+    EXIT_BUSY,
+    EXIT_PARTIAL,
+    EXIT_PROBLEMS,
+    EXIT_USER_ERROR,
+    settings_of,
+    tell_catalog,
+)
 from xmodal.cli.parser import build_parser
 from xmodal.errors import UserError
 from xmodal.indexer.lock import CollectionBusy
@@ -36,12 +45,19 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
+#: commands that end by saying which catalog they used (one line on stderr)
+_SAY_CATALOG = ("index", "search", "stats")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(getattr(args, "verbose", 0))
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        if code in (0, EXIT_PARTIAL) and args.command in _SAY_CATALOG:
+            tell_catalog(args, settings_of(args))  # after the work: an error stays one line
+        return code
     except CollectionBusy as exc:
         print(f"xmodal {args.command}: {exc}", file=sys.stderr)
         return EXIT_BUSY

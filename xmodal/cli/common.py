@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from xmodal.config import Settings, load_settings
+from xmodal.config import Settings, legacy_home, load_settings
 
 EXIT_BUG = 1  # an unexpected error (a traceback): report it
 EXIT_USER_ERROR = 2  # fatal: bad flags, settings, sources or models; nothing to retry as is
@@ -21,6 +21,15 @@ EXIT_BUSY = 75  # another run holds the collection's lock (EX_TEMPFAIL): try aga
 def settings_of(args: argparse.Namespace, **extra: Any) -> Settings:
     return load_settings(home=getattr(args, "home", None), database_url=getattr(args, "database_url", None),
                          device=getattr(args, "device", None), **extra)
+
+
+def tell_catalog(args: argparse.Namespace, settings: Settings) -> None:
+    """One line on stderr saying which catalog a command used (never on stdout, which --json keeps clean)."""
+    line = f"catalog: {settings.catalog_label} (collection {args.collection})"
+    chosen = getattr(args, "home", None) is not None or bool(os.environ.get("XMODAL_HOME"))
+    if not chosen and settings.home == legacy_home():
+        line += "; ./xmodal-data of this folder, as before (--home or XMODAL_HOME to choose)"
+    print(line, file=sys.stderr)
 
 
 def dump(obj: Any) -> None:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from xmodal import __version__
+from xmodal.cli import collections
 from xmodal.cli.admin import cmd_bench, cmd_gc, cmd_serve, cmd_stats, cmd_verify
 from xmodal.cli.index import cmd_index
 from xmodal.cli.query import cmd_eval, cmd_search
@@ -18,7 +19,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     """Options taken before or after the command; SUPPRESS keeps a subcommand from resetting them."""
     g = p.add_argument_group("common options")
     g.add_argument("--home", type=Path, default=argparse.SUPPRESS,
-                   help="data dir (env XMODAL_HOME; default ./xmodal-data)")
+                   help="data dir (env XMODAL_HOME; default: the user data dir, ~/.local/share/xmodal on Linux, "
+                        "or ./xmodal-data where one with a catalog is in the current folder)")
     g.add_argument("--database-url", default=argparse.SUPPRESS,
                    help="SQLAlchemy URL of the catalog (env XMODAL_DATABASE_URL; default SQLite in the data dir)")
     g.add_argument("--device", default=argparse.SUPPRESS, help="where models run: auto (a GPU when there is one), cpu, cuda or cuda:N "
@@ -207,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep superseded versions and unreferenced shards this long (90s, 30m, 2h, 7d; default 1h)")
     _json(p, "what was removed")
     p.set_defaults(func=cmd_gc)
+
+    collections.add_parser(sub, common)
 
     p = sub.add_parser("serve", parents=[common], help="the HTTP API and web page")
     p.add_argument("--host", default="127.0.0.1",

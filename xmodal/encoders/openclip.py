@@ -17,7 +17,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,7 @@ class OpenClipEncoder:
             name = Path(name).stem
         local = bool(record.get("checkpoint")) or name.startswith("local-dir:")
         try:
-            with contextlib.nullcontext() if local else hub_mode():
+            with contextlib.nullcontext() if local else hub_mode(), _no_random_init(torch):
                 model, _, preprocess = open_clip.create_model_and_transforms(
                     name, pretrained=pretrained, device=self.device, weights_only=True,
                     require_pretrained=True,
@@ -200,6 +201,33 @@ class _Transform:
 
     def __call__(self, image: Any) -> np.ndarray:
         return np.asarray(self.preprocess(image).numpy(), dtype=np.float32)
+
+
+_INIT_LOCK = threading.Lock()
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                   "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_")
+
+
+@contextlib.contextmanager
+def _no_random_init(torch: Any) -> Iterator[None]:
+    """Build the model without drawing random initial weights (``torch.nn.init`` does nothing meanwhile):
+    the checkpoint then overwrites every parameter (open_clip loads it with ``strict=True``, and
+    ``require_pretrained`` fails the load without one). Drawing them was 2.2 s of a ViT-B-32 load on CPU,
+    an eighth of a cold search (``benchmarks/bench_cold_search.py``)."""
+    init = torch.nn.init
+    with _INIT_LOCK:
+        saved = {name: getattr(init, name) for name in _INIT_FUNCTIONS if hasattr(init, name)}
+        try:
+            for name in saved:
+                setattr(init, name, _unchanged)
+            yield
+        finally:
+            for name, fn in saved.items():
+                setattr(init, name, fn)
+
+
+def _unchanged(tensor: Any, *_args: Any, **_kwargs: Any) -> Any:
+    return tensor
 
 
 def load(record: dict[str, Any], device: str = "auto") -> OpenClipEncoder:

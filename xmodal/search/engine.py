@@ -121,7 +121,9 @@ class Searcher(QueryVectors):
     def encoder_for(self, space: str) -> Any:
         state = self._state(space, purpose=f"a query in the {space} space")
         if state.encoder is None:
+            t0 = time.perf_counter()
             state.encoder = load_encoder(state.space.family, state.record, self.settings.device)
+            log.info("loaded the %s model %s in %.2f s", space, state.record.get("model"), time.perf_counter() - t0)
         return state.encoder
 
     @property
@@ -134,10 +136,13 @@ class Searcher(QueryVectors):
         check_same_model(recorded, record, collection=self.collection)
         return record
 
-    def refresh(self) -> bool:
-        """Load each space's published index version if it is not the one loaded. True when one changed."""
+    def refresh(self, spaces: list[str] | None = None) -> bool:
+        """Load each space's (or the named ``spaces``') published index version if it is not the one loaded.
+        True when one changed. A query loads only the spaces it routes to (``_loaded``)."""
         changed = False
         for name, state in self._spaces.items():
+            if spaces is not None and name not in spaces:
+                continue
             published = self.catalog.published_index(self.collection_id, name)
             if published is None:
                 raise UserError(f"collection {self.collection!r} has no published index: run `xmodal index` first")
@@ -151,6 +156,7 @@ class Searcher(QueryVectors):
             calibration = {k: Calibration.from_dict(v) for k, v in (manifest.get("calibration") or {}).items()}
             state.loaded = _Loaded(published.version, manifest, parts, since, calibration,
                                    _reference(parts, manifest.get("reference") or {}))
+            log.info("loaded the %s index version %d", name, published.version)
             changed = True
         if changed or self._alignment is None:
             row = self.catalog.alignment(self.collection_id, align.SOURCE, align.TARGET)
@@ -160,7 +166,7 @@ class Searcher(QueryVectors):
     def _loaded(self, space: str) -> _Loaded:
         state = self._state(space, purpose=f"searching the {space} space")
         if state.loaded is None:
-            self.refresh()
+            self.refresh([space])
         assert state.loaded is not None
         return state.loaded
 
@@ -257,7 +263,7 @@ class Searcher(QueryVectors):
         page = results[offset:want]
         self._add_segments(page, q, text=text, item=item)
         return SearchOutcome(page, timings, self._loaded(self.primary).version if self.primary in self._spaces
-                             else 0, self.versions,
+                             else 0, {r.space: self._loaded(r.space).version for r in routes},
                              [{"target": r.target, "space": r.space, "method": r.method} for r in routes], used,
                              ann, {**cutoff.as_dict(), "dropped": sum(not cutoff.passes(r) for r in merged[:want])}
                              if cutoff else None,

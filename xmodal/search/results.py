@@ -55,7 +55,7 @@ class SearchOutcome:
     results: list[SearchResult]
     timings: Timings
     version: int  # the index version that answered (the primary space's)
-    versions: dict[str, int] = field(default_factory=dict)  # every space's served version
+    versions: dict[str, int] = field(default_factory=dict)  # the version of each space the query searched
     routes: list[dict[str, Any]] = field(default_factory=list)  # how each target modality was searched
     fusion: str | None = None  # how lists of different targets were merged, when they were
     ann: dict[str, dict[str, Any]] = field(default_factory=dict)  # "space/part" -> the operating point used

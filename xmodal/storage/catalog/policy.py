@@ -32,10 +32,24 @@ def check_same_model(recorded: dict[str, Any], given: dict[str, Any], *, collect
     ):
         return
     which = f"collection {collection!r}" if collection else "this collection"
+    drop = f"xmodal collections drop {collection}" if collection else "xmodal collections drop NAME"
     raise ModelMismatchError(
-        f"{which} was indexed with {describe_model(recorded)}, not {describe_model(given)}: "
-        "use the same model, or index into a new collection"
+        f"{which} was indexed with {describe_model(recorded)}, not {describe_model(given)}: index into another "
+        f"collection (-c NEW), drop this one ({drop}), or pass the recorded model ({model_flags(recorded)})"
     )
+
+
+#: the command-line flags that name a family's model and its weights
+_FLAGS = {"open_clip": ("--clip-model", "--clip-pretrained"), "clap": ("--audio-model", None)}
+
+
+def model_flags(model: dict[str, Any]) -> str:
+    """The flags that name this model, e.g. ``--clip-model ViT-B-32 --clip-pretrained laion2b_s34b_b79k``."""
+    model_flag, pretrained_flag = _FLAGS.get(str(model.get("family")), ("--clip-model", "--clip-pretrained"))
+    out = f"{model_flag} {model.get('model', '?')}"
+    if pretrained_flag and model.get("pretrained"):
+        out += f" {pretrained_flag} {model['pretrained']}"
+    return out
 
 
 def describe_model(model: dict[str, Any]) -> str:

@@ -1,20 +1,30 @@
-"""Catalog queries about collections as a whole: the collection rows, their spaces (each space's exact
-model, checked against the model a caller brings), the alignments between spaces, and the source roots
-the collection's local media may be served from."""
+"""Catalog queries about collections as a whole: the collection rows (renamed or dropped in one
+transaction), their spaces (each space's exact model, checked against the model a caller brings), the
+alignments between spaces, and the source roots the collection's local media may be served from."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import String, delete, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from xmodal.errors import NotFoundError
+from xmodal.errors import ConflictError, NotFoundError
 from xmodal.storage.catalog.engine import CatalogBase, chunks
 from xmodal.storage.catalog.policy import check_collection_name, check_same_model
-from xmodal.storage.catalog.tables import Alignment, Collection, SourceRoot, Space, uri_key
+from xmodal.storage.catalog.tables import (
+    Alignment,
+    Collection,
+    IndexVersion,
+    Item,
+    ItemVector,
+    Shard,
+    SourceRoot,
+    Space,
+    uri_key,
+)
 
 
 class CollectionQueries(CatalogBase):
@@ -43,6 +53,31 @@ class CollectionQueries(CatalogBase):
             with self.Session() as own:
                 return self.collection_names(own)
         return list(s.scalars(select(Collection.name).order_by(Collection.name)))
+
+    def rename_collection(self, old: str, new: str, *, old_prefix: str, new_prefix: str) -> None:
+        """Rename a collection, and the data-dir paths its shards and index versions record (``old_prefix``,
+        e.g. ``collections/old/``, becomes ``new_prefix``), in one transaction."""
+        check_collection_name(new)
+        cid = self.collection_id(old)
+        with self.Session.begin() as s:
+            if s.scalar(select(Collection.id).where(Collection.name == new)) is not None:
+                raise ConflictError(f"a collection named {new!r} exists already")
+            s.execute(update(Collection).where(Collection.id == cid).values(name=new))
+            for table in (Shard, IndexVersion):
+                s.execute(update(table).where(table.collection_id == cid, table.path.startswith(old_prefix,
+                                                                                                autoescape=True))
+                          .values(path=literal(new_prefix, String).concat(
+                              func.substr(table.path, len(old_prefix) + 1, type_=String))))
+
+    def drop_collection(self, name: str) -> None:
+        """Remove a collection and every row of it (items, vectors, shards, versions, spaces, alignments,
+        roots) in one transaction; its files are the caller's to remove."""
+        cid = self.collection_id(name)
+        with self.Session.begin() as s:
+            s.execute(delete(ItemVector).where(ItemVector.item_id.in_(select(Item.id).where(Item.collection_id == cid))))
+            for table in (Item, Shard, IndexVersion, Alignment, SourceRoot, Space):
+                s.execute(delete(table).where(table.collection_id == cid))
+            s.execute(delete(Collection).where(Collection.id == cid))
 
     def spaces(self, collection_id: int) -> list[Space]:
         with self.Session() as s:
