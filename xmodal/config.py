@@ -57,7 +57,10 @@ def _toml_file() -> Path | None:
         return Path(explicit)
     home = Path(os.environ["XMODAL_HOME"]) if os.environ.get("XMODAL_HOME") else default_home()
     candidate = home / "xmodal.toml"
-    return candidate if candidate.is_file() else None
+    try:
+        return candidate if candidate.is_file() else None
+    except OSError:  # a data dir this user may not look into (another user's): no settings file from it
+        return None
 
 
 class Settings(BaseSettings):

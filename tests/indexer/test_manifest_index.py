@@ -275,7 +275,7 @@ def test_audio_and_images_from_a_manifest_without_extensions_are_told_apart_by_t
     assert got[("1", "uri")].modality == "audio" and got[("1", "uri")].status == STATUS_OK
     assert got[("2", "uri")].modality == "image" and got[("2", "uri")].status == STATUS_OK
     assert got[("4", "uri")].modality == "audio" and got[("4", "uri")].status == STATUS_OK
-    assert got[("3", "uri")].status == STATUS_FAILED and "not an image or audio file" in got[("3", "uri")].reason
+    assert got[("3", "uri")].status == STATUS_FAILED and "not an image, audio or video file" in got[("3", "uri")].reason
     assert summary.failed == 1
 
 

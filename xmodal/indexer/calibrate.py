@@ -52,6 +52,8 @@ def calibrate(space: str, stacked: Stacked, text_probes: Probes, seed: int = 0) 
         if len(t_ids) == 0:
             continue
         for query in MODALITIES:
+            if not (MODALITIES[query].upload_types or query == "text" or query in stacked):
+                continue  # asked only by item id (video): never a query in a collection without it
             try:
                 if route(query, target).space != space:
                     continue
