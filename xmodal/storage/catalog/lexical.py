@@ -15,7 +15,8 @@ match too. Python makes the tokens, so SQLite and PostgreSQL see the same words.
 
 Where it lives, by dialect:
 
-- SQLite: an FTS5 virtual table ``item_lexical(fields, body)`` whose rowid is the item id; scored by
+- SQLite: an FTS5 virtual table ``item_lexical(fields, body, collection_id UNINDEXED)`` whose rowid is the
+  item id; scored by
   ``bm25`` (fields weighted 2, body 1), reported as ``-bm25`` (higher is better);
 - PostgreSQL: a table ``item_lexical(item_id, collection_id, fields, body, terms)`` where ``terms`` is a
   generated ``tsvector`` (the ``simple`` configuration: no stemming; fields weight A, body D) under a GIN
@@ -50,10 +51,10 @@ MAX_BODY_CHARS = 100_000  # of a text's start (a tsvector holds at most 1 MB)
 _PARTS = re.compile(r"[^\W\d_]+|\d+")
 
 # SQLite: the FTS5 table (rowid = item id); PostgreSQL: a plain table with a generated tsvector
-fts = table(TABLE, column("rowid"), column("fields"), column("body"))
+fts = table(TABLE, column("rowid"), column("fields"), column("body"), column("collection_id"))
 pg = table(TABLE, column("item_id"), column("collection_id"), column("fields"), column("body"), column("terms"))
 
-_SQLITE_DDL = (f"CREATE VIRTUAL TABLE IF NOT EXISTS {TABLE} USING fts5(fields, body, "
+_SQLITE_DDL = (f"CREATE VIRTUAL TABLE IF NOT EXISTS {TABLE} USING fts5(fields, body, collection_id UNINDEXED, "
                "tokenize = 'unicode61 remove_diacritics 2')",)
 _PG_DDL = (
     f"CREATE TABLE IF NOT EXISTS {TABLE} (item_id BIGINT PRIMARY KEY REFERENCES items(id) ON DELETE CASCADE, "
@@ -169,7 +170,7 @@ def _insert(s: Session, dialect: str, rows: Sequence[tuple[int, int, str, str]])
     if not rows:
         return
     if dialect == "sqlite":
-        s.execute(insert(fts), [{"rowid": i, "fields": f, "body": b} for i, _, f, b in rows])
+        s.execute(insert(fts), [{"rowid": i, "collection_id": c, "fields": f, "body": b} for i, c, f, b in rows])
     else:
         s.execute(insert(pg), [{"item_id": i, "collection_id": c, "fields": f, "body": b} for i, c, f, b in rows])
 
@@ -215,27 +216,35 @@ class LexicalQueries(CatalogBase):
         """Whether any item of the collection has words in the index."""
         if not self.lexical:
             return False
-        on, _, _ = match(self.backend, ["x"])
-        q = select(Item.id).join(source(self.backend), on).where(Item.collection_id == collection_id).limit(1)
+        t = fts if self.backend == "sqlite" else pg
         with self.Session() as s:
-            return s.execute(q).first() is not None
+            return s.execute(select(t.c.collection_id).where(t.c.collection_id == collection_id).limit(1)).first() \
+                is not None
 
     def lexical_search(self, collection_id: int, terms: Sequence[str], *, limit: int, where: Any = None,
                        modality: str | None = None) -> list[tuple[Item, float]]:
         """The ``ok`` items of the collection whose words hold any of ``terms``, best score first (ties by
-        id), at most ``limit``; ``where`` (a compiled filter) and ``modality`` narrow them."""
+        id), at most ``limit``; ``where`` (a compiled filter) and ``modality`` narrow them. The index ranks
+        its best candidates on its own (no join: a common word's thousands of matches are scored in the
+        index), then their ids are narrowed, and only the page's items read; when too many drop out it looks further (x4)."""
         if not terms or not self.lexical:
             return []
-        on, cond, score = match(self.backend, terms)
-        q = (select(Item, score.label("score")).join(source(self.backend), on)
-             .where(cond, Item.collection_id == collection_id, Item.status == STATUS_OK)
-             .order_by(score.desc(), Item.id).limit(limit))
-        if where is not None:
-            q = q.where(where)
-        if modality is not None:
-            q = q.where(Item.modality == modality)
+        fetch = max(4 * limit, 64)
         with self.Session() as s:
-            return [(row[0], float(row[1])) for row in s.execute(q)]
+            while True:
+                top = [(int(i), float(v)) for i, v in s.execute(best(self.backend, terms, collection_id, fetch))]
+                q = select(Item.id).where(Item.id.in_([i for i, _ in top]), Item.status == STATUS_OK)
+                if where is not None:
+                    q = q.where(where)
+                if modality is not None:
+                    q = q.where(Item.modality == modality)
+                kept = {int(i) for i in s.scalars(q)}
+                chosen = sorted(((i, v) for i, v in top if i in kept), key=lambda p: (-p[1], p[0]))[:limit]
+                if len(chosen) >= limit or len(top) < fetch:
+                    break
+                fetch *= 4
+            items = {int(it.id): it for it in s.scalars(select(Item).where(Item.id.in_([i for i, _ in chosen])))}
+        return [(items[i], v) for i, v in chosen]
 
     def items_of_source(self, collection_id: int, value: str, *, where: Any = None,
                         modality: str | None = None) -> list[Item]:
@@ -254,19 +263,16 @@ class LexicalQueries(CatalogBase):
             return list(s.scalars(q))
 
 
-def match(dialect: str, terms: Sequence[str]) -> tuple[Any, Any, Any]:
-    """(the join's ON condition, the WHERE condition, the score: higher is better) of a search for any of
-    ``terms`` (:func:`query_terms`), to put beside ``Item`` in a select."""
+def best(dialect: str, terms: Sequence[str], collection_id: int, n: int) -> Any:
+    """(item id, score: higher is better) of the collection's ``n`` best rows holding any of ``terms``
+    (:func:`query_terms`), from the index alone."""
     if dialect == "sqlite":
         quoted = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
         whole: Any = literal_column(TABLE)
-        return (fts.c.rowid == Item.id, whole.op("MATCH")(quoted),
-                -func.bm25(whole, 2.0, 1.0))
+        score = -func.bm25(whole, 2.0, 1.0, 0.0)
+        return (select(fts.c.rowid, score).where(whole.op("MATCH")(quoted), fts.c.collection_id == collection_id)
+                .order_by(score.desc()).limit(n))
     query = func.to_tsquery("simple", " | ".join(terms))
-    return (pg.c.item_id == Item.id, pg.c.terms.op("@@")(query),
-            func.ts_rank(literal_column(f"'{PG_WEIGHTS}'::float4[]"), pg.c.terms, query, 1))
-
-
-def source(dialect: str) -> Any:
-    """The table to join for :func:`match`."""
-    return fts if dialect == "sqlite" else pg
+    rank = func.ts_rank(literal_column(f"'{PG_WEIGHTS}'::float4[]"), pg.c.terms, query, 1)
+    return (select(pg.c.item_id, rank).where(pg.c.terms.op("@@")(query), pg.c.collection_id == collection_id)
+            .order_by(rank.desc()).limit(n))
