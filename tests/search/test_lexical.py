@@ -155,6 +155,24 @@ def test_the_whole_text_of_a_text_file_is_indexed_not_only_its_snippet(settings,
     assert [Path(r.uri).name for r in results] == ["long.txt"]
 
 
+@pytest.mark.backends
+def test_each_collection_finds_only_its_own_words_and_all_words_come_first(settings, tmp_path) -> None:
+    for name, texts in (("one", {"a.txt": "zanzibar red kettle", "b.txt": "zanzibar", "c.txt": "red kettle"}),
+                        ("two", {"d.txt": "zanzibar red kettle"})):
+        docs = tmp_path / name
+        docs.mkdir()
+        for file, body in texts.items():
+            (docs / file).write_text(body + "\n", encoding="utf-8")
+        index_sources(settings, [docs], name, progress=False)
+    searcher = Searcher(settings, "one")
+    try:
+        got = [Path(r.uri).name for r in searcher.run(text="zanzibar kettle", k=5, mode="lexical").results]
+        assert got[0] == "a.txt" and sorted(got[1:]) == ["b.txt", "c.txt"]  # both words first, then either
+        assert [Path(r.uri).name for r in searcher.run(text="c1", k=5, mode="lexical").results] == []
+    finally:
+        searcher.close()
+
+
 def test_an_item_query_in_lexical_mode_is_refused_with_a_message(shop) -> None:
     settings, _, _ = shop
     searcher = Searcher(settings, "shop")

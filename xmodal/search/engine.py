@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -61,6 +62,8 @@ from xmodal.storage.shards import Windows, read_windows
 log = logging.getLogger(__name__)
 
 MAX_K = 1000
+# hybrid: the lexical list's SQL runs while the query is encoded and the vectors searched (both release the GIL)
+_WORDS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="xmodal-lexical")
 
 
 @dataclass
@@ -235,6 +238,8 @@ class Searcher(QueryVectors):
         mode = choose_mode(mode, text=only_text, has_lexical=only_text and self.has_lexical())
         if mode == LEXICAL:
             return self._lexical_run(cast(str, text), target=target, k=k, offset=offset, where=where)
+        words = _WORDS.submit(lexical_results, self.catalog, self.collection_id, cast(str, text), want=k + offset,
+                              where=where, target=target) if mode == HYBRID else None  # beside the vector search
         q = self._query(text=text, media=named or ((*media, "the upload") if media is not None else None), item=item,
                         stop=stop)
         routes = self.routes(q.modality, target)
@@ -265,12 +270,10 @@ class Searcher(QueryVectors):
         results = [r for r in merged if cutoff.passes(r)]
         used = None if len(lists) <= 1 else f"rrf(k={RRF_K})" if fusion == "rrf" else (
             "relevance" if calibrated else f"rrf(k={RRF_K}): not calibrated (rebuild with `xmodal index`)")
-        if mode == HYBRID:
+        if words is not None:
             t1 = time.perf_counter()
-            words = lexical_results(self.catalog, self.collection_id, cast(str, text), want=want, where=where,
-                                    target=target)
-            timings.sql_ms += (time.perf_counter() - t1) * 1000
-            results = fuse(results[:want], words)
+            results = fuse(results[:want], words.result())
+            timings.sql_ms += (time.perf_counter() - t1) * 1000  # what the vector search did not hide
             used = HYBRID_FUSION + (f"; target lists merged by {used}" if used else "")
         page = results[offset:want]
         self._add_segments(page, q, text=text, item=item)

@@ -15,9 +15,9 @@ match too. Python makes the tokens, so SQLite and PostgreSQL see the same words.
 
 Where it lives, by dialect:
 
-- SQLite: an FTS5 virtual table ``item_lexical(fields, body, collection_id UNINDEXED)`` whose rowid is the
-  item id; scored by
-  ``bm25`` (fields weighted 2, body 1), reported as ``-bm25`` (higher is better);
+- SQLite: an FTS5 virtual table ``item_lexical(fields, body, scope)`` whose rowid is the item id (``scope``:
+  one word naming the collection, :func:`scope`); scored by
+  ``bm25`` (fields weighted 2, body 1, scope 0), reported as ``-bm25`` (higher is better);
 - PostgreSQL: a table ``item_lexical(item_id, collection_id, fields, body, terms)`` where ``terms`` is a
   generated ``tsvector`` (the ``simple`` configuration: no stemming; fields weight A, body D) under a GIN
   index; scored by ``ts_rank`` (weights {0.5, 0.5, 0.5, 1}, normalised by log length).
@@ -51,10 +51,10 @@ MAX_BODY_CHARS = 100_000  # of a text's start (a tsvector holds at most 1 MB)
 _PARTS = re.compile(r"[^\W\d_]+|\d+")
 
 # SQLite: the FTS5 table (rowid = item id); PostgreSQL: a plain table with a generated tsvector
-fts = table(TABLE, column("rowid"), column("fields"), column("body"), column("collection_id"))
+fts = table(TABLE, column("rowid"), column("fields"), column("body"), column("scope"))
 pg = table(TABLE, column("item_id"), column("collection_id"), column("fields"), column("body"), column("terms"))
 
-_SQLITE_DDL = (f"CREATE VIRTUAL TABLE IF NOT EXISTS {TABLE} USING fts5(fields, body, collection_id UNINDEXED, "
+_SQLITE_DDL = (f"CREATE VIRTUAL TABLE IF NOT EXISTS {TABLE} USING fts5(fields, body, scope, "
                "tokenize = 'unicode61 remove_diacritics 2')",)
 _PG_DDL = (
     f"CREATE TABLE IF NOT EXISTS {TABLE} (item_id BIGINT PRIMARY KEY REFERENCES items(id) ON DELETE CASCADE, "
@@ -170,7 +170,7 @@ def _insert(s: Session, dialect: str, rows: Sequence[tuple[int, int, str, str]])
     if not rows:
         return
     if dialect == "sqlite":
-        s.execute(insert(fts), [{"rowid": i, "collection_id": c, "fields": f, "body": b} for i, c, f, b in rows])
+        s.execute(insert(fts), [{"rowid": i, "scope": scope(c), "fields": f, "body": b} for i, c, f, b in rows])
     else:
         s.execute(insert(pg), [{"item_id": i, "collection_id": c, "fields": f, "body": b} for i, c, f, b in rows])
 
@@ -216,35 +216,49 @@ class LexicalQueries(CatalogBase):
         """Whether any item of the collection has words in the index."""
         if not self.lexical:
             return False
-        t = fts if self.backend == "sqlite" else pg
+        whole: Any = literal_column(TABLE)
+        q = (select(fts.c.rowid).where(whole.op("MATCH")(f'scope : "{scope(collection_id)}"')) if self.backend == "sqlite"
+             else select(pg.c.item_id).where(pg.c.collection_id == collection_id))
         with self.Session() as s:
-            return s.execute(select(t.c.collection_id).where(t.c.collection_id == collection_id).limit(1)).first() \
-                is not None
+            return s.execute(q.limit(1)).first() is not None
 
     def lexical_search(self, collection_id: int, terms: Sequence[str], *, limit: int, where: Any = None,
                        modality: str | None = None) -> list[tuple[Item, float]]:
-        """The ``ok`` items of the collection whose words hold any of ``terms``, best score first (ties by
-        id), at most ``limit``; ``where`` (a compiled filter) and ``modality`` narrow them. The index ranks
-        its best candidates on its own (no join: a common word's thousands of matches are scored in the
-        index), then their ids are narrowed, and only the page's items read; when too many drop out it looks further (x4)."""
+        """The ``ok`` items of the collection whose words hold the ``terms``, at most ``limit``: those with
+        all of them first, then those with any, each group best score first (ties by id); ``where`` (a
+        compiled filter) and ``modality`` narrow them. The index ranks its best candidates on its own (a
+        common word's thousands of matches are scored inside it), their ids are then narrowed, and only the
+        page's items are read."""
         if not terms or not self.lexical:
             return []
-        fetch = max(4 * limit, 64)
+        chosen: list[tuple[int, float]] = []
         with self.Session() as s:
-            while True:
-                top = [(int(i), float(v)) for i, v in s.execute(best(self.backend, terms, collection_id, fetch))]
-                q = select(Item.id).where(Item.id.in_([i for i, _ in top]), Item.status == STATUS_OK)
-                if where is not None:
-                    q = q.where(where)
-                if modality is not None:
-                    q = q.where(Item.modality == modality)
-                kept = {int(i) for i in s.scalars(q)}
-                chosen = sorted(((i, v) for i, v in top if i in kept), key=lambda p: (-p[1], p[0]))[:limit]
-                if len(chosen) >= limit or len(top) < fetch:
+            for every in ((True, False) if len(terms) > 1 else (False,)):
+                chosen += self._best_ok(s, terms, every, collection_id, limit - len(chosen), where, modality,
+                                        {i for i, _ in chosen})
+                if len(chosen) >= limit:
                     break
-                fetch *= 4
             items = {int(it.id): it for it in s.scalars(select(Item).where(Item.id.in_([i for i, _ in chosen])))}
         return [(items[i], v) for i, v in chosen]
+
+    def _best_ok(self, s: Any, terms: Sequence[str], every: bool, collection_id: int, limit: int, where: Any,
+                 modality: str | None, skip: set[int]) -> list[tuple[int, float]]:
+        """(id, score) of the best ``limit`` rows that hold all (``every``) or any of ``terms`` whose items
+        are ok and pass the filters, ``skip`` left out; looks further (x4) when too many drop out."""
+        fetch = max(4 * (limit + len(skip)), 64)
+        while True:
+            top = [(int(i), float(v)) for i, v in s.execute(best(self.backend, terms, every, collection_id, fetch))
+                   if int(i) not in skip]
+            q = select(Item.id).where(Item.id.in_([i for i, _ in top]), Item.status == STATUS_OK)
+            if where is not None:
+                q = q.where(where)
+            if modality is not None:
+                q = q.where(Item.modality == modality)
+            kept = {int(i) for i in s.scalars(q)}
+            chosen = sorted(((i, v) for i, v in top if i in kept), key=lambda p: (-p[1], p[0]))[:limit]
+            if len(chosen) >= limit or len(top) + len(skip) < fetch:
+                return chosen
+            fetch *= 4
 
     def items_of_source(self, collection_id: int, value: str, *, where: Any = None,
                         modality: str | None = None) -> list[Item]:
@@ -263,16 +277,22 @@ class LexicalQueries(CatalogBase):
             return list(s.scalars(q))
 
 
-def best(dialect: str, terms: Sequence[str], collection_id: int, n: int) -> Any:
-    """(item id, score: higher is better) of the collection's ``n`` best rows holding any of ``terms``
-    (:func:`query_terms`), from the index alone."""
+def best(dialect: str, terms: Sequence[str], every: bool, collection_id: int, n: int) -> Any:
+    """(item id, score: higher is better) of the collection's ``n`` best rows holding all (``every``) or any
+    of ``terms`` (:func:`query_terms`), from the index alone."""
     if dialect == "sqlite":
-        quoted = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+        words = (" AND " if every else " OR ").join('"' + t.replace('"', '""') + '"' for t in terms)
         whole: Any = literal_column(TABLE)
         score = -func.bm25(whole, 2.0, 1.0, 0.0)
-        return (select(fts.c.rowid, score).where(whole.op("MATCH")(quoted), fts.c.collection_id == collection_id)
+        return (select(fts.c.rowid, score).where(whole.op("MATCH")(f'{{fields body}} : ({words}) AND scope : "{scope(collection_id)}"'))
                 .order_by(score.desc()).limit(n))
-    query = func.to_tsquery("simple", " | ".join(terms))
+    query = func.to_tsquery("simple", (" & " if every else " | ").join(terms))
     rank = func.ts_rank(literal_column(f"'{PG_WEIGHTS}'::float4[]"), pg.c.terms, query, 1)
     return (select(pg.c.item_id, rank).where(pg.c.terms.op("@@")(query), pg.c.collection_id == collection_id)
             .order_by(rank.desc()).limit(n))
+
+
+def scope(collection_id: int) -> str:
+    """SQLite: the one word of a row's ``scope`` column, its collection (FTS5 then intersects it with the
+    query's words inside the index, where an unindexed column is read row by row)."""
+    return f"c{collection_id}"
