@@ -294,6 +294,9 @@ class Searcher(QueryVectors):
         """A lexical-only search: no model, no index version loaded (``search.lexical``)."""
         if not text.strip():
             raise UserError("empty text query")
+        if len(text.strip()) > self.settings.max_query_chars:
+            raise UserError(f"text query too long: {len(text.strip())} characters, at most "
+                            f"{self.settings.max_query_chars} (XMODAL_MAX_QUERY_CHARS)")
         if not self.catalog.lexical:
             raise UserError(f"the catalog of {self.collection!r} has no full-text index yet: run `xmodal index` "
                             "once to build it (or search with mode 'vector')")

@@ -15,9 +15,11 @@ match too. Python makes the tokens, so SQLite and PostgreSQL see the same words.
 
 Where it lives, by dialect:
 
-- SQLite: an FTS5 virtual table ``item_lexical(fields, body, scope)`` whose rowid is the item id (``scope``:
-  one word naming the collection, :func:`scope`); scored by
-  ``bm25`` (fields weighted 2, body 1, scope 0), reported as ``-bm25`` (higher is better);
+- SQLite: an FTS5 virtual table ``item_lexical(fields, body)`` whose rowid is the item id, one table for
+  every collection (the collection is checked with the status, after the index ranked its candidates:
+  an unindexed column is read row by row, and a word naming the collection makes every query walk the
+  whole collection's list); scored by ``bm25`` (fields weighted 2, body 1), reported as ``-bm25`` (higher
+  is better);
 - PostgreSQL: a table ``item_lexical(item_id, collection_id, fields, body, terms)`` where ``terms`` is a
   generated ``tsvector`` (the ``simple`` configuration: no stemming; fields weight A, body D) under a GIN
   index; scored by ``ts_rank`` (weights {0.5, 0.5, 0.5, 1}, normalised by log length).
@@ -51,10 +53,10 @@ MAX_BODY_CHARS = 100_000  # of a text's start (a tsvector holds at most 1 MB)
 _PARTS = re.compile(r"[^\W\d_]+|\d+")
 
 # SQLite: the FTS5 table (rowid = item id); PostgreSQL: a plain table with a generated tsvector
-fts = table(TABLE, column("rowid"), column("fields"), column("body"), column("scope"))
+fts = table(TABLE, column("rowid"), column("fields"), column("body"))
 pg = table(TABLE, column("item_id"), column("collection_id"), column("fields"), column("body"), column("terms"))
 
-_SQLITE_DDL = (f"CREATE VIRTUAL TABLE IF NOT EXISTS {TABLE} USING fts5(fields, body, scope, "
+_SQLITE_DDL = (f"CREATE VIRTUAL TABLE IF NOT EXISTS {TABLE} USING fts5(fields, body, "
                "tokenize = 'unicode61 remove_diacritics 2')",)
 _PG_DDL = (
     f"CREATE TABLE IF NOT EXISTS {TABLE} (item_id BIGINT PRIMARY KEY REFERENCES items(id) ON DELETE CASCADE, "
@@ -170,7 +172,7 @@ def _insert(s: Session, dialect: str, rows: Sequence[tuple[int, int, str, str]])
     if not rows:
         return
     if dialect == "sqlite":
-        s.execute(insert(fts), [{"rowid": i, "scope": scope(c), "fields": f, "body": b} for i, c, f, b in rows])
+        s.execute(insert(fts), [{"rowid": i, "fields": f, "body": b} for i, _, f, b in rows])
     else:
         s.execute(insert(pg), [{"item_id": i, "collection_id": c, "fields": f, "body": b} for i, c, f, b in rows])
 
@@ -216,9 +218,8 @@ class LexicalQueries(CatalogBase):
         """Whether any item of the collection has words in the index."""
         if not self.lexical:
             return False
-        whole: Any = literal_column(TABLE)
-        q = (select(fts.c.rowid).where(whole.op("MATCH")(f'scope : "{scope(collection_id)}"')) if self.backend == "sqlite"
-             else select(pg.c.item_id).where(pg.c.collection_id == collection_id))
+        q = (select(Item.id).join(fts, fts.c.rowid == Item.id).where(Item.collection_id == collection_id)
+             if self.backend == "sqlite" else select(pg.c.item_id).where(pg.c.collection_id == collection_id))
         with self.Session() as s:
             return s.execute(q.limit(1)).first() is not None
 
@@ -249,7 +250,8 @@ class LexicalQueries(CatalogBase):
         while True:
             top = [(int(i), float(v)) for i, v in s.execute(best(self.backend, terms, every, collection_id, fetch))
                    if int(i) not in skip]
-            q = select(Item.id).where(Item.id.in_([i for i, _ in top]), Item.status == STATUS_OK)
+            q = select(Item.id).where(Item.id.in_([i for i, _ in top]), Item.collection_id == collection_id,
+                                      Item.status == STATUS_OK)
             if where is not None:
                 q = q.where(where)
             if modality is not None:
@@ -278,21 +280,14 @@ class LexicalQueries(CatalogBase):
 
 
 def best(dialect: str, terms: Sequence[str], every: bool, collection_id: int, n: int) -> Any:
-    """(item id, score: higher is better) of the collection's ``n`` best rows holding all (``every``) or any
-    of ``terms`` (:func:`query_terms`), from the index alone."""
+    """(item id, score: higher is better) of the ``n`` best rows holding all (``every``) or any of ``terms``
+    (:func:`query_terms`), from the index alone (on SQLite of every collection: the caller checks it)."""
     if dialect == "sqlite":
         words = (" AND " if every else " OR ").join('"' + t.replace('"', '""') + '"' for t in terms)
         whole: Any = literal_column(TABLE)
-        score = -func.bm25(whole, 2.0, 1.0, 0.0)
-        return (select(fts.c.rowid, score).where(whole.op("MATCH")(f'{{fields body}} : ({words}) AND scope : "{scope(collection_id)}"'))
-                .order_by(score.desc()).limit(n))
+        score = -func.bm25(whole, 2.0, 1.0)
+        return select(fts.c.rowid, score).where(whole.op("MATCH")(words)).order_by(score.desc()).limit(n)
     query = func.to_tsquery("simple", (" & " if every else " | ").join(terms))
     rank = func.ts_rank(literal_column(f"'{PG_WEIGHTS}'::float4[]"), pg.c.terms, query, 1)
     return (select(pg.c.item_id, rank).where(pg.c.terms.op("@@")(query), pg.c.collection_id == collection_id)
             .order_by(rank.desc()).limit(n))
-
-
-def scope(collection_id: int) -> str:
-    """SQLite: the one word of a row's ``scope`` column, its collection (FTS5 then intersects it with the
-    query's words inside the index, where an unindexed column is read row by row)."""
-    return f"c{collection_id}"
