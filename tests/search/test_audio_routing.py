@@ -79,7 +79,7 @@ def _query(media: Path, modality: str) -> dict:
 def test_every_pair_returns_its_target_modality_from_the_routed_space(indexed, searcher, query, target):
     media = indexed[1]
     assert (route(query, target).space, route(query, target).method) == EXPECTED_ROUTE[(query, target)]
-    outcome = searcher.run(**_query(media, query), target=target, k=20)
+    outcome = searcher.run(**_query(media, query), target=target, k=20, mode="vector")  # routing (words: test_lexical)
     expected_n = {"image": 5, "text": 4, "audio": 7}[target]
     assert len(outcome.results) == expected_n
     assert {r.modality for r in outcome.results} == {target}
@@ -102,14 +102,14 @@ def test_every_pair_works_from_the_cli(indexed, capsys, query, target):
 
 
 def test_any_merges_the_spaces_by_calibrated_relevance_or_by_rank(indexed, searcher):
-    outcome = searcher.run(text="glass shattering", target="any", k=16)
+    outcome = searcher.run(text="glass shattering", target="any", k=16, mode="vector")
     assert outcome.fusion == "relevance"
     assert {(r["target"], r["space"]) for r in outcome.routes} == {("image", "clip"), ("text", "clip"),
                                                                     ("audio", "clap")}
     assert len({r.modality for r in outcome.results}) > 1
     assert all(r.method in ("ip", "aligned-ip") and r.relevance is not None for r in outcome.results)
     assert [r.relevance for r in outcome.results] == sorted([r.relevance for r in outcome.results], reverse=True)
-    ranked = searcher.run(text="glass shattering", target="any", k=16, fusion="rrf")
+    ranked = searcher.run(text="glass shattering", target="any", k=16, fusion="rrf", mode="vector")
     assert ranked.fusion == "rrf(k=60)" and {r.modality for r in ranked.results} == {"image", "text", "audio"}
     # the best of each space's list shares the top fused value: ranks, not scores, decide
     top = ranked.results[0].rrf

@@ -118,7 +118,7 @@ def test_any_finds_near_duplicates_first_as_often_as_their_own_target(mixed: tup
 
 def test_a_text_query_shows_several_modalities_on_the_first_page(searcher: Searcher) -> None:
     for text in ("boots and a kettle", "rain on a roof", "a dog"):
-        outcome = searcher.run(text=text, k=12)
+        outcome = searcher.run(text=text, k=12, mode="vector")  # the vector lists' merge (hybrid: test_lexical)
         assert outcome.fusion == "relevance"
         assert len({r.modality for r in outcome.results}) > 1, [(r.modality, r.relevance) for r in outcome.results]
         relevances = [r.relevance for r in outcome.results]
@@ -143,7 +143,7 @@ def test_min_relevance_says_no_good_match_and_keeps_standouts(mixed: tuple[Setti
 
 
 def test_rrf_stays_available(searcher: Searcher) -> None:
-    outcome = searcher.run(text="rain on a roof", k=16, fusion="rrf")
+    outcome = searcher.run(text="rain on a roof", k=16, fusion="rrf", mode="vector")
     assert outcome.fusion == "rrf(k=60)"
     assert all(r.rrf is not None and r.relevance is not None for r in outcome.results)
     top = outcome.results[0].rrf
@@ -155,13 +155,14 @@ def test_http_cli_and_eval_agree(mixed: tuple[Settings, Path], searcher: Searche
     import httpx
 
     settings, media = mixed
-    want = searcher.run(text="boots and a kettle", k=6)
+    want = searcher.run(text="boots and a kettle", k=6, mode="vector")  # (hybrid: tests/search/test_lexical.py)
     cli = cli_json(capsys, ["search", "--home", str(settings.home), "-c", "mix", "--text", "boots and a kettle",
-                            "-k", "6"])
+                            "-k", "6", "--mode", "vector"])
     with live_app(settings, "mix") as (base, _):
-        http = httpx.post(base + "/v1/search", json={"collection": "mix", "text": "boots and a kettle", "k": 6}).json()
+        http = httpx.post(base + "/v1/search", json={"collection": "mix", "text": "boots and a kettle", "k": 6,
+                                                     "mode": "vector"}).json()
         cut = httpx.post(base + "/v1/search", json={"collection": "mix", "text": "boots and a kettle", "k": 6,
-                                                    "min_relevance": 1000}).json()
+                                                    "min_relevance": 1000, "mode": "vector"}).json()
     expect = [(r.id, r.relevance) for r in want.results]
     assert [(r["id"], r["relevance"]) for r in cli["results"]] == expect
     assert [(r["id"], r["relevance"]) for r in http["results"]] == expect
@@ -172,7 +173,7 @@ def test_http_cli_and_eval_agree(mixed: tuple[Settings, Path], searcher: Searche
     queries.write_text("\n".join(json.dumps({"image": str(p), "expected": [str(p)]}) for p in photos[:6]) + "\n"
                        + json.dumps({"text": "boots and a kettle", "expected": [want.results[0].uri]}) + "\n")
     report = cli_json(capsys, ["eval", "--home", str(settings.home), "-c", "mix", "--queries", str(queries), "-k", "5",
-                               "--min-relevance", "1000", "--no-progress"])
+                               "--min-relevance", "1000", "--no-progress", "--mode", "vector"])
     assert report["by_modality"]["image"]["queries"] == 6 and report["no_good_match"] == 1.0
     assert report["dropped_by_cutoff"] == 1.0 and report["recall@k"] == 0.0
     plain = cli_json(capsys, ["eval", "--home", str(settings.home), "-c", "mix", "--queries", str(queries), "-k", "5",
@@ -259,7 +260,7 @@ def test_a_version_built_before_calibration_merges_by_rank_and_refuses_min_relev
         assert index_sources(settings, [tmp_path / "media"], "old", progress=False).failed == 0
     s = Searcher(settings, "old")
     try:
-        outcome = s.run(text="red boots", k=8)
+        outcome = s.run(text="red boots", k=8, mode="vector")
         assert outcome.fusion.startswith("rrf(k=60): not calibrated") and len(outcome.results) == 8
         assert all(r.relevance is None for r in outcome.results)
         with pytest.raises(UserError, match="built before relevance was calibrated"):
@@ -271,7 +272,7 @@ def test_a_version_built_before_calibration_merges_by_rank_and_refuses_min_relev
     assert index_sources(settings, [tmp_path / "media"], "old", progress=False).index["clip"]["built"]
     s = Searcher(settings, "old")
     try:
-        assert s.run(text="red boots", k=8).fusion == "relevance"
+        assert s.run(text="red boots", k=8, mode="vector").fusion == "relevance"
     finally:
         s.close()
 

@@ -44,6 +44,11 @@ FUSION_DOC = ("how the lists of several target modalities merge: by calibrated r
 MIN_RELEVANCE_DOC = ("leave out results whose relevance is below this (relevance: -log10 of how many unrelated items "
                      "of the collection would score as high; 0 is chance, 1 ten times less likely, a near-duplicate "
                      "far above); a page left empty says no_good_match")
+Mode = Literal["vector", "lexical", "hybrid"]
+MODE_DOC = ("vector: the embeddings only; lexical: the catalog's full-text index only (words, SKUs, brands; no model "
+            "runs); hybrid: both lists fused by reciprocal rank (rrf, k=60), a query equal to a source id first. "
+            "Default: hybrid for a text query on a collection with a full-text index, else vector; an item query "
+            "is vector only")
 MIN_SCORE_DOC = "leave out results whose raw score (inner product in their space) is below this"
 FILTER_DOC = ("a structured filter over metadata fields (schema Filter): {\"field\", \"op\", \"value\"} conditions "
               f"combined with {{\"and\": [...]}}, {{\"or\": [...]}}, {{\"not\": ...}}, at most {MAX_DEPTH} levels deep")
@@ -229,6 +234,7 @@ class SearchOptions(BaseModel):
     filters: FilterSpec | None = None
     recall: float | None = Field(default=None, gt=0, le=1, description=RECALL_DOC)
     fusion: Fusion = Field(default="relevance", description=FUSION_DOC)
+    mode: Mode | None = Field(default=None, description=MODE_DOC)
     min_relevance: float | None = Field(default=None, ge=-1000, le=1000, description=MIN_RELEVANCE_DOC)
     min_score: float | None = Field(default=None, ge=-1, le=1, description=MIN_SCORE_DOC)
 
@@ -275,6 +281,8 @@ class ResultOut(BaseModel):
     rrf: float | None = None  # with fusion "rrf": the fused reciprocal-rank value the page is ordered by
     segment: dict[str, float] | None = None  # a long audio clip's best-matching window (start_s, end_s)
     source: dict[str, str] | None = None  # a manifest item: the source's id and the media column
+    lexical: float | None = None  # full-text score when its words matched (bm25 on SQLite, ts_rank on PostgreSQL)
+    exact: bool = False  # the query equals its source id: first on the page
     metadata: dict[str, Any]
     media_url: str
     thumbnail_url: str | None
@@ -286,6 +294,7 @@ class SearchResponse(BaseModel):
     k: int
     offset: int
     index_version: int
+    mode: Mode = "vector"  # how the page was found (see the request's mode)
     routes: list[dict[str, str]] = []  # per target modality: the space searched and how scores came about
     fusion: str | None = None  # how lists of different spaces were merged, when they were
     ann: dict[str, dict[str, Any]] = {}  # per "space/part": index kind and the operating point used

@@ -164,14 +164,14 @@ class Service:
                media: tuple[str, bytes] | None = None, target: str = ANY, k: int = 12, offset: int = 0,
                filters: dict[str, Any] | None = None, recall: float | None = None, fusion: str = "relevance",
                min_relevance: float | None = None, min_score: float | None = None,
-               cancel: threading.Event | None = None) -> dict[str, Any]:
-        """A query by text, item, or ``media`` (modality, bytes: an upload)."""
+               cancel: threading.Event | None = None, mode: str | None = None) -> dict[str, Any]:
+        """A query by text, item, or ``media`` (modality, bytes: an upload); ``mode``: vector, lexical, hybrid."""
         searcher = self._searcher(collection)
         where = compile_filter(filters, self._fields(collection)) if filters else None
         t0 = time.perf_counter()
         outcome = searcher.run(text=text, item=item_id, media=media, target=target, k=k, offset=offset, where=where,
                                recall=recall, fusion=fusion, min_relevance=min_relevance, min_score=min_score,
-                               stop=cancel.is_set if cancel is not None else None)
+                               stop=cancel.is_set if cancel is not None else None, mode=mode)
         total_ms = (time.perf_counter() - t0) * 1000
         self.metrics.stages(outcome.timings)
         return self._response(collection, target, k, offset, outcome, total_ms)
@@ -212,7 +212,7 @@ class Service:
         t = outcome.timings
         return {
             "collection": collection, "target": target, "k": k, "offset": offset,
-            "index_version": outcome.version, "routes": outcome.routes, "fusion": outcome.fusion, "ann": outcome.ann,
+            "index_version": outcome.version, "mode": outcome.mode, "routes": outcome.routes, "fusion": outcome.fusion, "ann": outcome.ann,
             "cutoff": outcome.cutoff, "no_good_match": outcome.no_good_match,
             "results": [
                 {**r.as_dict(), "uri": self._client_uri(collection, r.uri), "media_url": f"/v1/items/{r.id}/media",

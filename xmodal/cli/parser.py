@@ -11,7 +11,7 @@ from xmodal.cli.admin import cmd_bench, cmd_gc, cmd_serve, cmd_stats, cmd_verify
 from xmodal.cli.index import cmd_index
 from xmodal.cli.query import cmd_eval, cmd_search
 from xmodal.config import parse_bytes
-from xmodal.search.results import FUSIONS
+from xmodal.search.results import FUSIONS, MODES
 from xmodal.spaces import ANY, TARGETS
 
 
@@ -155,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"which kind of items to return: {', '.join(TARGETS)} (default {ANY}: every kind, merged)")
     p.add_argument("--fusion", default="relevance", choices=FUSIONS,
                    help="how the lists of several targets merge: by calibrated relevance (default) or by reciprocal rank")
+    p.add_argument("--mode", choices=MODES,
+                   help="vector (embeddings), lexical (the catalog's full-text index: words, SKUs, brands; no model "
+                        "loads) or hybrid (both, fused by rrf k=60; a query equal to a source id first); default: "
+                        "hybrid for --text on a collection with a full-text index, else vector")
     p.add_argument("--min-relevance", type=float, metavar="R",
                    help="leave out results with a relevance below R (0: what chance gives the best unrelated item; "
                         "1: ten times less likely); a page left empty says 'no good match'")
@@ -181,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search approximate indexes at the operating point measured for this recall@10")
     p.add_argument("--fusion", default="relevance", choices=FUSIONS,
                    help="how the lists of several targets merge, as for search (default relevance)")
+    p.add_argument("--mode", choices=MODES, help="vector, lexical or hybrid, as for search (default as for search)")
     p.add_argument("--min-relevance", type=float, metavar="R",
                    help="count only results with at least this relevance (as a page with this cutoff shows them), and "
                         "report how often it drops a relevant item")

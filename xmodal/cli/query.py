@@ -33,7 +33,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         outcome = searcher.run(text=args.text, image=args.image, audio=args.audio, item=args.item,
                                target=args.target, k=args.k, offset=args.offset, where=_where(searcher, args.filter),
                                recall=args.recall, fusion=args.fusion, min_relevance=args.min_relevance,
-                               min_score=args.min_score)
+                               min_score=args.min_score, mode=args.mode)
     finally:
         searcher.close()
     results = outcome.results
@@ -42,7 +42,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         {"audio": path_to_uri(str(args.audio))} if args.audio is not None else {"item": args.item})
     if args.json:
         t = outcome.timings
-        dump({"collection": args.collection, "query": query, "target": args.target, "k": args.k, "offset": args.offset,
+        dump({"collection": args.collection, "query": query, "mode": outcome.mode, "target": args.target, "k": args.k,
+              "offset": args.offset,
                "filter": json.loads(args.filter) if args.filter else None, "routes": outcome.routes, "fusion": outcome.fusion, "ann": outcome.ann, "cutoff": outcome.cutoff,
                "no_good_match": outcome.no_good_match, "results": [r.as_dict() for r in results],
                "timings_ms": {"encode": round(t.encode_ms, 3), "ann": round(t.ann_ms, 3), "sql": round(t.sql_ms, 3)}})
@@ -59,10 +60,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     for rank, r in enumerate(results, args.offset + 1):
         where = f"{r.space}/{r.method}"
         seg = f"  [{r.segment['start_s']:.1f}-{r.segment['end_s']:.1f} s]" if r.segment else ""
-        relevance = f"{r.relevance:7.2f}" if r.relevance is not None else f"{'-':>7}"
+        relevance = f"{r.relevance:7.2f}" if r.relevance is not None else f"{'exact' if r.exact else '-':>7}"
         print(f"{rank:>4}  {relevance}  {r.score:7.4f}  {r.id:>8}  {r.modality:<5}  {where:<15}  {r.uri}{seg}  "
               f"{short(r.metadata)}".rstrip())
-    if outcome.fusion:
+    if outcome.mode != "vector":
+        print(f"({outcome.mode}: {outcome.fusion}; a lexical result's score is its full-text score)")
+    elif outcome.fusion:
         print(f"(lists of several targets merged by {outcome.fusion}; relevance: -log10 of how many unrelated items "
               "would score as high, comparable across kinds; score: the raw inner product in its space)")
     return 0
@@ -74,7 +77,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     searcher = _open_searcher(args)
     try:
         report = evaluate(searcher, args.queries, k=args.k, progress=not args.no_progress, recall=args.recall,
-                          fusion=args.fusion, min_relevance=args.min_relevance)
+                          fusion=args.fusion, min_relevance=args.min_relevance, mode=args.mode)
     finally:
         searcher.close()
     if args.json:

@@ -107,6 +107,7 @@ class ShardSink:
         out.items.append(EmbeddedItem(
             item_id=d.item_id, row=len(out.ids), content_hash=d.content_hash or "", size=d.size or 0,
             mtime_ns=w.mtime_ns or 0, meta=d.meta, modality=d.modality, source=w.source,
+            text=d.inputs if isinstance(d.inputs, str) else None,  # the full-text index's body
         ))
         out.ids.append(d.item_id)
         out.vectors.append(vec)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,9 +27,12 @@ from xmodal.encoders import Encoder, align, load_encoder, resolve_model
 from xmodal.encoders.align import LoadedAlignment
 from xmodal.errors import UserError
 from xmodal.media.types import MediaLimits
+from xmodal.search.lexical import HYBRID_FUSION, choose_mode, fuse, lexical_fusion, lexical_results
 from xmodal.search.queries import Query, QueryVectors
 from xmodal.search.results import (
     FUSIONS,
+    HYBRID,
+    LEXICAL,
     RRF_K,
     Cutoff,
     SearchOutcome,
@@ -58,6 +62,8 @@ from xmodal.storage.shards import Windows, read_windows
 log = logging.getLogger(__name__)
 
 MAX_K = 1000
+# hybrid: the lexical list's SQL runs while the query is encoded and the vectors searched (both release the GIL)
+_WORDS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="xmodal-lexical")
 
 
 @dataclass
@@ -106,6 +112,7 @@ class Searcher(QueryVectors):
         self.limits = MediaLimits.for_queries(settings)  # query media: smaller limits than indexed media
         self._alignment: LoadedAlignment | None = None
         self._windows: dict[tuple[int, str], Windows | None] = {}
+        self._has_lexical: bool | None = None
 
     # loading ---------------------------------------------------------------------------------
 
@@ -158,6 +165,8 @@ class Searcher(QueryVectors):
                                    _reference(parts, manifest.get("reference") or {}))
             log.info("loaded the %s index version %d", name, published.version)
             changed = True
+        if changed:
+            self._has_lexical = None  # new items may have brought the collection's first words
         if changed or self._alignment is None:
             row = self.catalog.alignment(self.collection_id, align.SOURCE, align.TARGET)
             self._alignment = align.from_row(row) if row is not None else None
@@ -216,7 +225,7 @@ class Searcher(QueryVectors):
             media: tuple[str, bytes] | None = None, target: str = ANY, k: int = 10, offset: int = 0,
             where: Any = None, recall: float | None = None, stop: Callable[[], bool] | None = None,
             fusion: str = "relevance", min_relevance: float | None = None,
-            min_score: float | None = None) -> SearchOutcome:
+            min_score: float | None = None, mode: str | None = None) -> SearchOutcome:
         """Encode the query, search every route, merge: results ``offset`` to ``offset + k`` and where the
         time went. ``where``: a SQLAlchemy condition on catalog items (structured filters), applied at
         hydration. ``recall``: the recall@10 this request wants from approximate indexes (the cheapest
@@ -224,12 +233,19 @@ class Searcher(QueryVectors):
         (modality, bytes) of any query modality, as an upload gives it. ``stop``: asked while query media
         decodes; True abandons the query (:class:`Cancelled`). ``fusion``: how the lists of several
         targets merge (``relevance``, or ``rrf``). ``min_relevance`` / ``min_score``: results below are
-        dropped; a page left empty says ``no_good_match``."""
+        dropped; a page left empty says ``no_good_match``. ``mode``: vector, lexical or hybrid (default:
+        hybrid for a text on a collection with words in the full-text index, else vector; ``search.lexical``)."""
         _check_request(target, k, offset, recall, fusion)
         t0 = time.perf_counter()
         named = self._media(image=image, image_bytes=image_bytes, audio=audio, audio_bytes=audio_bytes)
         if media is not None and named is not None:
             raise UserError("give exactly one query: text, media (an image or a sound) or item")
+        only_text = text is not None and named is None and media is None and item is None
+        mode = choose_mode(mode, text=only_text, has_lexical=only_text and self.has_lexical())
+        if mode == LEXICAL:
+            return self._lexical_run(cast(str, text), target=target, k=k, offset=offset, where=where)
+        words = _WORDS.submit(lexical_results, self.catalog, self.collection_id, cast(str, text), want=k + offset,
+                              where=where, target=target) if mode == HYBRID else None  # beside the vector search
         q = self._query(text=text, media=named or ((*media, "the upload") if media is not None else None), item=item,
                         stop=stop)
         routes = self.routes(q.modality, target)
@@ -260,6 +276,11 @@ class Searcher(QueryVectors):
         results = [r for r in merged if cutoff.passes(r)]
         used = None if len(lists) <= 1 else f"rrf(k={RRF_K})" if fusion == "rrf" else (
             "relevance" if calibrated else f"rrf(k={RRF_K}): not calibrated (rebuild with `xmodal index`)")
+        if words is not None:
+            t1 = time.perf_counter()
+            results = fuse(results[:want], words.result())
+            timings.sql_ms += (time.perf_counter() - t1) * 1000  # what the vector search did not hide
+            used = HYBRID_FUSION + (f"; target lists merged by {used}" if used else "")
         page = results[offset:want]
         self._add_segments(page, q, text=text, item=item)
         return SearchOutcome(page, timings, self._loaded(self.primary).version if self.primary in self._spaces
@@ -267,7 +288,33 @@ class Searcher(QueryVectors):
                              [{"target": r.target, "space": r.space, "method": r.method} for r in routes], used,
                              ann, {**cutoff.as_dict(), "dropped": sum(not cutoff.passes(r) for r in merged[:want])}
                              if cutoff else None,
-                             bool(cutoff) and not results)
+                             bool(cutoff) and not results, mode)
+
+    def has_lexical(self) -> bool:
+        """Whether the collection's items have words in the catalog's full-text index (looked up once)."""
+        if self._has_lexical is None:
+            self._has_lexical = self.catalog.has_lexical(self.collection_id)
+        return self._has_lexical
+
+    def _lexical_run(self, text: str, *, target: str, k: int, offset: int, where: Any) -> SearchOutcome:
+        """A lexical-only search: no model, no index version loaded (``search.lexical``)."""
+        if not text.strip():
+            raise UserError("empty text query")
+        if len(text.strip()) > self.settings.max_query_chars:
+            raise UserError(f"text query too long: {len(text.strip())} characters, at most "
+                            f"{self.settings.max_query_chars} (XMODAL_MAX_QUERY_CHARS)")
+        if not self.catalog.lexical:
+            raise UserError(f"the catalog of {self.collection!r} has no full-text index yet: run `xmodal index` "
+                            "once to build it (or search with mode 'vector')")
+        timings = Timings()
+        t0 = time.perf_counter()
+        results = lexical_results(self.catalog, self.collection_id, text, want=k + offset, where=where,
+                                  target=target)
+        timings.sql_ms = (time.perf_counter() - t0) * 1000
+        versions = {name: st.loaded.version for name, st in self._spaces.items() if st.loaded is not None}
+        return SearchOutcome(results[offset:k + offset], timings, versions.get(self.primary, 0), versions,
+                             [{"target": target, "space": "lexical", "method": "lexical"}],
+                             lexical_fusion(self.catalog.backend), mode=LEXICAL)
 
     def _search_route(self, r: Route, vector: np.ndarray, want: int, exclude: set[int], where: Any, timings: Timings,
                       recall: float | None, ann: dict[str, dict[str, Any]], cutoff: Cutoff) -> list[SearchResult]:

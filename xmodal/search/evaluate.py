@@ -72,10 +72,10 @@ def load_queries(path: Path) -> list[dict[str, Any]]:
 
 def evaluate(searcher: Searcher, queries_file: Path, *, k: int = 10, progress: bool = True,
              recall: float | None = None, fusion: str = "relevance", min_relevance: float | None = None,
-             ) -> dict[str, Any]:
+             mode: str | None = None) -> dict[str, Any]:
     """``recall``: search approximate indexes at the operating point for that recall@10 (see
-    ``Searcher.run``), so that a recall/speed trade can be judged on labelled queries; ``fusion`` and
-    ``min_relevance`` as a search takes them."""
+    ``Searcher.run``), so that a recall/speed trade can be judged on labelled queries; ``fusion``,
+    ``min_relevance`` and ``mode`` (text queries; the others are vector only) as a search takes them."""
     queries = load_queries(queries_file)
     cutoff = Cutoff(min_relevance=min_relevance)
     bases = [Path.cwd(), queries_file.absolute().parent]
@@ -100,7 +100,7 @@ def evaluate(searcher: Searcher, queries_file: Path, *, k: int = 10, progress: b
         t0 = time.perf_counter()
         try:
             results = searcher.run(target=q.get("target") or "any", k=k, recall=recall, fusion=fusion,
-                                   **kwargs).results
+                                   mode=mode if "text" in kwargs else None, **kwargs).results
         except UserError as exc:
             raise UserError(f"{queries_file}:{lineno}: {exc}") from exc
         latencies.append((time.perf_counter() - t0) * 1000)
@@ -131,7 +131,7 @@ def evaluate(searcher: Searcher, queries_file: Path, *, k: int = 10, progress: b
         "recall@k": sum(1 for r in ranks if r is not None) / n,
         "mrr": sum(1.0 / r for r in ranks if r is not None) / n,
         "by_modality": _by_modality(per_query),
-        "fusion": fusion, "min_relevance": min_relevance,
+        "fusion": fusion, "mode": mode, "min_relevance": min_relevance,
         "dropped_by_cutoff": sum(1 for p in per_query if p["dropped_by_cutoff"]) / n,
         "no_good_match": sum(1 for p in per_query if p["no_good_match"]) / n,
         "latency_ms_p50": round(float(np.percentile(lat, 50)), 3),

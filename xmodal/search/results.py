@@ -15,6 +15,8 @@ from typing import Any
 
 RRF_K = 60  # reciprocal rank fusion: a result's value is the sum over lists of 1 / (RRF_K + rank)
 FUSIONS = ("relevance", "rrf")
+VECTOR, LEXICAL, HYBRID = "vector", "lexical", "hybrid"
+MODES = (VECTOR, LEXICAL, HYBRID)  # how a search finds its results (search.lexical)
 
 
 @dataclass
@@ -25,11 +27,13 @@ class SearchResult:
     score: float  # the raw inner product in ``space``
     metadata: dict[str, Any]
     space: str
-    method: str  # how the score was produced: "ip", or "aligned-ip" (one side mapped through an alignment)
+    method: str  # "ip", "aligned-ip" (one side mapped through an alignment), "lexical" or "hybrid" (both lists)
     relevance: float | None = None  # calibrated; None for an index version built before calibration
     rrf: float | None = None  # with fusion "rrf": the fused reciprocal-rank value the page is ordered by
     segment: dict[str, float] | None = None  # a windowed item's best-matching window
     source: dict[str, str] | None = None  # a manifest item: {"id": the source's key, "column": its media column}
+    lexical: float | None = None  # its full-text score (bm25 on SQLite, ts_rank on PostgreSQL), when words matched
+    exact: bool = False  # the query equals its source id (a SKU): first on the page
 
     def as_dict(self) -> dict[str, Any]:
         out = {"id": self.id, "uri": self.uri, "modality": self.modality, "score": round(self.score, 6),
@@ -40,6 +44,10 @@ class SearchResult:
             out["segment"] = self.segment
         if self.source is not None:
             out["source"] = self.source
+        if self.lexical is not None:
+            out["lexical"] = round(self.lexical, 6)
+        if self.exact:
+            out["exact"] = True
         return out
 
 
@@ -61,6 +69,7 @@ class SearchOutcome:
     ann: dict[str, dict[str, Any]] = field(default_factory=dict)  # "space/part" -> the operating point used
     cutoff: dict[str, Any] | None = None  # the cutoff asked for, and how many results it dropped
     no_good_match: bool = False  # a cutoff was asked for and nothing passed it
+    mode: str = "vector"  # vector | lexical | hybrid (see search.lexical)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from xmodal.errors import NotFoundError
 from xmodal.storage.catalog.engine import CatalogBase, chunks
+from xmodal.storage.catalog.lexical import refresh_words, remove_words
 from xmodal.storage.catalog.records import ItemOutcome, ItemState, source_values
 from xmodal.storage.catalog.tables import STATUS_DELETED, STATUS_OK, STATUS_PENDING, Item, uri_key
 from xmodal.storage.uris import entry_key
@@ -98,6 +99,8 @@ class ItemQueries(CatalogBase):
         with self.Session.begin() as s:
             for chunk in chunks(item_ids):
                 s.execute(update(Item).where(Item.id.in_(chunk)).values(status=status, reason=reason))
+            if status == STATUS_DELETED:
+                remove_words(s, item_ids)
 
     def record_outcomes(self, outcomes: Sequence[ItemOutcome]) -> None:
         """Failures and unchanged-content touches, in one transaction."""
@@ -111,6 +114,7 @@ class ItemQueries(CatalogBase):
                  "size": o.size, "mtime_ns": o.mtime_ns, **source_values(o.source)}
                 for o in outcomes
             ])
+            refresh_words(s, [o.item_id for o in outcomes])
 
     def _merge_source_meta(self, s: Session, changes: Sequence[Any]) -> None:
         """Set the manifest metadata of items whose media stays as it is: ``meta`` keeps the keys the
@@ -132,6 +136,7 @@ class ItemQueries(CatalogBase):
         with self.Session.begin() as s:
             self._merge_source_meta(s, changes)
             bulk_update(s, [{"id": c.item_id, **source_values(c.source)} for c in changes])
+            refresh_words(s, [c.item_id for c in changes])
 
     def items(self, item_ids: Sequence[int], *, where: Any = None) -> dict[int, Item]:
         """Items by id; ``where`` (a SQLAlchemy condition, e.g. a compiled filter) narrows them."""

@@ -45,6 +45,7 @@ class EmbeddedItem:
     meta: dict[str, Any]
     modality: str | None = None  # set when decoding found it (a manifest URL without an extension)
     source: SourceFields | None = None
+    text: str | None = None  # a text item's text, for the full-text index (see .lexical)
 
 
 @dataclass(frozen=True)

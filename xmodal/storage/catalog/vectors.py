@@ -11,6 +11,7 @@ from sqlalchemy import delete, func, insert, select, update
 
 from xmodal.storage.catalog.engine import CatalogBase, chunks
 from xmodal.storage.catalog.items import bulk_update
+from xmodal.storage.catalog.lexical import refresh_words
 from xmodal.storage.catalog.records import EmbeddedItem, source_values
 from xmodal.storage.catalog.tables import (
     INDEX_PUBLISHED,
@@ -51,6 +52,7 @@ class ShardQueries(CatalogBase):
                  **({"modality": e.modality} if e.modality else {}), **source_values(e.source, e.meta)}
                 for e in items
             ])
+            refresh_words(s, ids, {e.item_id: e.text for e in items})
             return int(shard.id)
 
     def items_needing_vectors(self, collection_id: int, space: str, modalities: Iterable[str]) -> list[int]:
