@@ -107,8 +107,9 @@ def create_app(service: Service) -> FastAPI:
     errors.install(app)
     keys = settings.api_key_list
     guarded = auth(keys)
-    common = (401, 408, 413) if keys else (408, 413)  # RequestGuard answers these to any request
-    probes = (408, 413) if settings.public_metrics else common
+    # RequestGuard answers these to any request; uvicorn answers 400 to what it can't parse as HTTP
+    common = (400, 401, 408, 413) if keys else (400, 408, 413)
+    probes = (400, 408, 413) if settings.public_metrics else common
     app.include_router(system.health_router())
     app.include_router(system.probes_router(errors=probes), dependencies=[] if settings.public_metrics else guarded)
     app.include_router(system.collections_router(errors=common), dependencies=guarded)

@@ -48,6 +48,8 @@ class ErrorOut(BaseModel):
 
 #: what an error status means, for the OpenAPI description of every operation that may answer it
 MEANING = {
+    400: "The request could not be read as HTTP (a request line or header over the server's limits, or bytes a "
+         "header may not hold): answered by the HTTP server before the service sees it, in plain text.",
     401: "An API key is required (X-API-Key or Authorization: Bearer) and none or a wrong one was given.",
     404: "No such collection, item or source, or its media is not served.",
     408: "The request's headers or body did not arrive in time.",
@@ -61,7 +63,8 @@ MEANING = {
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for a route that may answer these error statuses."""
-    return {s: {"model": ErrorOut, "description": MEANING[s]} for s in statuses}
+    return {s: {"description": MEANING[s], "content": {"text/plain": {"schema": {"type": "string"}}}} if s == 400
+            else {"model": ErrorOut, "description": MEANING[s]} for s in statuses}
 
 
 class SafeJSONResponse(JSONResponse):
