@@ -152,11 +152,12 @@ def rank_of(uris: list[str], original: str) -> int | None:
 
 def merged(searcher: Any, fusion: str, k: int, **query: Any) -> list[Any]:
     """The ``any`` list three ways: by relevance, by rank, or by raw score (each target searched alone and
-    the lists sorted by score together, as merging within a space did before)."""
+    the lists sorted by score together, as merging within a space did before). Vectors only: the words of
+    a text query (hybrid, the default since lexical search) are measured by bench_lexical."""
     if fusion != "raw":
-        return searcher.run(k=k, fusion=fusion, **query).results
+        return searcher.run(k=k, fusion=fusion, mode="vector", **query).results
     lists = [r for route in searcher.routes(searcher_modality(query), "any")
-             for r in searcher.run(k=k, target=route.target, **query).results]
+             for r in searcher.run(k=k, target=route.target, mode="vector", **query).results]
     return sorted(lists, key=lambda r: -r.score)[:k]
 
 
@@ -218,7 +219,7 @@ def quality(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
                 query = {"media": (modality, data)}
                 for fusion in FUSIONS:
                     rows[fusion].append(rank_of([r.uri for r in merged(searcher, fusion, 10, **query)], str(path)))
-                own = searcher.run(k=10, target=modality, **query).results
+                own = searcher.run(k=10, target=modality, mode="vector", **query).results
                 rows["own"].append(rank_of([r.uri for r in own], str(path)))
             near[name] = rows
         out["near_duplicates"] = {m: {f: summarise(ranks) for f, ranks in rows.items()} for m, rows in near.items()}
