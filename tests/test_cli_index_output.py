@@ -162,12 +162,17 @@ def test_ctrl_c_keeps_what_was_committed_and_exits_130_without_a_traceback(tiny_
         except sqlite3.Error:
             return 0
 
-    deadline = time.monotonic() + 240
-    while committed() == 0 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be interrupted"
-    os.killpg(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=240)
+    try:
+        deadline = time.monotonic() + 240
+        while committed() == 0 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=240)
+    finally:  # never leave the run (its own process group) behind
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert proc.returncode == 130, (out, err)
     assert "Traceback" not in err, err
     kept = committed()
