@@ -115,8 +115,19 @@ def decode_audio(
     wrong with ``data`` raises :class:`MediaError`. ``stop`` is asked between blocks: when it says
     True, decoding ends with :class:`Cancelled` (a query whose client has gone).
     """
+    return guarded(_decode, data, spec, transform, stop)
+
+
+Decoder = Callable[[bytes, AudioSpec, "Callable[[np.ndarray], np.ndarray] | None", "Callable[[], bool] | None"],
+                   "DecodedAudio"]
+
+
+def guarded(decode: Decoder, data: bytes, spec: AudioSpec, transform: Callable[[np.ndarray], np.ndarray] | None,
+            stop: Callable[[], bool] | None) -> DecodedAudio:
+    """Run an audio decoder so that only :class:`MediaError` (or :class:`Cancelled`, or what ``transform``
+    raised) leaves it, whatever the bytes: every audio decoder's one error contract."""
     try:
-        return _decode(data, spec, transform, stop)
+        return decode(data, spec, transform, stop)
     except (MediaError, Cancelled):
         raise
     except _TransformError as exc:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from xmodal.errors import Cancelled, ErrorKind, MediaError
-from xmodal.media.audio import DecodedAudio, _pair, _seconds, _TransformError, _Windower
+from xmodal.media.audio import DecodedAudio, _pair, _seconds, _Windower, guarded
 from xmodal.media.video import describe, open_container
 from xmodal.spaces import AudioSpec
 
@@ -22,14 +22,7 @@ from xmodal.spaces import AudioSpec
 def decode_audio_av(data: bytes, spec: AudioSpec, transform: Callable[[np.ndarray], np.ndarray] | None = None,
                     stop: Callable[[], bool] | None = None) -> DecodedAudio:
     """The sound of ``data`` (any container FFmpeg reads) as windows; :class:`MediaError` for bad bytes."""
-    try:
-        return _decode(data, spec, transform, stop)
-    except (MediaError, Cancelled):
-        raise
-    except _TransformError as exc:
-        raise exc.error from None
-    except MemoryError:
-        raise MediaError("audio too large: out of memory while decoding", ErrorKind.TOO_LARGE) from None
+    return guarded(_decode, data, spec, transform, stop)
 
 
 def _decode(data: bytes, spec: AudioSpec, transform: Callable[[np.ndarray], np.ndarray] | None,
