@@ -129,10 +129,13 @@ def _serves(settings: Settings) -> None:
 
 
 def _results(settings: Settings, queries: list[Path]) -> list[list[tuple[str, float]]]:
+    """The vector lists in order; the full-text index's matches of a word as a set (equal scores are ordered
+    by item id, and ids differ between a run that was killed and one that was not)."""
     searcher = Searcher(settings, "shop")
     try:
         return [[(r.uri, round(r.score, 4)) for r in searcher.run(image=q, k=10).results] for q in queries] + [
-            [(r.uri, round(r.score, 4)) for r in searcher.run(text="red boots size 2", k=10).results]]
+            [(r.uri, round(r.score, 4)) for r in searcher.run(text="red boots size 2", k=10, mode="vector").results],
+            sorted((r.uri, round(r.score, 4)) for r in searcher.run(text="2", k=100, mode="lexical").results)]
     finally:
         searcher.close()
 
