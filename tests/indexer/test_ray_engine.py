@@ -354,6 +354,7 @@ def test_a_file_that_kills_its_decoder_is_recorded_failed_alone(av_settings, ray
         return prep
 
     monkeypatch.setattr(run_module, "preparations", crashing)
+    monkeypatch.setattr(ray_engine, "STALL_SECONDS", 20.0)  # a pass that left a block out ends sooner
     ray.cloudpickle.register_pickle_by_value(helpers)  # Ray's workers cannot import the tests' helpers
     try:
         summary = index_sources(av_settings, [media], "c", progress=False, engine="ray", ray_address=ray_head)

@@ -39,8 +39,10 @@ import logging
 import math
 import os
 import pickle
+import queue
 import re
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Generator, Iterator
@@ -85,6 +87,7 @@ CRASH_RETRIES = 1
 PASSES = ((DECODE_BLOCK_ROWS, False), (DECODE_BLOCK_ROWS, True), (1, True))
 CRASHED = "the decoder crashed on this file"  # the local engine's reason
 RELEASE_SECONDS = 60.0  # for a failed pass's actors to give their resources back
+STALL_SECONDS = 180.0  # a pass that leaves crashed blocks out ends when no result comes for this long
 CONNECT_SECONDS = 10.0  # to reach a Ray head's port before ray.init tries (it retries for minutes)
 
 # Row transport. Every Ray Data row is ``item_id`` (int64) and ``payload``: one pickled Python object
@@ -271,7 +274,7 @@ def _run_pass(ray: Any, job: EmbedJob, tasks: list[DecodeTask], plan: PoolPlan, 
                                    "batch_size": settings.batch_size},
             max_task_retries=CRASH_RETRIES,
         )
-        results = _results(ds)
+        results = _results(ds, stall_s=STALL_SECONDS if skip_crashed else None)
         try:
             _deliver(job, {t.item_id for t in tasks}, results, delivered)
         finally:
@@ -370,17 +373,47 @@ def _spaces_by_modality(job: EmbedJob, item_id: int) -> dict[str, tuple[str, ...
     return {m: s for m, s in out.items() if s}
 
 
-def _results(ds: Any) -> Generator[list[tuple[Decoded, dict[str, tuple[np.ndarray, Windows | None]]]], None, None]:
+def _results(ds: Any, *, stall_s: float | None = None
+             ) -> Generator[list[tuple[Decoded, dict[str, tuple[np.ndarray, Windows | None]]]], None, None]:
     """The encoded batches as they finish (one output block of an actor call each); closing it closes
-    Ray's iterator, which shuts the pass's executor down."""
+    Ray's iterator, which shuts the pass's executor down. ``stall_s``: when no batch comes for that long,
+    the pass ends there (Ray Data 2.60 can wait forever for the output of a block it left out after its
+    worker died); what was not delivered goes to the next pass."""
     batches = iter(ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1))
+    source: Iterator[Any] = batches if stall_s is None else _with_stall_limit(batches, stall_s)
     try:
-        for batch in batches:
+        for batch in source:
             yield [pickle.loads(p) for p in batch.column("payload").to_pylist()]
     finally:
         close = getattr(batches, "close", None)
         if close is not None:
             close()
+
+
+def _with_stall_limit(batches: Iterator[Any], stall_s: float) -> Iterator[Any]:
+    """``batches``, pulled by a daemon thread, ending when none comes for ``stall_s`` seconds."""
+    out: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=2)
+
+    def pull() -> None:
+        try:
+            for batch in batches:
+                out.put(("batch", batch))
+            out.put(("end", None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            out.put(("error", exc))
+
+    threading.Thread(target=pull, name="xmodal-ray-results", daemon=True).start()
+    while True:
+        try:
+            kind, value = out.get(timeout=stall_s)
+        except queue.Empty:
+            log.warning("ray engine: no result for %.0fs after a block was left out; ending the pass", stall_s)
+            return
+        if kind == "end":
+            return
+        if kind == "error":
+            raise value
+        yield value
 
 
 def _deliver(job: EmbedJob, expected: set[int],
