@@ -227,3 +227,26 @@ def test_http_and_cli_give_the_same_ids(shop, capsys) -> None:
         assert refused.status_code == 422 and "needs a text query" in refused.json()["message"]
     assert main([*argv[:-4], "--item", str(first), "--mode", "lexical"]) == EXIT_USER_ERROR
     assert "needs a text query" in capsys.readouterr().err
+
+
+def test_a_long_lived_searcher_turns_hybrid_on_when_a_run_brings_the_first_words(settings: Settings,
+                                                                                   tmp_path: Path) -> None:
+    """A collection of photos alone has no words; a metadata-only change (no new index version) that
+    brings some is seen by a searcher that was already serving, without a restart."""
+    from xmodal.storage.catalog import ItemOutcome, SourceFields
+
+    write_photos(tmp_path / "pics", 6)
+    index_sources(settings, [tmp_path / "pics"], "pics", progress=False)
+    searcher = Searcher(settings, "pics")
+    try:
+        for _ in range(2):  # the first query loads the index version too
+            assert searcher.run(text="Tyrell", k=3).mode == "vector"
+        cid = searcher.collection_id
+        target = sorted(state.id for state in searcher.catalog.item_states(cid).values())[3]
+        searcher.catalog.update_source_meta([ItemOutcome(target, "ok", None, None, None, None,
+                                                         SourceFields("digest", {"brand": "Tyrell"}))])
+        outcome = searcher.run(text="Tyrell", k=3)
+        assert outcome.mode == "hybrid"
+        assert outcome.results[0].id == target
+    finally:
+        searcher.close()
