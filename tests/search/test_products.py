@@ -5,14 +5,17 @@ carried no title (``/v1/items/245`` had brand and price but no ``title``; a ``ti
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import PG_URL, _pg_schema_url
-from helpers import photo, write_csv, write_photos
+from helpers import cli_json, live_app, photo, write_csv, write_photos
 
+from xmodal.cli import EXIT_USER_ERROR, main
 from xmodal.config import Settings
 from xmodal.errors import UserError
 from xmodal.indexer.pipeline import index_manifest, index_sources
@@ -199,3 +202,88 @@ def test_more_like_an_item_grouped_leaves_its_own_product_out(shop) -> None:
     assert items.outcome.results[0].source["id"] == rows[2]["id"]  # its back view, near-identical, first
     page = products.search(searcher, group_by="source", item=front.id, target="image", k=N)
     assert rows[2]["id"] not in skus(page) and len(skus(page)) == N - 1
+
+
+@pytest.fixture(scope="module")
+def served(shop) -> Iterator[tuple[httpx.Client, Settings, list[dict[str, Any]]]]:
+    searcher, rows = shop
+    with live_app(searcher.settings, "shop", "photos") as (base, _), httpx.Client(base_url=base, timeout=30) as c:
+        yield c, searcher.settings, rows
+
+
+def _ok(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def test_http_answers_products_for_a_shop_and_items_for_a_folder(served) -> None:
+    client, _, rows = served
+    body = _ok(client.post("/v1/search", json={"collection": "shop", "text": "red boot", "k": 5, "mode": "vector"}))
+    assert body["group_by"] == "source" and body["group"]["fusion"] == "best item by calibrated relevance"
+    page = body["results"]
+    assert len({p["source_id"] for p in page}) == 5 and body["group"]["candidates"] >= 10
+    assert set(page[0]) == {"source_id", "score", "relevance", "exact", "columns", "best", "items", "metadata"}
+    image = next(it for it in page[0]["items"] if it["column"] == "back")
+    shown = _ok(client.get(f"/v1/items/{image['id']}"))  # an image's own page: its row's title, brand, price
+    assert shown["metadata"]["title"] == page[0]["metadata"]["title"] and shown["metadata"]["brand"] == "Acme"
+    items = _ok(client.post("/v1/search", json={"collection": "shop", "text": "red boot", "k": 5, "mode": "vector",
+                                                "group_by": "none"}))
+    assert items["group_by"] == "none" and items["group"] is None and all("uri" in r for r in items["results"])
+    assert page[0]["best"]["id"] == items["results"][0]["id"]
+    folder = _ok(client.post("/v1/search", json={"collection": "photos", "text": "a photo", "k": 3}))
+    assert folder["group_by"] == "none" and len(folder["results"]) == 3 and "uri" in folder["results"][0]
+
+    schema = _ok(client.get("/openapi.json"))
+    results = schema["components"]["schemas"]["SearchResponse"]["properties"]["results"]
+    assert {"$ref": "#/components/schemas/ProductOut"} in [v.get("items") for v in results["anyOf"]]
+    assert "group_by" in schema["components"]["schemas"]["TextSearch"]["properties"]
+
+
+def test_uploads_and_get_similar_take_the_grouping_and_bad_values_are_422(served) -> None:
+    client, _, rows = served
+    data = io.BytesIO()
+    photo(3).save(data, "JPEG")
+    up = _ok(client.post("/v1/search/upload", files={"file": ("q.jpg", data.getvalue(), "image/jpeg")},
+                         data={"collection": "shop", "k": "4", "target": "image", "group_weights": '{"image": 1}'}))
+    assert up["group_by"] == "source" and up["group"]["fusion"].startswith("weighted sum")
+    assert up["results"][0]["source_id"] == rows[3]["id"] and len({p["source_id"] for p in up["results"]}) == 4
+    plain = _ok(client.post("/v1/search/upload", files={"file": ("q.jpg", data.getvalue(), "image/jpeg")},
+                            data={"collection": "shop", "k": "4", "group_by": "none"}))
+    assert plain["group_by"] == "none" and "uri" in plain["results"][0]
+
+    sku = rows[6]["id"]
+    front = next(it for it in _ok(client.get(f"/v1/sources/{sku}"))["items"] if it["column"] == "image")
+    like = _ok(client.get(f"/v1/items/{front['id']}/similar", params={"k": 4, "target": "image"}))
+    assert like["group_by"] == "source" and sku not in {p["source_id"] for p in like["results"]}
+    by_row = _ok(client.get(f"/v1/sources/{sku}/similar", params={"k": 4, "group_weights": '{"image": 1, "title": 0.5}'}))
+    assert len(by_row["results"]) == 4 and sku not in {p["source_id"] for p in by_row["results"]}
+
+    for params, message in (({"group_weights": '{"image": -1}'}, "greater than or equal to 0"),
+                            ({"group_weights": '{"colour": 1}'}, "unknown column 'colour'"),
+                            ({"group_weights": "{oops"}, "group_weights: not valid JSON"),
+                            ({"group_by": "none", "group_weights": '{"image": 1}'}, "needs group_by 'source'")):
+        bad = client.get(f"/v1/sources/{sku}/similar", params=params)
+        assert bad.status_code == 422 and message in bad.json()["message"], (params, bad.text)
+    bad = client.post("/v1/search", json={"collection": "shop", "text": "x", "group_by": "sku"})
+    assert bad.status_code == 422
+    bad = client.post("/v1/search", json={"collection": "shop", "text": "x", "group_weights": {"image": "high"}})
+    assert bad.status_code == 422
+
+
+def test_cli_prints_products_and_its_json_is_the_https(served, capsys) -> None:
+    client, settings, _ = served
+    argv = ["search", "-c", "shop", "--home", str(settings.home), "--database-url", settings.resolved_database_url,
+            "--text", "black bag", "-k", "4", "--mode", "vector", "--group", "source"]
+    got = cli_json(capsys, [*argv, "--group-weights", '{"image": 0.7, "title": 0.3}'])
+    http = _ok(client.post("/v1/search", json={"collection": "shop", "text": "black bag", "k": 4, "mode": "vector",
+                                               "group_by": "source", "group_weights": {"image": 0.7, "title": 0.3}}))
+    assert got["results"] == http["results"] and got["group"] == http["group"] and got["group_by"] == "source"
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = [line.split() for line in lines[1:5]]
+    plain = _ok(client.post("/v1/search", json={"collection": "shop", "text": "black bag", "k": 4, "mode": "vector"}))
+    assert [(int(r[0]), r[3], int(r[4])) for r in table] == [
+        (i + 1, p["source_id"], p["best"]["id"]) for i, p in enumerate(plain["results"])]
+    assert "one row per product: best item" in lines[5]
+    assert main([*argv, "--group-weights", '{"image": "x"}']) == EXIT_USER_ERROR
+    assert "group_weights image" in capsys.readouterr().err

@@ -14,7 +14,9 @@
   (``{"image": 0.7, "title": 0.3}``, keyed by source column or modality): each candidate counts under its
   column when that is weighted, else under its modality (so ``image`` covers the columns ``front`` and
   ``back`` of images, and a folder item, which has no column); ``score = sum(w[key] * the best value among
-  the row's candidates under key)``; a key with no candidate adds 0.
+  the row's candidates under key)``; a key with none among the candidates counts the lowest value of all
+  candidates (what an item outside the pool scored at most), so a product is not helped by a column that
+  did not match (relevance can be negative).
 - **Order.** Rows that hold an exact source-id match first, then ``score`` descending, the best item's raw
   score descending, then source id (folder items after, by id): stable across pages.
 - **More like an item**, grouped: the item's own row is left out, as more like a row leaves its row out.
@@ -150,7 +152,9 @@ def search(searcher: Searcher, *, group_by: str | None, group_weights: dict[str,
         ask = min(MAX_K, ask * _ROUND_GROWTH)
     outcome.timings.encode_ms, outcome.timings.ann_ms, outcome.timings.sql_ms = spent
     basis = _basis(outcome)
-    ranked = sorted((_Product(key, members, basis, weights) for key, members in groups.items()), key=_Product.order)
+    floor = min((_value(r, basis) for r in outcome.results), default=0.0)
+    ranked = sorted((_Product(key, members, basis, weights, floor) for key, members in groups.items()),
+                    key=_Product.order)
     t0 = time.perf_counter()
     page = ranked[offset:want]
     rows = searcher.catalog.items_of_sources(searcher.collection_id,
@@ -190,13 +194,18 @@ def _basis(outcome: SearchOutcome) -> str:
     return "score"
 
 
+def _value(r: SearchResult, basis: str) -> float:
+    v = r.rrf if basis == "rrf" else r.relevance if basis == "relevance" else r.score
+    return float(v) if v is not None else 0.0  # an exact match found by words only has no rrf: it leads anyway
+
+
 def _column(r: SearchResult) -> str:
     return (r.source or {}).get("column") or r.modality
 
 
 class _Product:
     def __init__(self, key: tuple[str, int], members: list[SearchResult], basis: str,
-                 weights: dict[str, float] | None) -> None:
+                 weights: dict[str, float] | None, floor: float) -> None:
         self.source_id = key[0] if key[1] == 0 else None
         self.key = key
         self.basis = basis
@@ -213,11 +222,10 @@ class _Product:
             for c, v in self.columns.items():
                 name = c if c in weights else next((r.modality for r in members if _column(r) == c), c)
                 terms[name] = max(terms.get(name, -math.inf), v)
-            self.score = sum(w * terms[name] for name, w in weights.items() if name in terms)
+            self.score = sum(w * terms.get(name, floor) for name, w in weights.items())
 
     def value(self, r: SearchResult) -> float:
-        v = r.rrf if self.basis == "rrf" else r.relevance if self.basis == "relevance" else r.score
-        return float(v) if v is not None else 0.0  # an exact match found by words only has no rrf: it leads anyway
+        return _value(r, self.basis)
 
     def order(self) -> tuple[Any, ...]:
         return (not self.exact, -self.score, -self.best.score, self.source_id is None, self.key)
@@ -226,8 +234,7 @@ class _Product:
         b = self.best
         best: dict[str, Any] = {"id": b.id, "modality": b.modality, "column": (b.source or {}).get("column"),
                 "score": round(b.score, 6), "relevance": b.relevance, "space": b.space, "method": b.method,
-                **({"segment": b.segment} if b.segment is not None else {}),
-                **({"lexical": round(b.lexical, 6)} if b.lexical is not None else {}),
+                "segment": b.segment, "lexical": round(b.lexical, 6) if b.lexical is not None else None,
                 **item_links(b.id, b.modality)}
         if row:
             items = [{"id": int(it.id), "modality": it.modality, "column": it.source_column,
