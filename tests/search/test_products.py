@@ -126,7 +126,7 @@ def test_target_any_text_queries_return_products_not_bare_titles(shop) -> None:
 @pytest.mark.backends
 def test_pages_of_products_are_disjoint_and_stable(shop) -> None:
     searcher, _ = shop
-    for mode, target in (("vector", "any"), ("vector", "image"), ("lexical", "any")):
+    for mode, target in (("vector", "any"), ("vector", "image"), ("lexical", "any"), ("hybrid", "any")):
         query = "model" if mode == "lexical" else "black bag"
         whole = skus(grouped(searcher, query, k=15, mode=mode, target=target))
         pages = [skus(grouped(searcher, query, k=5, offset=o, mode=mode, target=target)) for o in (0, 5, 10)]
