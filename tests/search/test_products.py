@@ -287,3 +287,27 @@ def test_cli_prints_products_and_its_json_is_the_https(served, capsys) -> None:
     assert "one row per product: best item" in lines[5]
     assert main([*argv, "--group-weights", '{"image": "x"}']) == EXIT_USER_ERROR
     assert "group_weights image" in capsys.readouterr().err
+
+
+def test_when_one_product_holds_the_candidates_the_search_looks_further(shop, tmp_path: Path) -> None:
+    searcher, _ = shop
+    # a lookbook: one row with 16 views of one photo, nine rows with one photo each (25 items, 2.5 a row)
+    (tmp_path / "img").mkdir()
+    views = [f"v{i}" for i in range(16)]
+    for i in range(16):
+        photo(0).resize((160 - 2 * i, 120 - i)).save(tmp_path / "img" / f"look-{i}.jpg", quality=90)
+    rows: list[dict[str, Any]] = [{"id": "LOOK", **{v: f"img/look-{i}.jpg" for i, v in enumerate(views)}}]
+    for n in range(1, 10):
+        photo(20 + n).save(tmp_path / "img" / f"other-{n}.jpg")
+        rows.append({"id": f"OTHER-{n}", "v0": f"img/other-{n}.jpg"})
+    index_manifest(searcher.settings, write_csv(tmp_path / "look.csv", rows), "lookbook",
+                   media={v: "image" for v in views}, progress=False)
+    look = Searcher(searcher.settings, "lookbook", catalog=searcher.catalog)
+    query = io.BytesIO()
+    photo(0).save(query, "JPEG", quality=95)
+    first = look.run(media=("image", query.getvalue()), k=13)
+    assert {r.source["id"] for r in first.results} == {"LOOK"}  # what the first round (2 x 2.5 + 8) gets
+    page = products.search(look, group_by=None, media=("image", query.getvalue()), k=2)
+    assert page.rounds == 2 and page.candidates == 25  # looked further (x4: 52, all there is)
+    assert skus(page)[0] == "LOOK" and len(set(skus(page))) == 2
+    assert len((page.products or [])[0]["items"]) == 16
