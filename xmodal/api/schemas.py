@@ -54,11 +54,12 @@ MIN_SCORE_DOC = "leave out results whose raw score (inner product in their space
 GroupBy = Literal["source", "none"]
 GROUP_BY_DOC = ("source: one result per product (manifest row), its score fused from its items; none: one result "
                 "per item. Default: source for a collection whose items mostly came from a manifest, else none")
-GROUP_WEIGHTS_DOC = ("with group_by source: a product's score is the weighted sum of each named column's best item "
-                     "value (relevance; rrf in hybrid; raw score when uncalibrated), e.g. {\"image\": 0.7, "
-                     "\"title\": 0.3}; default: its best item's value")
+GROUP_WEIGHTS_DOC = ("with group_by source: a product's score is the weighted sum of the best item value under each "
+                     "key, a media column or a modality (relevance; rrf when lists were fused by rank; raw score "
+                     "when uncalibrated), e.g. {\"image\": 0.7, \"title\": 0.3}; default: its best item's value")
 MAX_GROUP_WEIGHTS = 32
-GroupWeights = Annotated[dict[Annotated[str, Field(min_length=1, max_length=64)], Annotated[float, Field(ge=0, le=1000)]],
+_WeightKey = Annotated[str, Field(min_length=1, max_length=64)]
+GroupWeights = Annotated[dict[_WeightKey, Annotated[float, Field(ge=0, le=1000)]],
                          Field(min_length=1, max_length=MAX_GROUP_WEIGHTS, description=GROUP_WEIGHTS_DOC)]
 FILTER_DOC = ("a structured filter over metadata fields (schema Filter): {\"field\", \"op\", \"value\"} conditions "
               f"combined with {{\"and\": [...]}}, {{\"or\": [...]}}, {{\"not\": ...}}, at most {MAX_DEPTH} levels deep")

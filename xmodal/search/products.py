@@ -130,7 +130,7 @@ def search(searcher: Searcher, *, group_by: str | None, group_weights: dict[str,
     chosen = choose_group(searcher.catalog, searcher.collection_id, group_by)
     if chosen == NONE:
         if group_weights is not None:
-            raise UserError("group_weights needs group_by 'source' (one result per product)")
+            raise UserError("group_weights needs group_by 'source' (--group source): one result per product")
         return Grouped(searcher.run(k=k, offset=offset, item=item, **run), NONE)
     counts, columns = source_counts(searcher.catalog, searcher.collection_id)
     weights = check_weights(group_weights, columns)
