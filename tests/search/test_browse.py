@@ -1,0 +1,194 @@
+"""Browse, sort, facets and totals (issue 15, point 4) on a small shop: 18 products from a manifest, an image
+and a title each (36 items), with brands, categories, prices (some missing), stock and tags. Every expected
+value is computed here from the manifest rows, never read back from the code under test."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import PG_URL, _pg_schema_url
+from helpers import MEDIA, products, write_csv
+
+from xmodal.config import Settings
+from xmodal.errors import UserError
+from xmodal.indexer.pipeline import index_manifest
+from xmodal.search.browse import SORT_WINDOW, Page, find
+from xmodal.search.engine import Searcher
+from xmodal.search.filters import compile_filter, metadata_fields
+
+pytestmark = pytest.mark.backends
+N = 18
+ITEMS_PER_PRODUCT = 2  # an image and a title
+BRANDS = ["Acme", "Tyrell", "Acme", "Wayland", "Acme", "Cyberdyne"]
+
+
+@pytest.fixture(scope="module")
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The suite's catalog per backend (conftest parametrizes it), held for the module: one shop each."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('browse') / 'catalog.sqlite'}"
+    else:
+        assert PG_URL
+        yield from _pg_schema_url(PG_URL)
+
+
+@pytest.fixture(scope="module")
+def shop(database_url: str, tmp_path_factory: pytest.TempPathFactory,
+         tiny_clip: tuple[str, str]) -> Iterator[tuple[Searcher, list[dict[str, Any]], Settings]]:
+    root = tmp_path_factory.mktemp("shop")
+    rows = products(root, N)
+    for i, row in enumerate(rows):
+        row["brand"] = BRANDS[i % len(BRANDS)]
+        row["category"] = ["shoes", "bags", "hats"][i % 3]
+        row["in_stock"] = "true" if i % 4 else "false"
+        row["tags"] = "|".join(["red", "blue", "green"][: 1 + i % 3])
+        if i % 5 == 2:
+            row["price"] = ""  # no price: sorts last
+        else:
+            row["price"] = f"{(i * 7) % 11 + 10}.25"  # repeats: ties keep their order (relevance, or id)
+    settings = Settings(home=root / "home", database_url=database_url, clip_model=tiny_clip[0],
+                        clip_pretrained=tiny_clip[1], batch_size=16, exact_threshold=1000)
+    assert index_manifest(settings, write_csv(root / "products.csv", rows), "shop", media=MEDIA,
+                          progress=False).failed == 0
+    searcher = Searcher(settings, "shop")
+    yield searcher, rows, settings
+    searcher.close()
+
+
+def _find(searcher: Searcher, filters: dict[str, Any] | None = None, **kw: Any) -> Page:
+    fields = metadata_fields(searcher.catalog, searcher.collection_id)
+    where = compile_filter(filters, fields) if filters else None
+    return find(searcher, fields=fields, where=where, **kw)
+
+
+def _price(row: dict[str, Any]) -> float | None:
+    return float(row["price"]) if row["price"] else None
+
+
+def _skus(page: Page) -> list[str]:
+    return [r.source["id"] for r in page.outcome.results if r.source]
+
+
+def test_browse_returns_exactly_the_matching_items_in_sort_order_on_disjoint_pages(shop) -> None:
+    searcher, rows, _ = shop
+    shoes = {"field": "category", "op": "eq", "value": "shoes"}
+    want = [r for r in rows if r["category"] == "shoes"]
+    pages = [_find(searcher, shoes, sort=[{"field": "price", "order": "asc"}], k=5, offset=o) for o in (0, 5, 10)]
+    got = [r for p in pages for r in p.outcome.results]
+    assert len({r.id for r in got}) == len(got) == len(want) * ITEMS_PER_PRODUCT  # disjoint, all of them
+    assert {r.source["id"] for r in got if r.source} == {r["id"] for r in want}
+    assert all(p.outcome.mode == "browse" and p.total == len(got) and p.total_exact for p in pages)
+    assert [p.has_more for p in pages] == [True, True, False]
+    prices = [r.metadata.get("price") for r in got]
+    priced = [p for p in prices if p is not None]
+    assert priced == sorted(priced) and prices == priced + [None] * (len(prices) - len(priced))
+    assert len(priced) == ITEMS_PER_PRODUCT * sum(_price(r) is not None for r in want)
+    assert [r.id for r in got if r.metadata.get("price") is None] == sorted(
+        r.id for r in got if r.metadata.get("price") is None)  # ties (here: missing) by id
+
+    by_id = _find(searcher, shoes, k=100)  # no sort: by id
+    assert [r.id for r in by_id.outcome.results] == sorted(r.id for r in got)
+
+
+def test_sort_desc_keeps_missing_values_last_and_several_keys_apply_in_order(shop) -> None:
+    searcher, rows, _ = shop
+    desc = _find(searcher, sort=[{"field": "price", "order": "desc"}], k=100, target="image")
+    prices = [r.metadata.get("price") for r in desc.outcome.results]
+    assert len(prices) == N and desc.total == N
+    priced = [p for p in prices if p is not None]
+    assert priced == sorted(priced, reverse=True) and prices[len(priced):] == [None] * (N - len(priced))
+
+    two = _find(searcher, sort=[{"field": "brand"}, {"field": "price", "order": "desc"}], k=100, target="image")
+    expected = sorted(rows, key=lambda r: (r["brand"], _price(r) is None, -(_price(r) or 0), r["id"]))
+    assert _skus(two) == [r["id"] for r in expected]
+
+
+def test_facets_count_per_value_as_the_manifest_says_in_items_and_in_products(shop) -> None:
+    searcher, rows, _ = shop
+    cheap = {"field": "price", "op": "lt", "value": 16}
+    matching = [r for r in rows if _price(r) is not None and _price(r) < 16]  # type: ignore[operator]
+    brands = Counter(r["brand"] for r in matching)
+    tags = Counter(t for r in matching for t in r["tags"].split("|"))
+    stock = Counter(r["in_stock"] == "true" for r in matching)
+    for by_source, per in ((False, ITEMS_PER_PRODUCT), (True, 1)):
+        page = _find(searcher, cheap, facets=["brand", "tags", "in_stock"], by_source=by_source, k=3)
+        assert page.total == per * len(matching) and page.total_exact and page.has_more
+        assert page.facets is not None
+        assert {v["value"]: v["count"] for v in page.facets["brand"]["values"]} == {
+            b: per * n for b, n in brands.items()}
+        assert {v["value"]: v["count"] for v in page.facets["tags"]["values"]} == {t: per * n for t, n in tags.items()}
+        assert {v["value"]: v["count"] for v in page.facets["in_stock"]["values"]} == {
+            s: per * n for s, n in stock.items()}
+        counts = [v["count"] for v in page.facets["brand"]["values"]]
+        assert counts == sorted(counts, reverse=True) and page.facets["brand"]["other"] == 0
+
+
+def test_facets_list_the_top_values_and_count_the_rest_as_other(shop, monkeypatch) -> None:
+    searcher, rows, _ = shop
+    monkeypatch.setattr("xmodal.search.browse.FACET_VALUES", 2)
+    page = _find(searcher, facets=["brand"], sort=[{"field": "id"}], k=1)
+    brands = Counter(r["brand"] for r in rows)
+    top = sorted(brands.items(), key=lambda kv: (-kv[1], kv[0]))
+    assert [(v["value"], v["count"]) for v in page.facets["brand"]["values"]] == [  # type: ignore[index]
+        (b, ITEMS_PER_PRODUCT * n) for b, n in top[:2]]
+    assert page.facets["brand"]["other"] == ITEMS_PER_PRODUCT * sum(n for _, n in top[2:])  # type: ignore[index]
+
+
+def test_a_lexical_query_counts_every_match_exactly(shop) -> None:
+    searcher, rows, _ = shop
+    tyrell = [r for r in rows if r["brand"] == "Tyrell"]
+    page = _find(searcher, text="Tyrell", mode="lexical", k=1, facets=["category"])
+    assert page.total == ITEMS_PER_PRODUCT * len(tyrell) and page.total_exact and page.has_more
+    assert page.counted == "matches"
+    assert page.facets["category"]["values"] == [  # type: ignore[index]
+        {"value": c, "count": ITEMS_PER_PRODUCT * n} for c, n in sorted(Counter(r["category"] for r in tyrell).items())]
+    products_page = _find(searcher, text="Tyrell", mode="lexical", k=len(tyrell), by_source=True)
+    assert products_page.total == len(tyrell)
+    last = _find(searcher, text="Tyrell", mode="lexical", k=2, offset=ITEMS_PER_PRODUCT * len(tyrell) - 2)
+    assert len(last.outcome.results) == 2 and not last.has_more
+
+
+def test_a_vector_query_counts_its_window_and_says_when_it_is_an_estimate(shop) -> None:
+    searcher, rows, _ = shop
+    bags = {"field": "category", "op": "eq", "value": "bags"}
+    n_bags = ITEMS_PER_PRODUCT * sum(r["category"] == "bags" for r in rows)
+    small = _find(searcher, bags, text="leather boot", mode="vector", k=3)
+    assert (small.total, small.total_exact, small.has_more, small.window) == (3, False, True, 3)
+    whole = _find(searcher, bags, text="leather boot", mode="vector", k=100)
+    assert (whole.total, whole.total_exact, whole.has_more) == (n_bags, True, False)
+
+    sorted_pages = [_find(searcher, bags, text="leather boot", mode="vector", k=4, offset=o,
+                          sort=[{"field": "price", "order": "asc"}], facets=["brand"]) for o in range(0, 100, 4)]
+    assert all(p.window == SORT_WINDOW and p.total == n_bags and p.total_exact for p in sorted_pages)
+    got = [r for p in sorted_pages for r in p.outcome.results]
+    assert len({r.id for r in got}) == n_bags  # pages of one sorted window: disjoint, complete
+    prices = [r.metadata.get("price") for r in got]
+    priced = [p for p in prices if p is not None]
+    assert priced == sorted(priced) and prices == priced + [None] * (len(prices) - len(priced))
+    relevance = {r.id: rank for rank, r in enumerate(whole.outcome.results)}
+    for a, b in zip(got, got[1:], strict=False):  # ties keep the relevance order
+        if a.metadata.get("price") == b.metadata.get("price"):
+            assert relevance[a.id] < relevance[b.id]
+    brands = Counter(r["brand"] for r in rows if r["category"] == "bags")
+    assert {v["value"]: v["count"] for v in sorted_pages[0].facets["brand"]["values"]} == {  # type: ignore[index]
+        b: ITEMS_PER_PRODUCT * n for b, n in brands.items()}
+
+
+def test_bad_sort_and_facet_fields_and_a_bare_request_are_refused_with_the_fields(shop) -> None:
+    searcher, _, _ = shop
+    with pytest.raises(UserError, match=r"sort\[0\]\.field: 'colour' is not a field .*sortable fields: id, brand, "
+                                        r"category, .*in_stock, price, .*title") as bad:
+        _find(searcher, sort=[{"field": "colour"}])
+    assert "tags" not in str(bad.value)
+    with pytest.raises(UserError, match=r"'tags' is a list"):
+        _find(searcher, text="boot", sort=[{"field": "tags"}])
+    with pytest.raises(UserError, match=r"sort\[0\]\.order"):
+        _find(searcher, sort=[{"field": "price", "order": "up"}])
+    with pytest.raises(UserError, match=r"facets\[1\]: 'colour' is not a field"):
+        _find(searcher, facets=["brand", "colour"])
+    with pytest.raises(UserError, match="or filters, a sort or facets to browse"):
+        _find(searcher)
+
