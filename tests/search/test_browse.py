@@ -4,20 +4,24 @@ value is computed here from the manifest rows, never read back from the code und
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from conftest import PG_URL, _pg_schema_url
-from helpers import MEDIA, products, write_csv
+from helpers import MEDIA, cli_json, live_app, products, write_csv
 
+from xmodal.cli import EXIT_USER_ERROR, main
 from xmodal.config import Settings
 from xmodal.errors import UserError
 from xmodal.indexer.pipeline import index_manifest
-from xmodal.search.browse import SORT_WINDOW, Page, find
+from xmodal.search.browse import Page, find
 from xmodal.search.engine import Searcher
 from xmodal.search.filters import compile_filter, metadata_fields
+from xmodal.search.results import SORT_WINDOW
 
 pytestmark = pytest.mark.backends
 N = 18
@@ -192,3 +196,55 @@ def test_bad_sort_and_facet_fields_and_a_bare_request_are_refused_with_the_field
     with pytest.raises(UserError, match="or filters, a sort or facets to browse"):
         _find(searcher)
 
+
+
+def test_http_browses_sorts_and_counts_and_refuses_a_bad_sort_field_with_the_list(shop) -> None:
+    searcher, rows, settings = shop
+    hats = {"field": "category", "op": "eq", "value": "hats"}
+    want = sorted((r for r in rows if r["category"] == "hats"), key=lambda r: (_price(r) is None, -(_price(r) or 0)))
+    with live_app(settings, "shop") as (base, _), httpx.Client(base_url=base, timeout=30) as client:
+        pages = [client.post("/v1/search", json={"collection": "shop", "filters": hats, "target": "image", "k": 4,
+                                                 "offset": o, "sort": [{"field": "price", "order": "desc"}],
+                                                 "facets": ["brand"]}) for o in (0, 4)]
+        assert all(p.status_code == 200 for p in pages), pages[0].text
+        first, last = (p.json() for p in pages)
+        assert first["mode"] == "browse" and first["sort"] == [{"field": "price", "order": "desc"}]
+        assert [r["source"]["id"] for p in (first, last) for r in p["results"]] == [r["id"] for r in want]
+        assert (first["total"], first["total_exact"], first["has_more"], last["has_more"]) == (len(want), True, True,
+                                                                                               False)
+        assert {v["value"]: v["count"] for v in first["facets"]["brand"]["values"]} == Counter(r["brand"] for r in want)
+        assert first["counted"] == "matches" and first["window"] is None and "sql" in first["timings_ms"]
+
+        query = client.post("/v1/search", json={"collection": "shop", "text": "boot", "mode": "vector", "k": 2})
+        assert query.status_code == 200 and query.json()["total"] == 2 and query.json()["has_more"]
+        assert query.json()["total_exact"] is False and query.json()["window"] == 2
+
+        bad = client.post("/v1/search", json={"collection": "shop", "filters": hats, "sort": [{"field": "colour"}]})
+        assert bad.status_code == 422 and "sortable fields: id, brand, category" in bad.json()["message"]
+        listed = client.post("/v1/search", json={"collection": "shop", "text": "boot", "sort": [{"field": "tags"}]})
+        assert listed.status_code == 422 and "'tags' is a list" in listed.json()["message"]
+        bare = client.post("/v1/search", json={"collection": "shop"})
+        assert bare.status_code == 422
+        order = client.post("/v1/search", json={"collection": "shop", "filters": hats,
+                                                "sort": [{"field": "price", "order": "up"}]})
+        assert order.status_code == 422
+
+
+def test_cli_browses_with_a_filter_sort_and_facets_and_prints_the_total(shop, capsys) -> None:
+    searcher, rows, settings = shop
+    bags = {"field": "category", "op": "eq", "value": "bags"}
+    n = ITEMS_PER_PRODUCT * sum(r["category"] == "bags" for r in rows)
+    argv = ["search", "-c", "shop", "--home", str(settings.home), "--database-url", settings.resolved_database_url,
+            "--filter", json.dumps(bags), "--sort", "price:desc", "--sort", "id", "--facet", "in_stock", "-k", "3"]
+    got = cli_json(capsys, argv)
+    assert got["mode"] == "browse" and got["total"] == n and got["has_more"] and len(got["results"]) == 3
+    assert got["sort"] == [{"field": "price", "order": "desc"}, {"field": "id", "order": "asc"}]
+    assert set(got["timings_ms"]) == {"encode", "ann", "sql"}
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{n} results, sorted by price desc, id asc\n") and "  in_stock: " in out
+    assert main([*argv, "--text", "boot", "--mode", "vector", "--facet", "brand"]) == 0
+    assert capsys.readouterr().out.startswith(f"{n} results among the best {SORT_WINDOW} by relevance")
+    assert main(["search", "-c", "shop", "--home", str(settings.home), "--database-url",
+                 settings.resolved_database_url, "--sort", "colour"]) == EXIT_USER_ERROR
+    assert "sortable fields: id, brand" in capsys.readouterr().err

@@ -36,16 +36,16 @@ from sqlalchemy import and_
 from xmodal.errors import UserError
 from xmodal.search.engine import MAX_K, Searcher
 from xmodal.search.filters import COLUMNS, field_value, list_elements
-from xmodal.search.results import LEXICAL, SearchOutcome, SearchResult, Timings
+from xmodal.search.results import LEXICAL, SORT_WINDOW, SearchOutcome, SearchResult, Timings
 from xmodal.spaces import ANY, TARGETS
 from xmodal.storage.catalog import Item
 
 BROWSE = "browse"
-SORT_WINDOW = MAX_K  # the best results by relevance a sort (and a query's facets) considers
 FACET_VALUES = 20  # values listed per facet; the rest are counted together as "other"
 MAX_SORT_KEYS = 4
 MAX_FACETS = 8
 ORDERS = ("asc", "desc")
+assert SORT_WINDOW <= MAX_K  # one search fetches the whole window
 QUERY_KEYS = ("text", "item", "media", "image", "image_bytes", "audio", "audio_bytes")  # Searcher.run's queries
 
 
@@ -125,6 +125,9 @@ def find(searcher: Searcher, *, fields: dict[str, str], where: Any = None, sort:
     keys = sort_keys(sort, fields)
     names = facet_names(facets, fields)
     if not any(options.get(q) is not None for q in QUERY_KEYS):
+        cut = [name for name in ("min_relevance", "min_score") if options.get(name) is not None]
+        if cut:
+            raise UserError(f"{cut[0]} needs a query: a browse (filters and no query) has no relevance")
         return _browse(searcher, fields, where, keys, names, by_source, k, offset, target, mode)
     seen: list[int] = []
     window = SORT_WINDOW if keys or (names and mode != LEXICAL) else None

@@ -17,6 +17,7 @@ RRF_K = 60  # reciprocal rank fusion: a result's value is the sum over lists of 
 FUSIONS = ("relevance", "rrf")
 VECTOR, LEXICAL, HYBRID = "vector", "lexical", "hybrid"
 MODES = (VECTOR, LEXICAL, HYBRID)  # how a search finds its results (search.lexical)
+SORT_WINDOW = 1000  # the best results by relevance a query's sort and facets consider (search.browse)
 
 
 @dataclass
