@@ -241,10 +241,13 @@ def test_cli_browses_with_a_filter_sort_and_facets_and_prints_the_total(shop, ca
     assert got["sort"] == [{"field": "price", "order": "desc"}, {"field": "id", "order": "asc"}]
     assert set(got["timings_ms"]) == {"encode", "ann", "sql"}
     assert main(argv) == 0
-    out = capsys.readouterr().out
-    assert out.startswith(f"{n} results, sorted by price desc, id asc\n") and "  in_stock: " in out
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[3] for line in out[1:4]] == [str(r["id"]) for r in got["results"]]
+    assert out[4] == f"{n} results, sorted by price desc, id asc" and out[5].startswith("  in_stock: ")
     assert main([*argv, "--text", "boot", "--mode", "vector", "--facet", "brand"]) == 0
-    assert capsys.readouterr().out.startswith(f"{n} results among the best {SORT_WINDOW} by relevance")
+    assert f"\n{n} results among the best {SORT_WINDOW} by relevance" in capsys.readouterr().out
+    assert main([*argv[:9], "-k", "3", "--text", "boot", "--mode", "vector"]) == 0
+    assert "\n3 results among the best 3 by relevance (estimated)\n" in capsys.readouterr().out
     assert main(["search", "-c", "shop", "--home", str(settings.home), "--database-url",
                  settings.resolved_database_url, "--sort", "colour"]) == EXIT_USER_ERROR
     assert "sortable fields: id, brand" in capsys.readouterr().err

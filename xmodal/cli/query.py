@@ -64,7 +64,6 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"no good match: none of the {dropped} closest results passes "
               + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in (outcome.cutoff or {}).items() if k != "dropped"))
         return 0
-    _print_counts(page)
     if not results:
         print("no results")
         return 0
@@ -80,6 +79,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     elif outcome.fusion:
         print(f"(lists of several targets merged by {outcome.fusion}; relevance: -log10 of how many unrelated items "
               "would score as high, comparable across kinds; score: the raw inner product in its space)")
+    _print_counts(page)
     return 0
 
 
