@@ -179,6 +179,22 @@ def test_a_vector_query_counts_its_window_and_says_when_it_is_an_estimate(shop) 
     brands = Counter(r["brand"] for r in rows if r["category"] == "bags")
     assert {v["value"]: v["count"] for v in sorted_pages[0].facets["brand"]["values"]} == {  # type: ignore[index]
         b: ITEMS_PER_PRODUCT * n for b, n in brands.items()}
+    products = _find(searcher, bags, text="leather boot", mode="vector", k=4, facets=["brand"], by_source=True)
+    assert products.total == n_bags // ITEMS_PER_PRODUCT and products.facets["brand"]["values"] == [  # type: ignore[index]
+        {"value": b, "count": n} for b, n in sorted(brands.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def test_hybrid_and_lexical_queries_sort_their_window(shop) -> None:
+    searcher, rows, _ = shop
+    hybrid = _find(searcher, text="leather boot", k=100, sort=[{"field": "brand", "order": "desc"}])
+    assert hybrid.outcome.mode == "hybrid" and hybrid.window == SORT_WINDOW
+    assert hybrid.total == len(hybrid.outcome.results) == N * ITEMS_PER_PRODUCT and hybrid.total_exact
+    brands = [r.metadata["brand"] for r in hybrid.outcome.results]
+    assert brands == sorted(brands, reverse=True)
+    tyrell = _find(searcher, text="Tyrell", mode="lexical", k=100, sort=[{"field": "price"}], target="image")
+    want = sorted((r for r in rows if r["brand"] == "Tyrell"), key=lambda r: (_price(r) is None, _price(r) or 0))
+    assert [_price(r) for r in want] == [r.metadata.get("price") for r in tyrell.outcome.results]
+    assert set(_skus(tyrell)) == {r["id"] for r in want} and tyrell.total == len(want)
 
 
 def test_bad_sort_and_facet_fields_and_a_bare_request_are_refused_with_the_fields(shop) -> None:

@@ -74,12 +74,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         relevance = f"{r.relevance:7.2f}" if r.relevance is not None else f"{'exact' if r.exact else '-':>7}"
         print(f"{rank:>4}  {relevance}  {r.score:7.4f}  {r.id:>8}  {r.modality:<5}  {where:<15}  {r.uri}{seg}  "
               f"{short(r.metadata)}".rstrip())
+    _print_counts(page)
     if outcome.mode not in ("vector", "browse"):
         print(f"({outcome.mode}: {outcome.fusion}; a lexical result's score is its full-text score)")
     elif outcome.fusion:
         print(f"(lists of several targets merged by {outcome.fusion}; relevance: -log10 of how many unrelated items "
               "would score as high, comparable across kinds; score: the raw inner product in its space)")
-    _print_counts(page)
     return 0
 
 
