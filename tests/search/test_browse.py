@@ -165,7 +165,7 @@ def test_a_vector_query_counts_its_window_and_says_when_it_is_an_estimate(shop) 
     assert (whole.total, whole.total_exact, whole.has_more) == (n_bags, True, False)
 
     sorted_pages = [_find(searcher, bags, text="leather boot", mode="vector", k=4, offset=o,
-                          sort=[{"field": "price", "order": "asc"}], facets=["brand"]) for o in range(0, 100, 4)]
+                          sort=[{"field": "price", "order": "asc"}], facets=["brand"]) for o in range(0, n_bags + 4, 4)]
     assert all(p.window == SORT_WINDOW and p.total == n_bags and p.total_exact for p in sorted_pages)
     got = [r for p in sorted_pages for r in p.outcome.results]
     assert len({r.id for r in got}) == n_bags  # pages of one sorted window: disjoint, complete
