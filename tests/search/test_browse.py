@@ -207,6 +207,10 @@ def test_bad_sort_and_facet_fields_and_a_bare_request_are_refused_with_the_field
         _find(searcher, text="boot", sort=[{"field": "tags"}])
     with pytest.raises(UserError, match=r"sort\[0\]\.order"):
         _find(searcher, sort=[{"field": "price", "order": "up"}])
+    with pytest.raises(UserError, match=r"sort\[1\]: expected"):
+        _find(searcher, sort=[{"field": "price"}, {"field": "brand", "direction": "desc"}])
+    with pytest.raises(UserError, match="min_relevance needs a query"):
+        _find(searcher, {"field": "category", "op": "eq", "value": "bags"}, min_relevance=1.0)
     with pytest.raises(UserError, match=r"facets\[1\]: 'colour' is not a field"):
         _find(searcher, facets=["brand", "colour"])
     with pytest.raises(UserError, match="or filters, a sort or facets to browse"):

@@ -92,7 +92,8 @@ def sort_keys(spec: Sequence[Any] | None, fields: dict[str, str]) -> list[SortKe
     known = sortable(fields)
     keys = []
     for i, raw in enumerate(spec):
-        key = raw if isinstance(raw, SortKey) else SortKey(**raw) if isinstance(raw, dict) else None
+        well_formed = isinstance(raw, dict) and "field" in raw and set(raw) <= {"field", "order"}
+        key = raw if isinstance(raw, SortKey) else SortKey(**raw) if well_formed else None
         if key is None:
             raise UserError(f"sort[{i}]: expected {{\"field\": ..., \"order\": \"asc\" or \"desc\"}}")
         if key.field not in known:
