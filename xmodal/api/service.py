@@ -170,7 +170,7 @@ class Service:
         """A query by text, item, or ``media`` (modality, bytes: an upload), or none (a browse by filters);
         ``mode``: vector, lexical, hybrid; ``sort``, ``facets``, totals: ``search.browse``."""
         searcher = self._searcher(collection)
-        fields = self._fields(collection)
+        fields = self._fields(collection) if filters or sort or facets else {}  # unfiltered: no catalog lookup
         where = compile_filter(filters, fields) if filters else None
         t0 = time.perf_counter()
         page = find(searcher, fields=fields, where=where, sort=sort, facets=facets, k=k, offset=offset, target=target,
