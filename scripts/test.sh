@@ -6,7 +6,9 @@
 #   scripts/test.sh --fast   the developer loop (a few minutes): no test marked `slow` (the SIGKILL crash test,
 #                            the Ray engine, the browser, schemathesis, real `xmodal serve` processes), SQLite only
 #
-# Extra arguments go to pytest, e.g. `scripts/test.sh --fast -k manifest -x`.
+# Extra arguments go to pytest, e.g. `scripts/test.sh --fast -k manifest -x`. The tests run on
+# XMODAL_TEST_WORKERS processes (default 2; pytest-xdist, a whole test file to a worker, so module fixtures
+# are built once); 1 runs them in this process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fast=0
@@ -26,7 +28,14 @@ fi
 [ "$fast" = 1 ] || bash scripts/install-browser.sh   # Debian chromium for the Playwright browser test
 .venv/bin/ruff check xmodal tests scripts benchmarks
 .venv/bin/mypy
-if [ "$fast" = 1 ]; then
-  exec env -u XMODAL_TEST_DATABASE_URL .venv/bin/pytest -m "not slow and not postgres" "$@"
+workers=${XMODAL_TEST_WORKERS:-2}
+parallel=()
+if [ "$workers" -gt 1 ]; then
+  # one torch thread per worker process (and per `xmodal` process a test starts): two workers on two cores
+  parallel=(-n "$workers" --dist loadfile)
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 fi
-exec .venv/bin/pytest "$@"
+if [ "$fast" = 1 ]; then
+  exec env -u XMODAL_TEST_DATABASE_URL .venv/bin/pytest "${parallel[@]}" -m "not slow and not postgres" "$@"
+fi
+exec .venv/bin/pytest "${parallel[@]}" "$@"

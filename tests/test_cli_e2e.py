@@ -68,8 +68,9 @@ def test_plain_output_lists_ranked_results(env, media, capsys):
     index(capsys, media)
     capsys.readouterr()
     assert main(["search", "-c", "shop", "--image", str(media / "photos" / "photo_0002.jpg"), "-k", "2"]) == 0
-    header, *rows, legend = capsys.readouterr().out.strip().splitlines()
+    header, *rows, total, legend = capsys.readouterr().out.strip().splitlines()
     assert header.split()[:3] == ["rank", "relev.", "score"] and legend.startswith("(lists of several targets")
+    assert total == "2 results among the best 2 by relevance (estimated)"  # the page was full: there may be more
     assert len(rows) == 2 and rows[0].split()[0] == "1" and "photo_0002.jpg" in rows[0]
     assert float(rows[0].split()[1]) > float(rows[1].split()[1])  # ranked by relevance
 

@@ -440,7 +440,7 @@ def test_the_openapi_document_says_what_the_service_does(served: Served) -> None
     assert served.client.get("/metrics").headers["content-type"].startswith("text/plain")
     body = search["requestBody"]["content"]["application/json"]["schema"]
     variants = body.get("oneOf") or body.get("anyOf")
-    assert {v["$ref"].rsplit("/", 1)[1] for v in variants} == {"TextSearch", "ItemSearch"}
+    assert {v["$ref"].rsplit("/", 1)[1] for v in variants} == {"TextSearch", "ItemSearch", "Browse"}
     schemas = doc["components"]["schemas"]
     assert {"Filter", "Compare", "Among", "Between", "Exists", "All", "AnyOf", "Negation"} <= set(schemas)
     filters = schemas["TextSearch"]["properties"]["filters"]

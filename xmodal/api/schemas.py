@@ -28,7 +28,9 @@ from pydantic import (
 )
 
 from xmodal.errors import UserError
+from xmodal.search.browse import FACET_VALUES, MAX_FACETS, MAX_SORT_KEYS
 from xmodal.search.filters import MAX_DEPTH, MAX_STRING, MAX_VALUES
+from xmodal.search.results import SORT_WINDOW
 from xmodal.spaces import TARGETS
 from xmodal.storage.catalog import COLLECTION_NAME_RE
 
@@ -61,6 +63,12 @@ MAX_GROUP_WEIGHTS = 32
 _WeightKey = Annotated[str, Field(min_length=1, max_length=64)]
 GroupWeights = Annotated[dict[_WeightKey, Annotated[float, Field(ge=0, le=1000)]],
                          Field(min_length=1, max_length=MAX_GROUP_WEIGHTS, description=GROUP_WEIGHTS_DOC)]
+SORT_DOC = (f"order results by these fields (the collection's metadata fields holding one value, and id), then by id "
+            f"when browsing or by relevance with a query; a missing value sorts last. With a query the sort reorders "
+            f"the best {SORT_WINDOW} results by relevance (after the cutoff)")
+FACETS_DOC = (f"count the matching items per value of these fields: the {FACET_VALUES} most frequent values and "
+              f"'other'; over every match when browsing or in lexical mode, over the best {SORT_WINDOW} by relevance "
+              "(after the cutoff) for a vector or hybrid query")
 FILTER_DOC = ("a structured filter over metadata fields (schema Filter): {\"field\", \"op\", \"value\"} conditions "
               f"combined with {{\"and\": [...]}}, {{\"or\": [...]}}, {{\"not\": ...}}, at most {MAX_DEPTH} levels deep")
 
@@ -235,6 +243,14 @@ def _nesting(text: str) -> int:
 # requests ---------------------------------------------------------------------------------------------
 
 
+class SortKeyIn(BaseModel):
+    """One sort key: a field and its order."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    field: FieldName
+    order: Literal["asc", "desc"] = "asc"
+
+
 class SearchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -250,6 +266,8 @@ class SearchOptions(BaseModel):
     min_score: float | None = Field(default=None, ge=-1, le=1, description=MIN_SCORE_DOC)
     group_by: GroupBy | None = Field(default=None, description=GROUP_BY_DOC)
     group_weights: GroupWeights | None = None
+    sort: list[SortKeyIn] | None = Field(default=None, min_length=1, max_length=MAX_SORT_KEYS, description=SORT_DOC)
+    facets: list[FieldName] | None = Field(default=None, min_length=1, max_length=MAX_FACETS, description=FACETS_DOC)
 
 
 def parse_weights_text(raw: str | None) -> dict[str, Any] | None:
@@ -269,6 +287,14 @@ def parse_weights_text(raw: str | None) -> dict[str, Any] | None:
         raise UserError(f"group_weights{' ' + where if where else ''}: {err['msg']}") from None
 
 
+class Browse(SearchOptions):
+    """No query: the items that match ``filters`` (a ``sort`` or ``facets`` alone browse them all), sorted by
+    ``sort`` then by id."""
+
+    text: None = Field(default=None, description="null or absent (a browse has no query)")
+    item_id: None = Field(default=None, description="null or absent (a browse has no query)")
+
+
 class ItemSearch(SearchOptions):
     """More like an indexed item (the item itself is left out)."""
 
@@ -277,15 +303,19 @@ class ItemSearch(SearchOptions):
 
 
 def _query_kind(body: Any) -> str:
-    """Which query a body is: a text unless it names an item and no text (null counts as absent)."""
+    """Which query a body is: an item when it names one and no text, a browse when it has neither and says
+    what to browse by (filters, sort or facets), else a text (null counts as absent)."""
     if isinstance(body, dict) and body.get("item_id") is not None and body.get("text") is None:
         return "item"
+    if isinstance(body, dict) and body.get("text") is None and any(body.get(k) for k in ("filters", "sort", "facets")):
+        return "browse"
     return "text"
 
 
 def search_request(max_text: int) -> Any:
-    """The body of ``POST /v1/search``: a text query of at most ``max_text`` characters, or an item id
-    (one of the two: a body with ``text`` is read as a text search, so its problems are reported as such)."""
+    """The body of ``POST /v1/search``: a text query of at most ``max_text`` characters, an item id, or no query
+    and filters (a sort, facets) to browse by (a body with ``text`` is read as a text search, so its problems
+    are reported as such)."""
 
     class TextSearch(SearchOptions):
         """A text query, embedded by each space's text tower."""
@@ -293,8 +323,8 @@ def search_request(max_text: int) -> Any:
         text: Text = Field(min_length=1, max_length=max_text, pattern=r"\S")
         item_id: None = Field(default=None, description="null or absent (a query is a text or an item)")
 
-    return Annotated[Annotated[TextSearch, Tag("text")] | Annotated[ItemSearch, Tag("item")],
-                     Discriminator(_query_kind)]
+    return Annotated[Annotated[TextSearch, Tag("text")] | Annotated[ItemSearch, Tag("item")]
+                     | Annotated[Browse, Tag("browse")], Discriminator(_query_kind)]
 
 
 # responses --------------------------------------------------------------------------------------------
@@ -347,6 +377,14 @@ class ProductOut(BaseModel):
     best: BestItemOut = Field(description="the item that matched best")
     items: list[ProductItemOut] = Field(description="every servable item of the row")
     metadata: dict[str, Any] = Field(description="the row's fields as the manifest gave them")
+class FacetValue(BaseModel):
+    value: bool | int | float | str
+    count: int
+
+
+class FacetOut(BaseModel):
+    values: list[FacetValue] = Field(description=f"the {FACET_VALUES} most frequent values, most frequent first")
+    other: int = Field(description="what the other values count together")
 
 
 class SearchResponse(BaseModel):
@@ -355,7 +393,7 @@ class SearchResponse(BaseModel):
     k: int
     offset: int
     index_version: int
-    mode: Mode = "vector"  # how the page was found (see the request's mode)
+    mode: Literal["vector", "lexical", "hybrid", "browse"] = "vector"  # how the page was found (request's mode)
     routes: list[dict[str, str]] = []  # per target modality: the space searched and how scores came about
     fusion: str | None = None  # how lists of different spaces were merged, when they were
     ann: dict[str, dict[str, Any]] = {}  # per "space/part": index kind and the operating point used
@@ -363,6 +401,17 @@ class SearchResponse(BaseModel):
     no_good_match: bool = False  # a cutoff was asked for and nothing passed it
     group_by: GroupBy = "none"  # source: results are products (ProductOut); none: items (ResultOut)
     group: dict[str, Any] | None = None  # with source: the fusion used, item candidates considered, search rounds
+    total: int = Field(description="how many results there are: exact (total_exact) when browsing and in lexical "
+                                   "mode; for a vector or hybrid query those in its window (window) that pass the "
+                                   "cutoff, an estimate when the window was full")
+    total_exact: bool
+    has_more: bool = Field(description="offset + k < total, or the total is an estimate")
+    counted: Literal["matches", "window"] = Field(
+        description="what total and facets count: every matching item, or the query's window")
+    window: int | None = Field(description="a query's window: the best results by relevance (after the cutoff) the "
+                                           "page, its sort, total and facets come from; null when browsing")
+    sort: list[SortKeyIn] | None = None
+    facets: dict[str, FacetOut] | None = None
     results: list[ResultOut] | list[ProductOut]
     timings_ms: dict[str, float]
 

@@ -39,6 +39,7 @@ from xmodal.media.fetch import fetch_bytes, is_remote
 from xmodal.media.image import decode_image_with_info
 from xmodal.media.types import MediaLimits
 from xmodal.search import products
+from xmodal.search.browse import Page, find
 from xmodal.search.engine import Searcher
 from xmodal.search.filters import compile_filter, metadata_fields
 from xmodal.spaces import ANY, UPLOAD_TYPES, upload_modality
@@ -165,20 +166,23 @@ class Service:
                media: tuple[str, bytes] | None = None, target: str = ANY, k: int = 12, offset: int = 0,
                filters: dict[str, Any] | None = None, recall: float | None = None, fusion: str = "relevance",
                min_relevance: float | None = None, min_score: float | None = None,
-               cancel: threading.Event | None = None, mode: str | None = None, group_by: str | None = None,
+               cancel: threading.Event | None = None, mode: str | None = None, sort: list[dict[str, str]] | None = None,
+               facets: list[str] | None = None, group_by: str | None = None,
                group_weights: dict[str, Any] | None = None) -> dict[str, Any]:
-        """A query by text, item, or ``media`` (modality, bytes: an upload); ``mode``: vector, lexical, hybrid;
-        ``group_by``: source (one result per product) or none (``search.products``)."""
+        """A query by text, item, or ``media`` (modality, bytes: an upload), or none (a browse by filters);
+        ``mode``: vector, lexical, hybrid; ``sort``, ``facets``, totals: ``search.browse``; ``group_by``: source
+        (one result per product) or none (``search.products``)."""
         searcher = self._searcher(collection)
-        where = compile_filter(filters, self._fields(collection)) if filters else None
+        fields = self._fields(collection) if filters or sort or facets else {}  # unfiltered: no catalog lookup
+        where = compile_filter(filters, fields) if filters else None
         t0 = time.perf_counter()
-        grouped = products.search(searcher, group_by=group_by, group_weights=group_weights, text=text, item=item_id,
-                                  media=media, target=target, k=k, offset=offset, where=where, recall=recall,
-                                  fusion=fusion, min_relevance=min_relevance, min_score=min_score,
-                                  stop=cancel.is_set if cancel is not None else None, mode=mode)
+        page = find(searcher, fields=fields, where=where, sort=sort, facets=facets, group_by=group_by,
+                    group_weights=group_weights, k=k, offset=offset, target=target, mode=mode, text=text, item=item_id,
+                    media=media, recall=recall, fusion=fusion, min_relevance=min_relevance, min_score=min_score,
+                    stop=cancel.is_set if cancel is not None else None)
         total_ms = (time.perf_counter() - t0) * 1000
-        self.metrics.stages(grouped.outcome.timings)
-        return self._response(collection, target, k, offset, grouped, total_ms)
+        self.metrics.stages(page.outcome.timings)
+        return self._response(collection, target, k, offset, page, total_ms)
 
     async def search_upload(self, *, request: Request, collection: str, data: bytes, media_type: str,
                             target: str = "any", k: int = 12, offset: int = 0,
@@ -215,17 +219,16 @@ class Service:
                            fusion=fusion, min_relevance=min_relevance, min_score=min_score, group_by=group_by,
                            group_weights=group_weights)
 
-    def _response(self, collection: str, target: str, k: int, offset: int, grouped: products.Grouped,
+    def _response(self, collection: str, target: str, k: int, offset: int, page: Page,
                   total_ms: float) -> dict[str, Any]:
-        outcome = grouped.outcome
+        outcome = page.outcome
         t = outcome.timings
         return {
             "collection": collection, "target": target, "k": k, "offset": offset,
             "index_version": outcome.version, "mode": outcome.mode, "routes": outcome.routes, "fusion": outcome.fusion, "ann": outcome.ann,
-            "cutoff": outcome.cutoff, "no_good_match": outcome.no_good_match,
-            "group_by": grouped.group_by, "group": grouped.group(),
-            "results": grouped.results(lambda r: {**r.as_dict(), "uri": self._client_uri(collection, r.uri),
-                                                  **products.item_links(r.id, r.modality)}),
+            "cutoff": outcome.cutoff, "no_good_match": outcome.no_good_match, **page.as_dict(),
+            "results": page.results(lambda r: {**r.as_dict(), "uri": self._client_uri(collection, r.uri),
+                                               **products.item_links(r.id, r.modality)}),
             "timings_ms": {"encode": round(t.encode_ms, 3), "ann": round(t.ann_ms, 3), "sql": round(t.sql_ms, 3),
                            "total": round(total_ms, 3)},
         }

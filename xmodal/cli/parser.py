@@ -11,7 +11,7 @@ from xmodal.cli.admin import cmd_bench, cmd_gc, cmd_serve, cmd_stats, cmd_verify
 from xmodal.cli.index import cmd_index
 from xmodal.cli.query import cmd_eval, cmd_search
 from xmodal.config import parse_bytes
-from xmodal.search.results import FUSIONS, GROUPS, MODES
+from xmodal.search.results import FUSIONS, GROUPS, MODES, SORT_WINDOW
 from xmodal.spaces import ANY, TARGETS
 
 
@@ -84,6 +84,13 @@ def _fraction(value: str) -> float:
     return x
 
 
+def _sort_key(value: str) -> dict[str, str]:
+    name, _, order = value.partition(":")
+    if not name or order not in ("", "asc", "desc"):
+        raise argparse.ArgumentTypeError(f"expected FIELD, FIELD:asc or FIELD:desc, not {value!r}")
+    return {"field": name, "order": order or "asc"}
+
+
 def _memory(value: str) -> int:
     try:
         n = parse_bytes(value)
@@ -146,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", parents=[common], help="search a collection")
     _collection(p, "the collection to search")
-    q = p.add_mutually_exclusive_group(required=True)
+    q = p.add_mutually_exclusive_group()  # none: browse by --filter (--sort, --facet)
     q.add_argument("--text", help="find what this text describes (images, sounds and texts alike)")
     q.add_argument("--image", type=Path, metavar="FILE", help="find items like this image file")
     q.add_argument("--audio", type=Path, metavar="FILE", help="find items like this sound file (needs a CLAP space)")
@@ -178,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-weights", metavar="JSON",
                    help='with --group source: weigh each column\'s best item, e.g. \'{"image": 0.7, "title": 0.3}\' '
                         "(default: a product scores as its best item)")
+    p.add_argument("--sort", action="append", type=_sort_key, metavar="FIELD[:asc|desc]",
+                   help="order by a metadata field (or id), missing values last; repeat for more keys. Without a "
+                        "query: browse the items --filter matches, sorted; with one: the best "
+                        f"{SORT_WINDOW} results by relevance, reordered")
+    p.add_argument("--facet", action="append", metavar="FIELD",
+                   help="count the matching items per value of FIELD (the top values and 'other'); repeatable")
     _json(p, "the results (with metadata and timings)")
     _model_flags(p, recorded=True)
     p.set_defaults(func=cmd_search)

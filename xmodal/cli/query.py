@@ -17,41 +17,49 @@ def _open_searcher(args: argparse.Namespace) -> Any:
                     audio_model=args.audio_model)
 
 
-def _where(searcher: Any, text: str | None) -> Any:
+def _fields(searcher: Any) -> dict[str, str]:
+    from xmodal.search.filters import metadata_fields
+
+    return metadata_fields(searcher.catalog, searcher.collection_id)
+
+
+def _where(text: str | None, fields: dict[str, str]) -> Any:
     """``--filter``: the JSON filter of the HTTP API, checked against the collection's fields as they are now."""
     if not text:
         return None
     from xmodal.api.schemas import parse_filter_text
-    from xmodal.search.filters import compile_filter, metadata_fields
+    from xmodal.search.filters import compile_filter
 
-    return compile_filter(parse_filter_text(text), metadata_fields(searcher.catalog, searcher.collection_id))
+    return compile_filter(parse_filter_text(text), fields)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     from xmodal.api.schemas import parse_weights_text
-    from xmodal.search import products
+    from xmodal.search.browse import find
 
     searcher = _open_searcher(args)
     try:
-        grouped = products.search(searcher, group_by=args.group, group_weights=parse_weights_text(args.group_weights),
-                                  text=args.text, image=args.image, audio=args.audio, item=args.item,
-                                  target=args.target, k=args.k, offset=args.offset, where=_where(searcher, args.filter),
-                                  recall=args.recall, fusion=args.fusion, min_relevance=args.min_relevance,
-                                  min_score=args.min_score, mode=args.mode)
+        fields = _fields(searcher) if args.filter or args.sort or args.facet else {}
+        page = find(searcher, fields=fields, where=_where(args.filter, fields), sort=args.sort, facets=args.facet,
+                    group_by=args.group, group_weights=parse_weights_text(args.group_weights),
+                    text=args.text, image=args.image, audio=args.audio, item=args.item, target=args.target, k=args.k,
+                    offset=args.offset, recall=args.recall, fusion=args.fusion, min_relevance=args.min_relevance,
+                    min_score=args.min_score, mode=args.mode)
     finally:
         searcher.close()
-    outcome = grouped.outcome
+    outcome = page.outcome
+    grouped = page.grouped
     results = outcome.results
     query = {"text": args.text} if args.text is not None else (
         {"image": path_to_uri(str(args.image))} if args.image is not None else
-        {"audio": path_to_uri(str(args.audio))} if args.audio is not None else {"item": args.item})
+        {"audio": path_to_uri(str(args.audio))} if args.audio is not None else
+        {"item": args.item} if args.item is not None else None)
     if args.json:
         t = outcome.timings
         dump({"collection": args.collection, "query": query, "mode": outcome.mode, "target": args.target, "k": args.k,
               "offset": args.offset,
                "filter": json.loads(args.filter) if args.filter else None, "routes": outcome.routes, "fusion": outcome.fusion, "ann": outcome.ann, "cutoff": outcome.cutoff,
-               "no_good_match": outcome.no_good_match, "group_by": grouped.group_by, "group": grouped.group(),
-               "results": grouped.results(lambda r: r.as_dict()),
+               "no_good_match": outcome.no_good_match, **page.as_dict(), "results": page.results(lambda r: r.as_dict()),
                "timings_ms": {"encode": round(t.encode_ms, 3), "ann": round(t.ann_ms, 3), "sql": round(t.sql_ms, 3)}})
         return 0
     if outcome.no_good_match:
@@ -59,11 +67,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"no good match: none of the {dropped} closest results passes "
               + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in (outcome.cutoff or {}).items() if k != "dropped"))
         return 0
-    if not results or grouped.products == []:
+    if not results or (grouped is not None and grouped.products == []):
         print("no results")
         return 0
-    if grouped.products is not None:
+    if grouped is not None and grouped.products is not None:
         _print_products(grouped, args.offset)
+        _print_counts(page)
         return 0
     print(f"{'rank':>4}  {'relev.':>7}  {'score':>7}  {'id':>8}  {'kind':<5}  {'space/method':<15}  uri")
     for rank, r in enumerate(results, args.offset + 1):
@@ -72,7 +81,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         relevance = f"{r.relevance:7.2f}" if r.relevance is not None else f"{'exact' if r.exact else '-':>7}"
         print(f"{rank:>4}  {relevance}  {r.score:7.4f}  {r.id:>8}  {r.modality:<5}  {where:<15}  {r.uri}{seg}  "
               f"{short(r.metadata)}".rstrip())
-    if outcome.mode != "vector":
+    _print_counts(page)
+    if outcome.mode not in ("vector", "browse"):
         print(f"({outcome.mode}: {outcome.fusion}; a lexical result's score is its full-text score)")
     elif outcome.fusion:
         print(f"(lists of several targets merged by {outcome.fusion}; relevance: -log10 of how many unrelated items "
@@ -91,6 +101,18 @@ def _print_products(grouped: Any, offset: int) -> None:
         print(f"{rank:>4}  {p['score']:8.4f}  {relevance}  {str(p['source_id'] or '-'):<16}  {best:<22}  "
               f"{len(p['items']):>5}  {title if isinstance(title, str) else ''}".rstrip())
     print(f"(one row per product: {grouped.fusion}; {grouped.candidates} items considered)")
+
+
+def _print_counts(page: Any) -> None:
+    """The total ("N results", "(estimated)" when it is one), what the sort considered, and the facets."""
+    over = "" if page.counted == "matches" else f" among the best {page.window} by relevance"
+    print(f"{page.total} results{over}" + ("" if page.total_exact else " (estimated)")
+          + (f", sorted by {', '.join(f'{s.field} {s.order}' for s in page.sort)}" if page.sort else ""))
+    for name, facet in (page.facets or {}).items():
+        values = [f"{v['value']} ({v['count']})" for v in facet["values"]]
+        if facet["other"]:
+            values.append(f"other ({facet['other']})")
+        print(f"  {name}: {', '.join(values) or '-'}")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

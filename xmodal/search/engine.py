@@ -226,7 +226,8 @@ class Searcher(QueryVectors):
             media: tuple[str, bytes] | None = None, target: str = ANY, k: int = 10, offset: int = 0,
             where: Any = None, recall: float | None = None, stop: Callable[[], bool] | None = None,
             fusion: str = "relevance", min_relevance: float | None = None,
-            min_score: float | None = None, mode: str | None = None) -> SearchOutcome:
+            min_score: float | None = None, mode: str | None = None, window: int | None = None,
+            arrange: Callable[[list[SearchResult]], list[SearchResult]] | None = None) -> SearchOutcome:
         """Encode the query, search every route, merge: results ``offset`` to ``offset + k`` and where the
         time went. ``where``: a SQLAlchemy condition on catalog items (structured filters), applied at
         hydration. ``recall``: the recall@10 this request wants from approximate indexes (the cheapest
@@ -235,8 +236,12 @@ class Searcher(QueryVectors):
         decodes; True abandons the query (:class:`Cancelled`). ``fusion``: how the lists of several
         targets merge (``relevance``, or ``rrf``). ``min_relevance`` / ``min_score``: results below are
         dropped; a page left empty says ``no_good_match``. ``mode``: vector, lexical or hybrid (default:
-        hybrid for a text on a collection with words in the full-text index, else vector; ``search.lexical``)."""
+        hybrid for a text on a collection with words in the full-text index, else vector; ``search.lexical``).
+        ``window``: search the best ``window`` (at least ``k + offset``) and cut the page from them, after
+        ``arrange`` reordered them (a sort: ``search.browse``); the outcome says how many there were."""
         _check_request(target, k, offset, recall, fusion)
+        if window is not None and not k + offset <= window <= MAX_K:
+            raise UserError(f"the window must hold the page and at most {MAX_K} results, not {window}")
         t0 = time.perf_counter()
         named = self._media(image=image, image_bytes=image_bytes, audio=audio, audio_bytes=audio_bytes)
         if media is not None and named is not None:
@@ -244,8 +249,10 @@ class Searcher(QueryVectors):
         only_text = text is not None and named is None and media is None and item is None
         mode = choose_mode(mode, text=only_text, has_lexical=only_text and self.has_lexical())
         if mode == LEXICAL:
-            return self._lexical_run(cast(str, text), target=target, k=k, offset=offset, where=where)
-        words = _WORDS.submit(lexical_results, self.catalog, self.collection_id, cast(str, text), want=k + offset,
+            return self._lexical_run(cast(str, text), target=target, k=k, offset=offset, where=where, window=window,
+                                     arrange=arrange)
+        want = max(k + offset, window or 0)
+        words = _WORDS.submit(lexical_results, self.catalog, self.collection_id, cast(str, text), want=want,
                               where=where, target=target) if mode == HYBRID else None  # beside the vector search
         q = self._query(text=text, media=named or ((*media, "the upload") if media is not None else None), item=item,
                         stop=stop)
@@ -263,7 +270,6 @@ class Searcher(QueryVectors):
             else:
                 vectors.append(self._vector(q, r.space, text=text, item=item))
         timings = Timings(encode_ms=(time.perf_counter() - t0) * 1000)
-        want = k + offset
         cutoff = Cutoff(min_relevance, min_score)
         ann: dict[str, dict[str, Any]] = {}
         lists = [self._search_route(r, v, want, q.exclude, where, timings, recall, ann, cutoff)
@@ -282,14 +288,15 @@ class Searcher(QueryVectors):
             results = fuse(results[:want], words.result())
             timings.sql_ms += (time.perf_counter() - t1) * 1000  # what the vector search did not hide
             used = HYBRID_FUSION + (f"; target lists merged by {used}" if used else "")
-        page = results[offset:want]
+        considered = arrange(results[:want]) if arrange is not None else results[:want]
+        page = considered[offset:offset + k]
         self._add_segments(page, q, text=text, item=item)
         return SearchOutcome(page, timings, self._loaded(self.primary).version if self.primary in self._spaces
                              else 0, {r.space: self._loaded(r.space).version for r in routes},
                              [{"target": r.target, "space": r.space, "method": r.method} for r in routes], used,
                              ann, {**cutoff.as_dict(), "dropped": sum(not cutoff.passes(r) for r in merged[:want])}
                              if cutoff else None,
-                             bool(cutoff) and not results, mode)
+                             bool(cutoff) and not results, mode, len(considered), want)
 
     def has_lexical(self) -> bool:
         """Whether the collection's items have words in the catalog's full-text index. Once they have, that
@@ -304,7 +311,8 @@ class Searcher(QueryVectors):
             self._lexical_at = stamp
         return self._has_lexical
 
-    def _lexical_run(self, text: str, *, target: str, k: int, offset: int, where: Any) -> SearchOutcome:
+    def _lexical_run(self, text: str, *, target: str, k: int, offset: int, where: Any, window: int | None = None,
+                     arrange: Callable[[list[SearchResult]], list[SearchResult]] | None = None) -> SearchOutcome:
         """A lexical-only search: no model, no index version loaded (``search.lexical``)."""
         if not text.strip():
             raise UserError("empty text query")
@@ -316,13 +324,19 @@ class Searcher(QueryVectors):
                             "once to build it (or search with mode 'vector')")
         timings = Timings()
         t0 = time.perf_counter()
-        results = lexical_results(self.catalog, self.collection_id, text, want=k + offset, where=where,
-                                  target=target)
+        want = max(k + offset, window or 0)
+        results = lexical_results(self.catalog, self.collection_id, text, want=want, where=where, target=target)
+        considered = arrange(results[:want]) if arrange is not None else results[:want]
         timings.sql_ms = (time.perf_counter() - t0) * 1000
-        versions = {name: st.loaded.version for name, st in self._spaces.items() if st.loaded is not None}
-        return SearchOutcome(results[offset:k + offset], timings, versions.get(self.primary, 0), versions,
+        versions = self.versions_loaded()
+        return SearchOutcome(considered[offset:k + offset], timings, versions.get(self.primary, 0), versions,
                              [{"target": target, "space": "lexical", "method": "lexical"}],
-                             lexical_fusion(self.catalog.backend), mode=LEXICAL)
+                             lexical_fusion(self.catalog.backend), mode=LEXICAL, considered=len(considered),
+                             window=want)
+
+    def versions_loaded(self) -> dict[str, int]:
+        """The index version of each space loaded so far (none loaded: a lexical search or a browse)."""
+        return {name: st.loaded.version for name, st in self._spaces.items() if st.loaded is not None}
 
     def _search_route(self, r: Route, vector: np.ndarray, want: int, exclude: set[int], where: Any, timings: Timings,
                       recall: float | None, ann: dict[str, dict[str, Any]], cutoff: Cutoff) -> list[SearchResult]:

@@ -128,6 +128,35 @@ def metadata_fields(catalog: Catalog, collection_id: int, *, sample: int = 10_00
     return {key: _settle(kinds) for key, kinds in sorted(seen.items())}
 
 
+def field_value(name: str, kind: str, dialect: str) -> ColumnElement[Any]:
+    """A field as a typed SQL value on ``dialect`` (``Catalog.backend``), NULL where an item lacks it or holds a
+    value of another JSON type: what sorting and facet counts read (``search.browse``). Strings compare by
+    code point on both databases; ``id`` and ``source_id`` are the columns. Not for list fields
+    (:func:`list_elements`)."""
+    if name in COLUMNS:
+        return _column_operand(name)  # type: ignore[no-any-return]
+    if kind not in ("string", "integer", "number", "boolean"):
+        raise ValueError(f"field {name!r} is a {kind}: it has no single value")
+    operand = _meta_operand(name, kind, dialect)
+    return collate(operand, "C") if kind == "string" and dialect == "postgresql" else operand
+
+
+def list_elements(name: str, dialect: str) -> tuple[ColumnElement[Any], ColumnElement[bool], Any]:
+    """The elements of the list field ``name`` as rows: (an element's value, the condition that keeps the
+    items whose field is a list and the elements that are strings or numbers, the table function to join
+    to ``items``: it reads each item's list, as ``_list_contains`` does). On PostgreSQL an element is its
+    JSON value (psycopg hands it back as a Python string or number)."""
+    if dialect == "sqlite":
+        path = _sqlite_path(name)
+        each = func.json_each(Item.meta, path).table_valued("value", "type")
+        return each.c.value, and_(func.json_type(Item.meta, path) == "array",
+                                  each.c.type.in_(("text", "integer", "real"))), each
+    array = cast(Item.meta[name], JSONB)
+    listed = case((func.jsonb_typeof(array) == "array", array), else_=cast("[]", JSONB))
+    element = func.jsonb_array_elements(listed).table_valued("value").render_derived()
+    return element.c.value, func.jsonb_typeof(element.c.value).in_(("string", "number")), element
+
+
 def value_type(value: Any) -> str | None:
     """The field type of one metadata value, or None for null, objects and anything else."""
     if isinstance(value, bool):  # before int: a bool is an int in Python

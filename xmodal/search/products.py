@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,20 +126,23 @@ class Grouped:
 
 
 def search(searcher: Searcher, *, group_by: str | None, group_weights: dict[str, Any] | None = None,
-           k: int = 10, offset: int = 0, item: int | None = None, **run: Any) -> Grouped:
-    """``Searcher.run`` (``run``: its other arguments), grouped by source row when asked or by default."""
+           k: int = 10, offset: int = 0, item: int | None = None, window: int | None = None,
+           arrange: Callable[[list[SearchResult]], list[SearchResult]] | None = None, **run: Any) -> Grouped:
+    """``Searcher.run`` (``run``: its other arguments), grouped by source row when asked or by default.
+    ``window``: at least this many item candidates; ``arrange``: reorders the ranked products by their best
+    items (a sort: ``search.browse``) before the page is cut."""
     chosen = choose_group(searcher.catalog, searcher.collection_id, group_by)
     if chosen == NONE:
         if group_weights is not None:
             raise UserError("group_weights needs group_by 'source' (--group source): one result per product")
-        return Grouped(searcher.run(k=k, offset=offset, item=item, **run), NONE)
+        return Grouped(searcher.run(k=k, offset=offset, item=item, window=window, arrange=arrange, **run), NONE)
     counts, columns = source_counts(searcher.catalog, searcher.collection_id)
     weights = check_weights(group_weights, columns)
     if not 1 <= k + offset <= MAX_K or k < 1 or offset < 0:
         raise UserError(f"k must be at least 1 and k + offset at most {MAX_K}, not k={k}, offset={offset}")
     own = _own_row(searcher.catalog, item)
     want = k + offset
-    ask = min(MAX_K, math.ceil(want * counts.per_source) + _MARGIN)
+    ask = min(MAX_K, max(math.ceil(want * counts.per_source) + _MARGIN, window or 0))
     rounds = 0
     spent = [0.0, 0.0, 0.0]
     while True:
@@ -155,6 +159,9 @@ def search(searcher: Searcher, *, group_by: str | None, group_weights: dict[str,
     floor = min((_value(r, basis) for r in outcome.results), default=0.0)
     ranked = sorted((_Product(key, members, basis, weights, floor) for key, members in groups.items()),
                     key=_Product.order)
+    if arrange is not None:
+        by_best = {p.best.id: p for p in ranked}
+        ranked = [by_best[r.id] for r in arrange([p.best for p in ranked])]
     t0 = time.perf_counter()
     page = ranked[offset:want]
     rows = searcher.catalog.items_of_sources(searcher.collection_id,
@@ -165,6 +172,15 @@ def search(searcher: Searcher, *, group_by: str | None, group_weights: dict[str,
               + ", ".join(f"{w:g} x {c}" for c, w in weights.items()))
     return Grouped(outcome, SOURCE, [p.as_dict(rows.get(p.source_id or "")) for p in page], fusion,
                    len(outcome.results), rounds)
+
+
+def listed(catalog: Catalog, collection_id: int, outcome: SearchOutcome) -> Grouped:
+    """A browse's page as products: each listed item (one per row, ``Catalog.browse_ids(by_source=True)``)
+    stands for its row, with no score."""
+    page = [_Product(key, members, "score", None, 0.0) for key, members in _group(outcome.results, None).items()]
+    rows = catalog.items_of_sources(collection_id, [p.source_id for p in page if p.source_id is not None])
+    return Grouped(outcome, SOURCE, [p.as_dict(rows.get(p.source_id or "")) for p in page], "listed by filters and "
+                   "sort: no score", len(outcome.results), 0)
 
 
 def _own_row(catalog: Catalog, item: int | None) -> str | None:

@@ -18,6 +18,7 @@ FUSIONS = ("relevance", "rrf")
 VECTOR, LEXICAL, HYBRID = "vector", "lexical", "hybrid"
 MODES = (VECTOR, LEXICAL, HYBRID)  # how a search finds its results (search.lexical)
 GROUPS = ("source", "none")  # one result per product (manifest row), or per item (search.products)
+SORT_WINDOW = 1000  # the best results by relevance a query's sort and facets consider (search.browse)
 
 
 @dataclass
@@ -70,7 +71,9 @@ class SearchOutcome:
     ann: dict[str, dict[str, Any]] = field(default_factory=dict)  # "space/part" -> the operating point used
     cutoff: dict[str, Any] | None = None  # the cutoff asked for, and how many results it dropped
     no_good_match: bool = False  # a cutoff was asked for and nothing passed it
-    mode: str = "vector"  # vector | lexical | hybrid (see search.lexical)
+    mode: str = "vector"  # vector | lexical | hybrid (see search.lexical), or browse (search.browse)
+    considered: int = 0  # how many results the page was cut from (the window, after the cutoff)
+    window: int = 0  # how many the search looked for: k + offset, or the sort window (search.browse)
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,8 @@ def router(settings: Settings, *, errors: tuple[int, ...]) -> APIRouter:
                               item_id=getattr(q, "item_id", None), target=q.target, k=q.k,
                               offset=q.offset, filters=q.filters, recall=q.recall, fusion=q.fusion,
                               min_relevance=q.min_relevance, min_score=q.min_score, mode=q.mode,
-                              group_by=q.group_by, group_weights=q.group_weights)
+                              group_by=q.group_by, group_weights=q.group_weights,
+                              sort=[key.model_dump() for key in q.sort or []], facets=q.facets)
 
     @r.post("/search/upload", response_model=SearchResponse,
             responses=responses(*errors, 404, 415, 422, 503),

@@ -1,5 +1,7 @@
 // xmodal web page: a plain ES module, no build step, no requests to anything but this server.
 // Every piece of data goes into the page as text nodes or element properties, never as HTML.
+import { facetNames, renderSort, showFacets, sortSpec } from "./facets.js";
+
 const K = 24;             // results a page
 const MAX_OFFSET = 900;   // the API's bound on offset
 const KEY_STORE = "xmodal.apikey";
@@ -179,6 +181,7 @@ function renderControls() {
     el("u", {}, "choose a file"));
 
   renderFilters();
+  $("sort-box").hidden = !renderSort($("sort"), col, fieldLabel);
   renderHint();
 }
 
@@ -345,7 +348,8 @@ function card(result) {
   }
   const relevance = typeof result.relevance === "number" ? result.relevance : null;
   const score = typeof result.score === "number" ? result.score.toFixed(3) : String(result.score);
-  const scoreText = relevance === null ? `score ${score}` : `relevance ${relevance.toFixed(1)}`;
+  const scoreText = result.method === "browse" ? ""  // listed by filters and sort: no score
+    : relevance === null ? `score ${score}` : `relevance ${relevance.toFixed(1)}`;
   const scoreTitle = `relevance ${relevance === null ? "–" : relevance.toFixed(2)} (how far it stands above chance;`
     + ` comparable across kinds) · raw score ${score} (${result.space}/${result.method})`;
   const similar = el("button", { type: "button", className: "link similar", textContent: "similar",
@@ -357,7 +361,7 @@ function card(result) {
     el("div", { className: "meta" },
       el("span", { className: "name", title: result.uri, textContent: name }),
       el("span", { className: relevance !== null && relevance >= STRONG ? "score strong" : "score",
-        textContent: `${result.modality} · ${scoreText}`, title: scoreTitle }),
+        textContent: scoreText ? `${result.modality} · ${scoreText}` : result.modality, title: scoreTitle }),
       el("span", { className: "actions" }, similar, mediaLink(result.media_url, { className: "original",
         textContent: "original", attrs: { "aria-label": `open the original of ${name}` } }))));
 }
@@ -409,6 +413,7 @@ function mix(results) {
 function describe(query) {
   if (query.kind === "text") return `“${query.text}”`;
   if (query.kind === "file") return query.file.name || "the uploaded file";
+  if (query.kind === "browse") return "the whole collection";
   return `items like ${query.label}`;
 }
 
@@ -431,11 +436,15 @@ async function run(query, offset) {
   const signal = controller.signal;
   try {
     let body;
-    if (query.kind === "text") {
+    if (query.kind === "text" || query.kind === "browse") {  // browse: no text, the filters (and sort) alone
+      const sort = sortSpec($("sort"));
+      const facets = facetNames(currentCollection());
+      const asked = query.kind === "text" ? { text: query.text, item_id: null } : {};
       body = await api("/v1/search", {
         method: "POST", signal, headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ collection: col, text: query.text, item_id: null, target, k: K, offset, filters,
-          min_relevance: strong ? STRONG : null }),
+        body: JSON.stringify({ collection: col, ...asked, target, k: K, offset, filters,
+          ...(query.kind === "text" ? { min_relevance: strong ? STRONG : null } : {}),
+          ...(sort ? { sort } : {}), ...(facets ? { facets } : {}) }),
       });
     } else if (query.kind === "file") {
       const form = new FormData();
@@ -457,6 +466,9 @@ async function run(query, offset) {
     const results = Array.isArray(body.results) ? body.results : [];
     const grouped = body.group_by === "source";  // one card per product
     $("results").replaceChildren(...results.map(grouped ? productCard : card));
+    showFacets($("facets"), body.facets, fieldLabel, pickFacet);
+    const of = typeof body.total === "number" && results.length
+      ? ` of ${body.total_exact ? "" : "about "}${body.total}` : "";
     const total = body.timings_ms && typeof body.timings_ms.total === "number"
       ? ` (${Math.round(body.timings_ms.total)} ms)` : "";
     const first = offset + 1;
@@ -466,19 +478,20 @@ async function run(query, offset) {
         + ` stands out from what chance gives (relevance under ${STRONG}).`;
     } else {
       $("status").textContent = results.length
-        ? `Results ${first}–${offset + results.length} for ${describe(query)}${filters ? ", filtered" : ""}`
+        ? `Results ${first}–${offset + results.length}${of} for ${describe(query)}${filters ? ", filtered" : ""}`
           + `${grouped ? ` (${plural(results.length, ["product", "products"])})` : mix(results)}${total}`
         : `No results for ${describe(query)}${filters ? " with these filters" : ""}.`;
     }
     $("page").textContent = `page ${Math.floor(offset / K) + 1}`;
     setBusy(false);
     $("prev").disabled = offset === 0;
-    $("next").disabled = results.length < K || offset + K > MAX_OFFSET;
+    $("next").disabled = results.length < K || body.has_more === false || offset + K > MAX_OFFSET;
   } catch (error) {
     if (error.name === "AbortError" || signal.aborted) return;
     setBusy(false);
     freeObjectUrls();
     $("results").replaceChildren();  // results of an earlier query under this error would mislead
+    showFacets($("facets"), null);
     $("nomatch").hidden = true;
     $("status").textContent = "";
     $("page").textContent = "";
@@ -486,6 +499,16 @@ async function run(query, offset) {
   } finally {
     if (state.controller === controller) state.controller = null;
   }
+}
+
+// a facet value clicked: that value becomes the field's filter, and the search (or browse) runs again
+function pickFacet(field, value) {
+  const input = $("filter-fields").querySelector(`[data-field="${CSS.escape(field)}"]`);
+  if (!input) return;
+  if (input.dataset.type === "boolean") setTriState(input, String(value));
+  else input.value = String(value);
+  countFilters();
+  run(state.query || { kind: "browse" }, 0);
 }
 
 function useFile(file) {
@@ -501,6 +524,7 @@ function resetResults() {
   state.offset = 0;
   freeObjectUrls();
   $("results").replaceChildren();
+  showFacets($("facets"), null);
   $("status").textContent = "";
   $("page").textContent = "";
   showError(null);
@@ -547,6 +571,7 @@ function wire() {
     event.preventDefault();
     const text = $("q").value.trim();
     if (text) run({ kind: "text", text }, 0);
+    else if (filterSpec() || sortSpec($("sort"))) run({ kind: "browse" }, 0);
     else $("q").focus();
   });
   $("target").addEventListener("change", () => { renderFilters(); if (state.query) run(state.query, 0); });
@@ -559,7 +584,9 @@ function wire() {
   $("filters").addEventListener("submit", (event) => {
     event.preventDefault();
     if (state.query) run(state.query, 0);
+    else if (filterSpec() || sortSpec($("sort"))) run({ kind: "browse" }, 0);
   });
+  $("sort").addEventListener("change", () => state.query && run(state.query, 0));
   $("filter-fields").addEventListener("change", () => { countFilters(); if (state.query) run(state.query, 0); });
   $("filter-fields").addEventListener("input", countFilters);
   $("clear-filters").addEventListener("click", () => { clearFilters(); if (state.query) run(state.query, 0); });

@@ -40,7 +40,20 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, column, delete, func, insert, inspect, literal_column, or_, select, table, text
+from sqlalchemy import (
+    Engine,
+    column,
+    delete,
+    false,
+    func,
+    insert,
+    inspect,
+    literal_column,
+    or_,
+    select,
+    table,
+    text,
+)
 from sqlalchemy.orm import Session
 
 from xmodal.storage.catalog.engine import CatalogBase, chunks
@@ -268,9 +281,8 @@ class LexicalQueries(CatalogBase):
         value = value.strip()
         if not value:
             return []
-        same = (Item.source_id.collate("NOCASE") == value if self.backend == "sqlite"
-                else or_(func.lower(Item.source_id) == value.lower(), Item.source_id == value))
-        q = select(Item).where(Item.collection_id == collection_id, Item.status == STATUS_OK, same).order_by(Item.id)
+        q = (select(Item).where(Item.collection_id == collection_id, Item.status == STATUS_OK,
+                                self._same_source(value)).order_by(Item.id))
         if where is not None:
             q = q.where(where)
         if modality is not None:
@@ -279,15 +291,45 @@ class LexicalQueries(CatalogBase):
             return list(s.scalars(q))
 
 
+    def _same_source(self, value: str) -> Any:
+        return (Item.source_id.collate("NOCASE") == value if self.backend == "sqlite"
+                else or_(func.lower(Item.source_id) == value.lower(), Item.source_id == value))
+
+    def words_match(self, collection_id: int, text: str) -> Any:
+        """A condition on items: what a lexical search for ``text`` finds, every match and not a page of them
+        (the items whose words hold any of the query's terms, and the source id's own items), for counting."""
+        terms = query_terms(text)
+        found: list[Any] = [self._same_source(text.strip())] if text.strip() else []
+        if terms and self.lexical:
+            if self.backend == "sqlite":
+                found.append(Item.id.in_(select(fts.c.rowid).where(
+                    literal_column(TABLE).op("MATCH")(_fts_words(terms, every=False)))))
+            else:
+                query = _tsquery(terms, every=False)
+                found.append(Item.id.in_(select(pg.c.item_id).where(pg.c.terms.op("@@")(query),
+                                                                    pg.c.collection_id == collection_id)))
+        return or_(*found) if found else false()
+
+
 def best(dialect: str, terms: Sequence[str], every: bool, collection_id: int, n: int) -> Any:
     """(item id, score: higher is better) of the ``n`` best rows holding all (``every``) or any of ``terms``
     (:func:`query_terms`), from the index alone (on SQLite of every collection: the caller checks it)."""
     if dialect == "sqlite":
-        words = (" AND " if every else " OR ").join('"' + t.replace('"', '""') + '"' for t in terms)
         whole: Any = literal_column(TABLE)
         score = -func.bm25(whole, 2.0, 1.0)
-        return select(fts.c.rowid, score).where(whole.op("MATCH")(words)).order_by(score.desc()).limit(n)
-    query = func.to_tsquery("simple", (" & " if every else " | ").join(terms))
+        return (select(fts.c.rowid, score).where(whole.op("MATCH")(_fts_words(terms, every))).order_by(score.desc())
+                .limit(n))
+    query = _tsquery(terms, every)
     rank = func.ts_rank(literal_column(f"'{PG_WEIGHTS}'::float4[]"), pg.c.terms, query, 1)
     return (select(pg.c.item_id, rank).where(pg.c.terms.op("@@")(query), pg.c.collection_id == collection_id)
             .order_by(rank.desc()).limit(n))
+
+
+def _fts_words(terms: Sequence[str], every: bool) -> str:
+    """An FTS5 query holding all (``every``) or any of ``terms``, each quoted."""
+    return (" AND " if every else " OR ").join('"' + t.replace('"', '""') + '"' for t in terms)
+
+
+def _tsquery(terms: Sequence[str], every: bool) -> Any:
+    """A tsquery holding all (``every``) or any of ``terms`` (letters and digits only: :func:`query_terms`)."""
+    return func.to_tsquery("simple", (" & " if every else " | ").join(terms))

@@ -9,10 +9,12 @@ queries of one concern and shares that engine and session factory:
 - :class:`~.versions.IndexQueries`: index versions and stats;
 - :class:`~.lexical.LexicalQueries`: the full-text index (created and filled on opening), a source id's items;
 - :class:`~.products.ProductQueries`: how items divide into manifest rows, the items of a page's rows.
+- :class:`~.facets.FacetQueries`: browsing in a stated order, totals and counts per value.
 """
 
 from __future__ import annotations
 
+from xmodal.storage.catalog.facets import FacetQueries
 from xmodal.storage.catalog.items import ItemQueries
 from xmodal.storage.catalog.lexical import LexicalQueries
 from xmodal.storage.catalog.products import ProductQueries
@@ -21,5 +23,6 @@ from xmodal.storage.catalog.vectors import ShardQueries
 from xmodal.storage.catalog.versions import IndexQueries
 
 
-class Catalog(CollectionQueries, ItemQueries, ShardQueries, IndexQueries, LexicalQueries, ProductQueries):
+class Catalog(CollectionQueries, ItemQueries, ShardQueries, IndexQueries, LexicalQueries, ProductQueries,
+              FacetQueries):
     """Every read and write of the catalog. One instance per process."""
