@@ -85,6 +85,7 @@ class VideoFrames:
 
     frames: np.ndarray  # (n, ...) float32: what ``transform`` made of each sample
     segment: np.ndarray  # (n,) int32: the segment of each sample
+    sound: Any = None  # the sound track cut at the segments (``avaudio.Soundtrack``), when it is wanted and there
 
     def __len__(self) -> int:
         return len(self.frames)

@@ -1,0 +1,141 @@
+"""A video's sound track in ``clap``: each segment of a video with sound gets a vector from the sound of its
+time range, so that a sound excerpt finds the video whose track holds it (audio -> video), with the segment;
+a silent video gets none (and is not taken for one lacking it); the same file gives the same vectors; the
+CLI and HTTP agree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from helpers import cli_json, live_app, photo, sound, write_sounds, write_video
+
+from xmodal.config import Settings
+from xmodal.indexer.decode import DecodeConfig, DecodeTask, decode_one, preparations
+from xmodal.indexer.encode import encode_group
+from xmodal.indexer.pipeline import index_sources
+from xmodal.media.types import MediaLimits
+from xmodal.media.video import VideoSpec
+from xmodal.search.engine import Searcher
+from xmodal.spaces import route
+from xmodal.storage.catalog import Catalog
+
+SHOTS = (2.0, 3.0, 2.0)
+RATE = 48_000
+#: two videos with a different sound under each shot, one without a sound track
+TRACKS = {"a.mp4": (20, 21, 22), "b.webm": (23, 24, 25)}
+CODECS = {".webm": "libvpx-vp9"}
+
+
+def _track(seeds: tuple[int, ...]) -> np.ndarray:
+    return np.concatenate([sound(s, secs, RATE) for s, secs in zip(seeds, SHOTS, strict=True)])
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory, tiny_clip, tiny_clap):
+    root = tmp_path_factory.mktemp("video-sound")
+    media = root / "media"
+    for v, (name, seeds) in enumerate(TRACKS.items()):
+        shots = [(photo(300 + 3 * v + s), secs) for s, secs in enumerate(SHOTS)]
+        write_video(media / name, shots, codec=CODECS.get(Path(name).suffix, "libx264"), audio=_track(seeds))
+    write_video(media / "mute.mp4", [(photo(320 + s), secs) for s, secs in enumerate(SHOTS)])
+    write_sounds(media, 1, start=40, seconds=2.0)
+    settings = Settings(home=root / "home", clip_model=tiny_clip[0], clip_pretrained=tiny_clip[1],
+                        audio_model=tiny_clap, batch_size=8, exact_threshold=1000, workers=1, video_fps=2.0)
+    summary = index_sources(settings, [media], "vs", progress=False)
+    assert summary.failed == 0, summary.failures
+    return settings, media
+
+
+@pytest.fixture(scope="module")
+def searcher(indexed):
+    s = Searcher(indexed[0].model_copy(update={"audio_model": None}), "vs")
+    yield s
+    s.close()
+
+
+def _excerpt(folder: Path, name: str, shot: int = 1) -> Path:
+    """Two seconds from the middle of a shot's sound, as a WAV file someone cut from the video."""
+    start = sum(SHOTS[:shot])
+    track = _track(TRACKS[name])
+    path = folder / f"excerpt-{Path(name).stem}.wav"
+    sf.write(path, track[int((start + 0.5) * RATE): int((start + 2.5) * RATE)], RATE)
+    return path
+
+
+def test_audio_to_video_routes_through_clap_from_the_spaces_table():
+    assert route("audio", "video").space == "clap" and route("audio", "video").method == "ip"
+    assert route("video", "audio").space == "clap"
+    assert route("image", "video").space == "clip" and route("text", "video").space == "clip"
+
+
+def test_videos_with_sound_get_segment_vectors_in_clap_and_silent_ones_none(indexed, searcher):
+    settings, media = indexed
+    catalog = Catalog(settings.resolved_database_url)
+    try:
+        cid = catalog.collection_id("vs")
+        items = catalog.items_by_uri(cid, [str(media / n) for n in (*TRACKS, "mute.mp4")])
+        clap = {i for i, *_ in catalog.live_vectors(cid, "clap")}
+    finally:
+        catalog.close()
+    assert items[str(media / "mute.mp4")].id not in clap and not items[str(media / "mute.mp4")].meta["has_audio"]
+    for name in TRACKS:
+        it = items[str(media / name)]
+        assert it.id in clap
+        sound_windows = searcher._item_windows(it.id, "clap")
+        frame_windows = searcher._item_windows(it.id, "clip")
+        assert sound_windows is not None and frame_windows is not None
+        assert len(sound_windows.vectors) == it.meta["windows"] == 3
+        assert np.array_equal(sound_windows.spans, frame_windows.spans)  # the same segments in both spaces
+        norms = np.linalg.norm(sound_windows.vectors, axis=1)
+        assert np.allclose(norms, 1.0, atol=1e-5)
+
+
+def test_a_sound_excerpt_finds_the_video_whose_track_holds_it_with_the_segment(indexed, searcher, tmp_path):
+    _, media = indexed
+    for name in TRACKS:
+        results = searcher.search(audio=_excerpt(tmp_path, name), target="video", k=3)
+        assert [r.space for r in results] == ["clap"] * len(results)
+        assert results[0].uri == str(media / name), [(r.uri, r.score) for r in results]
+        assert str(media / "mute.mp4") not in {r.uri for r in results}  # no sound: not an audio -> video result
+        seg = results[0].segment
+        assert seg is not None and seg["start_s"] < 5.0 and seg["end_s"] > 2.0, seg
+
+
+def test_the_same_file_gives_the_same_sound_vectors(indexed, searcher):
+    settings, media = indexed
+    clip, clap = searcher.encoder_for("clip"), searcher.encoder_for("clap")
+    config = DecodeConfig(MediaLimits.from_settings(settings), preparations([clip, clap]), video=VideoSpec(fps=2.0))
+    path = str(media / "b.webm")
+    runs = [encode_group(clap, "video", [decode_one(DecodeTask(1, path, "video", None), config)], 8) for _ in (0, 1)]
+    (v1, w1), (v2, w2) = runs
+    assert w1[0] is not None and w2[0] is not None
+    assert np.array_equal(v1, v2) and np.array_equal(w1[0].vectors, w2[0].vectors)
+    assert np.array_equal(w1[0].spans, w2[0].spans)
+    item = searcher.catalog.items_by_uri(searcher.collection_id, [path])[path].id
+    assert np.allclose(searcher.item_vector(item, "clap"), v1[0], atol=1e-6)
+
+
+def test_a_rerun_embeds_nothing_and_verify_finds_no_missing_sound_vector(indexed, capsys):
+    settings, media = indexed
+    report = cli_json(capsys, ["verify", "--home", str(settings.home), "-c", "vs"])
+    assert report["ok"] is True and report["problems"] == [], report
+    again = index_sources(settings, [media], "vs", progress=False)
+    assert again.embedded == 0 and again.failed == 0 and again.unchanged == len(TRACKS) + 2
+
+
+def test_the_cli_and_http_agree_on_audio_to_video(indexed, capsys, tmp_path):
+    settings, media = indexed
+    excerpt = _excerpt(tmp_path, "b.webm")
+    out = cli_json(capsys, ["search", "--home", str(settings.home), "-c", "vs", "--audio", str(excerpt),
+                            "--target", "video", "-k", "3"])
+    with live_app(settings.model_copy(update={"audio_model": None}), "vs") as (base, _):
+        import httpx
+
+        body = httpx.post(f"{base}/v1/search/upload", data={"collection": "vs", "target": "video", "k": "3"},
+                          files={"file": ("q.wav", excerpt.read_bytes(), "audio/wav")}, timeout=60).json()
+    assert [r["uri"] for r in out["results"]] == [r["uri"] for r in body["results"]]
+    assert out["results"][0]["uri"] == str(media / "b.webm")
+    assert out["results"][0]["segment"] == body["results"][0]["segment"]
