@@ -5,6 +5,7 @@ CLI and HTTP agree."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +140,35 @@ def test_the_cli_and_http_agree_on_audio_to_video(indexed, capsys, tmp_path):
     assert [r["uri"] for r in out["results"]] == [r["uri"] for r in body["results"]]
     assert out["results"][0]["uri"] == str(media / "b.webm")
     assert out["results"][0]["segment"] == body["results"][0]["segment"]
+
+
+def test_eval_counts_a_video_only_when_its_returned_segment_overlaps_the_expected_range(indexed, searcher, capsys,
+                                                                                        tmp_path):
+    from xmodal.cli import main
+    from xmodal.search.evaluate import evaluate
+
+    settings, media = indexed
+    lines = []
+    for name in TRACKS:
+        excerpt, uri = str(_excerpt(tmp_path, name)), str(media / name)
+        lines += [{"audio": excerpt, "target": "video", "expected": [{"uri": uri, "start": 2.5, "end": 4.0}],
+                   "want": "hit"},
+                  {"audio": excerpt, "target": "video", "expected": {"uri": uri, "start": 5.0, "end": 7.0},
+                   "want": "miss"},  # the right video, another shot
+                  {"audio": excerpt, "target": "video", "expected": [uri], "want": "hit"}]
+    queries = tmp_path / "q.jsonl"
+    queries.write_text("".join(json.dumps(q) + "\n" for q in lines))
+    report = evaluate(searcher, queries, k=3, progress=False)
+    assert [p["rank"] == 1 for p in report["per_query"]] == [q["want"] == "hit" for q in lines], report["per_query"]
+    assert report["recall@k"] == pytest.approx(2 / 3)
+    ranged = report["per_query"][0]
+    assert ranged["segments"][0]["start_s"] == pytest.approx(2.0, abs=0.51)
+    cli = cli_json(capsys, ["eval", "--home", str(settings.home), "-c", "vs", "--queries", str(queries), "-k", "3",
+                            "--no-progress"])
+    assert [p["rank"] for p in cli["per_query"]] == [p["rank"] for p in report["per_query"]]
+    queries.write_text(json.dumps({"audio": lines[0]["audio"], "expected": {"uri": "a.mp4", "start": 3, "end": 1}})
+                       + "\n")
+    capsys.readouterr()
+    assert main(["eval", "--home", str(settings.home), "-c", "vs", "--queries", str(queries)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "0 <= start < end" in err and len(err.splitlines()) == 1, err
