@@ -5,6 +5,7 @@ CLI and HTTP agree."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from helpers import cli_json, live_app, photo, sound, write_sounds, write_video
+from PIL import Image
 
 from xmodal.config import Settings
 from xmodal.indexer.decode import DecodeConfig, DecodeTask, decode_one, preparations
@@ -137,9 +139,28 @@ def test_the_cli_and_http_agree_on_audio_to_video(indexed, capsys, tmp_path):
 
         body = httpx.post(f"{base}/v1/search/upload", data={"collection": "vs", "target": "video", "k": "3"},
                           files={"file": ("q.wav", excerpt.read_bytes(), "audio/wav")}, timeout=60).json()
+        top = body["results"][0]
+        seg = top["segment"]
+        # the thumbnail is the matched segment's middle frame: the picture of that shot
+        assert top["thumbnail_url"] == f"/v1/items/{top['id']}/thumbnail?t={(seg['start_s'] + seg['end_s']) / 2:g}"
+        thumb = httpx.get(base + top["thumbnail_url"], timeout=60)
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+        assert _shot_of(Image.open(io.BytesIO(thumb.content)), video=1) == 1
+        first = httpx.get(f"{base}/v1/items/{top['id']}/thumbnail", params={"t": 0.5}, timeout=60)
+        assert _shot_of(Image.open(io.BytesIO(first.content)), video=1) == 0
+        assert httpx.get(f"{base}/v1/items/{top['id']}/thumbnail", params={"t": -1}, timeout=60).status_code == 422
+        item = httpx.get(f"{base}/v1/items/{top['id']}", timeout=60).json()
+        assert item["thumbnail_url"] == f"/v1/items/{top['id']}/thumbnail"  # no segment: the video's middle
     assert [r["uri"] for r in out["results"]] == [r["uri"] for r in body["results"]]
     assert out["results"][0]["uri"] == str(media / "b.webm")
     assert out["results"][0]["segment"] == body["results"][0]["segment"]
+
+
+def _shot_of(image: Image.Image, *, video: int) -> int:
+    """Which shot of a video's photos an image shows (the smallest mean pixel difference)."""
+    got = np.asarray(image.convert("RGB").resize((96, 64))).astype(np.float32)
+    return int(np.argmin([np.abs(got - np.asarray(photo(300 + 3 * video + s).convert("RGB").resize((96, 64)))).mean()
+                          for s in range(len(SHOTS))]))
 
 
 def test_eval_counts_a_video_only_when_its_returned_segment_overlaps_the_expected_range(indexed, searcher, capsys,
