@@ -95,6 +95,8 @@ AUDIO = Modality("audio", "audio", frozenset({".wav", ".wave", ".flac", ".ogg", 
                             "audio/ogg", "audio/opus", "audio/mpeg", "audio/mp3", "audio/aiff", "audio/x-aiff"}),
                  windowed=True)
 VIDEO = Modality("video", "videos", frozenset({".mp4", ".m4v", ".webm", ".mkv", ".mov", ".avi", ".ts"}),
+                 frozenset({"video/mp4", "video/x-m4v", "video/webm", "video/x-matroska", "video/quicktime",
+                            "video/x-msvideo", "video/mp2t"}),
                  windowed=True, always_segment=True, may_be=frozenset({"audio"}))
 
 #: every modality, in the order lists and pages show them

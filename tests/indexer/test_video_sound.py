@@ -24,6 +24,7 @@ from xmodal.media.video import VideoSpec
 from xmodal.search.engine import Searcher
 from xmodal.spaces import route
 from xmodal.storage.catalog import Catalog
+from xmodal.storage.uris import path_to_uri
 
 SHOTS = (2.0, 3.0, 2.0)
 RATE = 48_000
@@ -193,3 +194,38 @@ def test_eval_counts_a_video_only_when_its_returned_segment_overlaps_the_expecte
     assert main(["eval", "--home", str(settings.home), "-c", "vs", "--queries", str(queries)]) == 2
     err = capsys.readouterr().err.strip()
     assert "0 <= start < end" in err and len(err.splitlines()) == 1, err
+
+
+def test_an_uploaded_clip_finds_its_video_and_a_bad_clip_is_a_4xx_with_the_reason(indexed, capsys, tmp_path):
+    settings, media = indexed
+    # two seconds of b.webm's middle shot, picture and sound, re-encoded as an mp4 someone cut
+    start = int((SHOTS[0] + 0.5) * RATE)
+    clip = write_video(tmp_path / "cut.mp4", [(photo(300 + 3 + 1), 2.0)], audio=_track(TRACKS["b.webm"])[
+        start : start + 2 * RATE])
+    long_clip = write_video(tmp_path / "long.mp4", [(photo(1), 7.0)])
+    served = settings.model_copy(update={"audio_model": None, "query_max_video_seconds": 5.0})
+    with live_app(served, "vs") as (base, _):
+        import httpx
+
+        def upload(data: bytes, target: str, media_type: str = "video/mp4") -> httpx.Response:
+            return httpx.post(f"{base}/v1/search/upload", data={"collection": "vs", "target": target, "k": "3"},
+                              files={"file": ("q", data, media_type)}, timeout=60)
+
+        by_frames = upload(clip.read_bytes(), "video").json()
+        assert by_frames["results"][0]["uri"] == str(media / "b.webm"), by_frames["results"]
+        assert by_frames["routes"] == [{"target": "video", "space": "clip", "method": "ip"}]
+        seg = by_frames["results"][0]["segment"]
+        assert seg["start_s"] < 5.0 and seg["end_s"] > 2.0, seg
+        by_sound = upload(clip.read_bytes(), "audio").json()  # video -> audio: its sound, in clap
+        cli = cli_json(capsys, ["search", "--home", str(settings.home), "-c", "vs", "--video", str(clip),
+                                "--target", "video", "-k", "3"])
+        assert [r["uri"] for r in cli["results"]] == [r["uri"] for r in by_frames["results"]]
+        assert cli["query"] == {"video": path_to_uri(str(clip))}
+        assert by_sound["routes"] == [{"target": "audio", "space": "clap", "method": "ip"}] and by_sound["results"]
+        for data, media_type, status, reason in [
+            (np.random.default_rng(4).bytes(3000), "video/mp4", 415, "not a recognised video container"),
+            (b"", "video/webm", 415, "empty"),
+            (long_clip.read_bytes(), "video/quicktime", 413, "too long"),
+        ]:
+            got = upload(data, "any", media_type)
+            assert got.status_code == status and reason in got.text and "as a video query" in got.text, got.text

@@ -30,7 +30,8 @@ def _where(searcher: Any, text: str | None) -> Any:
 def cmd_search(args: argparse.Namespace) -> int:
     searcher = _open_searcher(args)
     try:
-        outcome = searcher.run(text=args.text, image=args.image, audio=args.audio, item=args.item,
+        clip = ("video", searcher._query_file(args.video, "video")) if args.video is not None else None
+        outcome = searcher.run(text=args.text, image=args.image, audio=args.audio, item=args.item, media=clip,
                                target=args.target, k=args.k, offset=args.offset, where=_where(searcher, args.filter),
                                recall=args.recall, fusion=args.fusion, min_relevance=args.min_relevance,
                                min_score=args.min_score, mode=args.mode)
@@ -39,7 +40,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     results = outcome.results
     query = {"text": args.text} if args.text is not None else (
         {"image": path_to_uri(str(args.image))} if args.image is not None else
-        {"audio": path_to_uri(str(args.audio))} if args.audio is not None else {"item": args.item})
+        {"audio": path_to_uri(str(args.audio))} if args.audio is not None else
+        {"video": path_to_uri(str(args.video))} if args.video is not None else {"item": args.item})
     if args.json:
         t = outcome.timings
         dump({"collection": args.collection, "query": query, "mode": outcome.mode, "target": args.target, "k": args.k,

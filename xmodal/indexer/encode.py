@@ -14,7 +14,7 @@ from typing import Any, cast
 import numpy as np
 
 from xmodal.encoders import Encoder
-from xmodal.encoders.base import AudioEncoder, ImageEncoder
+from xmodal.encoders.base import AudioEncoder, ImageEncoder, pool_segments
 from xmodal.indexer.decode import Decoded
 from xmodal.storage.shards import Windows
 
@@ -78,9 +78,8 @@ def _embed_video(encoder: Any, group: list[Decoded], batch: int) -> tuple[np.nda
     for d in group:
         own = frame_vecs[at : at + len(d.inputs)]
         at += len(d.inputs)
-        n = len(d.spans or [])
-        segs = np.stack([_unit(own[d.inputs.segment == i].mean(axis=0)) for i in range(n)]).astype(np.float32)
-        vecs.append(_unit(segs.mean(axis=0)))
+        segs, vec = pool_segments(own, d.inputs.segment, len(d.spans or []))
+        vecs.append(vec)
         windows.append(Windows(segs, np.asarray(d.spans, dtype=np.float32).reshape(-1, 2)))
     return np.stack(vecs).astype(np.float32), windows
 
@@ -98,17 +97,10 @@ def _embed_soundtracks(enc: AudioEncoder, group: list[Decoded], batch: int) -> t
         sound = d.inputs.sound
         own = window_vecs[at : at + len(sound)]
         at += len(sound)
-        n = len(d.spans or [])
-        segs = np.stack([_unit(np.asarray(enc.pool(own[sound.segment == i]), dtype=np.float32))
-                         for i in range(n)]).astype(np.float32)
-        vecs.append(_unit(segs.mean(axis=0)))
+        segs, vec = pool_segments(own, sound.segment, len(d.spans or []), enc.pool)
+        vecs.append(vec)
         windows.append(Windows(segs, np.asarray(d.spans, dtype=np.float32).reshape(-1, 2)))
     return np.stack(vecs).astype(np.float32), windows
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    norm = float(np.linalg.norm(v))
-    return v / norm if norm > 0 else v
 
 
 register_embedder("image", _embed_images)

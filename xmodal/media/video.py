@@ -136,6 +136,9 @@ def decode_video(data: bytes, spec: VideoSpec, limits: VideoLimits,
         raise
     except MemoryError:
         raise MediaError("video too large: out of memory while decoding", ErrorKind.TOO_LARGE) from None
+    except Exception as exc:  # safety net: no other exception may escape for any bytes
+        logger.debug("unexpected error decoding video", exc_info=True)
+        raise MediaError(f"corrupt video: {describe(exc)}") from None
 
 
 def video_frame(data: bytes, at_s: float, limits: VideoLimits) -> Image.Image:
@@ -148,6 +151,9 @@ def video_frame(data: bytes, at_s: float, limits: VideoLimits) -> Image.Image:
         raise
     except MemoryError:
         raise MediaError("video too large: out of memory while decoding", ErrorKind.TOO_LARGE) from None
+    except Exception as exc:  # safety net: no other exception may escape for any bytes
+        logger.debug("unexpected error decoding video", exc_info=True)
+        raise MediaError(f"corrupt video: {describe(exc)}") from None
 
 
 def _frame_at(data: bytes, at_s: float, limits: VideoLimits) -> Image.Image:
