@@ -3,8 +3,9 @@
 const K = 24;             // results a page
 const MAX_OFFSET = 900;   // the API's bound on offset
 const KEY_STORE = "xmodal.apikey";
-const MODALITY_LABELS = { image: "images", text: "text", audio: "audio" };
-const COUNTED = { image: ["image", "images"], text: ["text", "texts"], audio: ["sound", "sounds"] };
+const MODALITY_LABELS = { image: "images", text: "text", audio: "audio", video: "videos" };
+const COUNTED = { image: ["image", "images"], text: ["text", "texts"], audio: ["sound", "sounds"],
+  video: ["video", "videos"] };
 // "strong matches only": relevance at least 1, ten times less likely than the best of the collection's
 // unrelated items (see docs/serving.md on scores)
 const STRONG = 1;
@@ -22,6 +23,8 @@ const MODALITY_FIELDS = {
   image: ["width", "height", "format"],
   audio: ["duration_s", "sample_rate", "channels", "format", "subtype", "windows", "window_s"],
   text: ["chars"],
+  video: ["duration_s", "width", "height", "codec", "format", "rotation", "has_audio", "frames", "frame_interval_s",
+    "windows"],
 };
 
 const $ = (id) => document.getElementById(id);
@@ -125,10 +128,13 @@ function renderHint() {
     return;
   }
   const counts = Object.entries(col.modalities || {}).filter(([, n]) => n > 0).sort(([a], [b]) => a.localeCompare(b));
-  const audio = counts.some(([m]) => m === "audio");
+  const held = new Set(counts.map(([m]) => m));
+  const kinds = ["an image", held.has("audio") ? "a sound" : null, held.has("video") ? "a video clip" : null]
+    .filter(Boolean);
   hint.replaceChildren(
     el("p", {}, "Type what you are looking for (“red leather boots”, “rain on a tin roof”) and press Enter, or drop "
-      + (audio ? "an image or a sound" : "an image") + " above to find look-alikes; “similar” on a result finds more "
+      + (kinds.length > 1 ? kinds.slice(0, -1).join(", ") + " or " + kinds[kinds.length - 1] : kinds[0])
+      + " above to find look-alikes; “similar” on a result finds more "
       + "like it."),
     el("p", {}, `${col.name} holds `
       + (counts.length ? counts.map(([m, n]) => plural(n, COUNTED[m] || [m, m])).join(", ") : "nothing yet") + "."));
@@ -173,9 +179,12 @@ function renderControls() {
   target.value = modalities.includes(previous) ? previous : "any";
 
   const audio = modalities.includes("audio");
-  $("file").accept = audio ? "image/*,audio/*" : "image/*";
+  const video = modalities.includes("video");
+  $("file").accept = ["image/*", audio ? "audio/*" : null, video ? "video/*" : null].filter(Boolean).join(",");
+  const kinds = ["an image", audio ? "audio file" : null, video ? "video clip" : null].filter(Boolean);
   $("drop-text").replaceChildren(
-    audio ? "Drop an image or audio file here to find look-alikes, or " : "Drop an image here to find look-alikes, or ",
+    `Drop ${kinds.length > 1 ? kinds.slice(0, -1).join(", ") + " or " + kinds[kinds.length - 1] : kinds[0]} here `
+      + "to find look-alikes, or ",
     el("u", {}, "choose a file"));
 
   renderFilters();
@@ -266,11 +275,12 @@ function showQuery(query) {
   const { file } = query;
   const name = file.name || "the uploaded file";
   state.previewUrl = URL.createObjectURL(file);
-  const audio = (file.type || "").startsWith("audio/");
-  $("query-media").replaceChildren(audio
-    ? el("audio", { controls: true, src: state.previewUrl, attrs: { "aria-label": `your query: ${name}` } })
-    : el("img", { src: state.previewUrl, alt: `your query: ${name}` }));
-  $("query-name").textContent = `Your ${audio ? "sound" : "image"}: ${name}`;
+  const kind = (file.type || "").split("/")[0];
+  const label = { attrs: { "aria-label": `your query: ${name}` } };
+  $("query-media").replaceChildren(kind === "audio" ? el("audio", { controls: true, src: state.previewUrl, ...label })
+    : kind === "video" ? el("video", { controls: true, muted: true, src: state.previewUrl, ...label })
+      : el("img", { src: state.previewUrl, alt: `your query: ${name}` }));
+  $("query-name").textContent = `Your ${{ audio: "sound", video: "clip" }[kind] || "image"}: ${name}`;
   box.hidden = false;
 }
 
@@ -323,6 +333,35 @@ function mediaLink(url, props, ...children) {
   return link;
 }
 
+// m:ss (h:mm:ss past an hour) of a time in seconds
+function clock(seconds) {
+  const s = Math.max(0, Math.floor(seconds));
+  const [h, m, sec] = [Math.floor(s / 3600), Math.floor(s / 60) % 60, s % 60];
+  const pad = (n) => String(n).padStart(2, "0");
+  return h ? `${h}:${pad(m)}:${pad(sec)}` : `${m}:${pad(sec)}`;
+}
+
+// a video result: a player on the file that starts at the matched segment (a media fragment, #t=start,end,
+// and a seek once the metadata is in), its thumbnail frame as the poster, the segment named beside it
+function videoPlayer(result, name) {
+  const seg = result.segment;
+  const video = el("video", { controls: true, preload: "metadata", width: 320, height: 240,
+    attrs: { "aria-label": seg ? `${name}, from ${clock(seg.start_s)} to ${clock(seg.end_s)}` : name } });
+  const fragment = seg ? `#t=${seg.start_s},${seg.end_s}` : "";
+  if (!apiKey()) video.src = result.media_url + fragment;
+  else fetchObjectUrl(result.media_url).then((url) => { video.src = url + fragment; })
+    .catch(() => video.classList.add("broken"));
+  if (result.thumbnail_url) {
+    if (!apiKey()) video.poster = result.thumbnail_url;
+    else fetchObjectUrl(result.thumbnail_url).then((url) => { video.poster = url; }).catch(() => {});
+  }
+  if (seg) video.addEventListener("loadedmetadata", () => { video.currentTime = seg.start_s; }, { once: true });
+  return el("div", { className: "video" }, video, seg
+    ? el("span", { className: "segment", textContent: `${clock(seg.start_s)}–${clock(seg.end_s)}`,
+      title: `the matching part: ${seg.start_s} s to ${seg.end_s} s` })
+    : null);
+}
+
 function card(result) {
   const meta = result.metadata || {};
   const name = displayName(result.uri);
@@ -332,6 +371,8 @@ function card(result) {
     setMediaSource(img, result.thumbnail_url);
     // the thumbnail is a second way to the same link: hidden from keyboard and screen readers
     body = mediaLink(result.media_url, { tabIndex: -1, className: "thumb", attrs: { "aria-hidden": "true" } }, img);
+  } else if (result.modality === "video") {
+    body = videoPlayer(result, name);
   } else if (result.modality === "audio") {
     const audio = el("audio", { controls: true, preload: "none", attrs: { "aria-label": name } });
     setMediaSource(audio, result.media_url);
