@@ -16,6 +16,7 @@ from helpers import cli_json, live_app, photo, sound, write_sounds, write_video
 from PIL import Image
 
 from xmodal.config import Settings
+from xmodal.errors import UserError
 from xmodal.indexer.decode import DecodeConfig, DecodeTask, decode_one, preparations
 from xmodal.indexer.encode import encode_group
 from xmodal.indexer.pipeline import index_sources
@@ -229,3 +230,21 @@ def test_an_uploaded_clip_finds_its_video_and_a_bad_clip_is_a_4xx_with_the_reaso
         ]:
             got = upload(data, "any", media_type)
             assert got.status_code == status and reason in got.text and "as a video query" in got.text, got.text
+
+
+def test_a_silent_video_asks_only_where_it_has_vectors(indexed, searcher, tmp_path):
+    """A silent video as the query, by item or upload, over every kind: the sound route is left out (it has no
+    vector there), the others answer; asked for sounds alone, it says it has no sound vector."""
+    _, media = indexed
+    mute = str(media / "mute.mp4")
+    item = searcher.catalog.items_by_uri(searcher.collection_id, [mute])[mute].id
+    outcome = searcher.run(item=item, target="any", k=5)
+    assert {r["space"] for r in outcome.routes} == {"clip"} and outcome.results
+    assert item not in {r.id for r in outcome.results}
+    uploaded = searcher.run(media=("video", (media / "mute.mp4").read_bytes()), target="any", k=5)
+    assert {r["space"] for r in uploaded.routes} == {"clip"} and mute in {r.uri for r in uploaded.results}
+    loud = str(media / "a.mp4")
+    loud_id = searcher.catalog.items_by_uri(searcher.collection_id, [loud])[loud].id
+    assert "clap" in {r["space"] for r in searcher.run(item=loud_id, target="any", k=5).routes}
+    with pytest.raises(UserError, match="no vector in space 'clap'"):
+        searcher.run(item=item, target="audio", k=5)

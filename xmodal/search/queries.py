@@ -221,6 +221,13 @@ class QueryVectors:
             return modality, value, "the upload"
         return modality, self._query_file(Path(value), modality), str(value)
 
+    def asks_in(self, q: Query, space: str, *, text: str | None, item: int | None) -> bool:
+        """Whether the query has a vector in ``space``: a text always, media where it was embedded, an item where
+        it has one (a silent video has none in the sound space)."""
+        if text is not None or space in q.vectors:
+            return True
+        return item is not None and self.catalog.vector_location(int(item), space) is not None
+
     def _vector(self, q: Query, space: str, *, text: str | None, item: int | None) -> np.ndarray:
         """The query's native vector in ``space``, computed once per request."""
         if space not in q.vectors:
