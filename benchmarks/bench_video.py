@@ -301,7 +301,12 @@ def write_note(report: dict[str, Any], argv: list[str]) -> None:
         f"| `xmodal index` end to end (scan to published index, model loading included) | {s['end_to_end_s']} | "
         f"{s['video_s_per_s_end_to_end']} |", "",
         f"The embed stage runs at **{s['ratio_embed_stage_over_model']:.2f}x** the models' own rate "
-        f"(CLIP alone {s['clip_only_s']} s, CLAP alone {s['clap_only_s']} s).", "",
+        f"(CLIP alone {s['clip_only_s']} s, CLAP alone {s['clap_only_s']} s). End to end adds the build stage "
+        f"({s['stage_seconds']['build']:.0f} s): a new collection with sound fits the clap -> clip alignment on "
+        "2,400 bank texts through both text towers and calibrates its indexes, once per collection and pair of "
+        "models, whatever the amount of video; reruns and larger collections pay it once."
+        + (f" Load average when the run started: {report['load_average']} on {os.cpu_count()} CPUs (the machine "
+           "was shared; both rates are measured under the same load)." if report.get("load_average") else ""), "",
         "## Memory of one decode worker on a long file", "",
         f"A {m['long_seconds'] / 3600:g} h file (160x120, 4 fps, 16 kHz AAC sound; {m['long']['bytes'] / 1e6:.1f} MB) "
         "decoded as an index worker decodes it (default sampling: 1 frame/s, at most 256 frames kept; its sound "
@@ -366,7 +371,7 @@ def main() -> None:
                        f"torch {torch.__version__}",
             "media": "real files from " + ", ".join(map(str, args.real)) if args.real else
                      "generated photo-like stills and generated sound (no --real folder)",
-            "batch_size": args.batch_size, "fps": args.fps}
+            "batch_size": args.batch_size, "fps": args.fps, "load_average": round(os.getloadavg()[0], 2)}
         report["speed"] = speed(settings, scratch / "media", videos)
         print(json.dumps(report["speed"], indent=2), file=sys.stderr)
         report["quality"] = quality(settings.model_copy(update={"audio_model": None}), videos, scratch)

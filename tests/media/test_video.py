@@ -11,7 +11,7 @@ from helpers import photo, sound, write_video
 from PIL import Image
 
 from xmodal.errors import MediaError
-from xmodal.media.avaudio import decode_audio_av
+from xmodal.media.avaudio import decode_audio_av, decode_soundtrack
 from xmodal.media.video import (
     NoVideoStream,
     VideoLimits,
@@ -176,3 +176,22 @@ def test_video_frame_is_upright_bounded_and_refuses_bad_bytes(tmp_path: Path) ->
         video_frame(data, 1.0, VideoLimits(max_pixels=1000))
     with pytest.raises(MediaError, match="not a recognised video container"):
         video_frame(np.random.default_rng(2).bytes(4000), 1.0, LIMITS)
+
+
+def test_a_sound_track_is_cut_at_the_segments_one_window_each(tmp_path: Path) -> None:
+    """Each segment is heard through one window: all of it when short, its middle when long; past the end of
+    the track, silence. The same bytes give the same windows."""
+    track = sound(3, 25.0)
+    data = write_video(tmp_path / "t.mp4", [(photo(1), 25.0)], fps=2, audio=track).read_bytes()
+    spec = AudioSpec(sample_rate=16_000, window_s=4.0)
+    segments = [(0.0, 3.0), (3.0, 13.0), (13.0, 25.0), (25.0, 30.0)]
+    def summary(window: np.ndarray) -> np.ndarray:  # a model input's stand-in: each window's length and peak
+        return np.array([len(window), np.abs(window).max()], dtype=np.float32)
+
+    cut = decode_soundtrack(data, spec, segments, summary)
+    assert cut.segment.tolist() == [0, 1, 2, 3]
+    assert cut.spans == [(0.0, 3.0), (6.0, 10.0), (17.0, 21.0), (25.5, 29.5)]
+    assert cut.windows[:, 0].tolist() == [48_000, 64_000, 64_000, 64_000]
+    assert (cut.windows[:3, 1] > 0.05).all()  # the track's sound
+    assert cut.windows[3, 1] < 1e-3  # after the track: silence
+    assert np.array_equal(decode_soundtrack(data, spec, segments, summary).windows, cut.windows)

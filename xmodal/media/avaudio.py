@@ -6,9 +6,10 @@ spec's rate and cut into windows as it goes (``audio._Windower``), so memory sta
 plus what was cut. The same checks as for other audio apply: too long, no samples, silent, NaN.
 
 A video's **sound track** (:func:`decode_soundtrack`) is cut the same way, but at the video's segment
-boundaries: each segment's time range is its own clip (windows of at most ``window_s``, the last one
-padded with silence where the track ends early), so that every segment gets a vector of the sound heard
-while it shows. Memory stays at about one segment's samples plus what was cut.
+boundaries: each segment's time range is its own clip, heard through one window of at most ``window_s``
+(its middle, when it is longer; silence where the track ends early), so that every segment gets a vector
+of the sound heard while it shows. Memory stays at about one window of samples plus one model input per
+segment: bounded by the video spec (``max_frames``), not by the video's length.
 """
 
 from __future__ import annotations
@@ -135,10 +136,12 @@ class _SegmentCutter:
                  transform: Callable[[np.ndarray], np.ndarray] | None) -> None:
         self.rate, self.transform = spec.sample_rate, transform
         self.width = round(spec.window_s * spec.sample_rate)
-        # segment k holds samples [bounds[k], bounds[k + 1]): at least one each
+        # segment k holds samples [bounds[k], bounds[k + 1]): at least one each; it is heard through at most
+        # one window, its middle [heard[k], heard[k] + width) when it is longer
         self.bounds = [0]
         for _, end in segments:
             self.bounds.append(max(round(end * self.rate), self.bounds[-1] + 1))
+        self.heard = [max(a, (a + b - self.width) // 2) for a, b in zip(self.bounds[:-1], self.bounds[1:], strict=True)]
         self.k, self.at = 0, 0
         self.cut = _Windower(self.width, self.rate, transform)
         self.windows: list[np.ndarray] = []
@@ -152,7 +155,10 @@ class _SegmentCutter:
     def feed(self, chunk: np.ndarray) -> None:
         while len(chunk) and not self.done:
             room = self.bounds[self.k + 1] - self.at
-            self.cut.feed(chunk[:room])
+            start = self.heard[self.k]  # the part of this segment that is heard, in stream positions
+            take = chunk[:room]
+            lo, hi = max(0, start - self.at), max(0, start + self.width - self.at)
+            self.cut.feed(take[lo:hi])
             self.at += min(room, len(chunk))
             chunk = chunk[room:]
             if self.at == self.bounds[self.k + 1]:
@@ -165,7 +171,7 @@ class _SegmentCutter:
 
     def _close(self) -> None:
         stacked, own = self.cut.result()
-        start = self.bounds[self.k] / self.rate
+        start = self.heard[self.k] / self.rate
         self.windows.extend(stacked)
         self.owner.extend([self.k] * len(stacked))
         self.spans.extend((round(start + a, 3), round(start + b, 3)) for a, b in own)

@@ -317,7 +317,12 @@ class _Sampler:
         return 1.0 / rate if rate > 0 else 0.0
 
     def stacked(self) -> np.ndarray:
-        return np.stack(self.frames)
+        """The samples as one array, each list entry dropped as it is copied (never two copies at once)."""
+        out = np.empty((len(self.frames), *self.frames[0].shape), dtype=self.frames[0].dtype)
+        for i, frame in enumerate(self.frames):
+            out[i] = frame
+            self.frames[i] = out[i]  # the sample's own array is freed; the list only views ``out``
+        return out
 
 
 def segment(times: list[float], hists: list[np.ndarray], spec: VideoSpec, end_s: float) -> list[Segment]:
