@@ -308,6 +308,7 @@ def write_note(report: dict[str, Any], argv: list[str]) -> None:
         + (f" Load average when the run started: {report['load_average']} on {os.cpu_count()} CPUs (the machine "
            "was shared; both rates are measured under the same load)." if report.get("load_average") else ""), "",
         "## Memory of one decode worker on a long file", "",
+        *([report["remeasured"], ""] if report.get("remeasured") else []),
         f"A {m['long_seconds'] / 3600:g} h file (160x120, 4 fps, 16 kHz AAC sound; {m['long']['bytes'] / 1e6:.1f} MB) "
         "decoded as an index worker decodes it (default sampling: 1 frame/s, at most 256 frames kept; its sound "
         "cut at the segments and turned into CLAP inputs), in a fresh process, against the same process on a "
