@@ -126,6 +126,12 @@ class Settings(BaseSettings):
     query_max_image_pixels: int = Field(default=40_000_000, ge=1, description="pixels of an uploaded query image")
     query_max_audio_seconds: float = Field(default=60.0, gt=0, le=3600, description="seconds of an uploaded query "
                                            "sound")
+    query_max_video_seconds: float = Field(default=30.0, gt=0, le=3600, description="seconds of an uploaded query "
+                                           "clip")
+    query_max_video_pixels: int = Field(default=1920 * 1080, ge=1, description="pixels of one frame of an "
+                                        "uploaded query clip")
+    query_video_timeout_s: float = Field(default=30.0, gt=0, le=3600, description="seconds an uploaded query clip "
+                                         "may take to decode")
     query_concurrency: int = Field(default=2, ge=1, le=64, description="uploaded media decoded and embedded at once; "
                                    "more answer 503 with Retry-After")
     request_header_timeout: float = Field(default=10.0, gt=0, le=600, description="seconds for a request's headers")

@@ -2,9 +2,10 @@
 
 A **modality** is a kind of media an item can be (image, text, audio, video), with the file extensions and
 upload types that mean it. A **space** is one encoder model with a fixed dimension; each embeds some
-modalities natively (``clip``: images, text and video frames; ``clap``: audio and text), and a collection has the
-spaces its items need. Spaces are listed in **routing order**: a (query modality, target modality)
-pair is searched in the first space where both are native, else through an **alignment**, a linear
+modalities natively (``clip``: images, text and video frames; ``clap``: audio, text and a video's sound track),
+and a collection has the spaces its items need. A space may embed a modality only where an item has the
+part it takes (``only_if``: a video with sound gets a ``clap`` vector, a silent one none). Spaces are
+listed in **routing order**: a (query modality, target modality) pair is searched in the first space where both are native, else through an **alignment**, a linear
 map from one space into another fitted on texts that both embed (``clap`` -> ``clip`` carries audio
 into the space of images).
 
@@ -38,6 +39,10 @@ class Space:
     family: str  # the encoder family (``xmodal.encoders`` registry) that serves it
     modalities: frozenset[str]  # embedded natively
     hint: str = ""  # what to do when a collection lacks the space and a query needs it
+    #: (modality, metadata flag): items of that modality get a vector here only when their metadata's flag is
+    #: true (a video's sound track in ``clap``: a silent video has none); the space also needs no model of
+    #: its own for them (it embeds them when the collection has it or its model is named)
+    only_if: tuple[tuple[str, str], ...] = ()
 
     @property
     def own_modalities(self) -> tuple[str, ...]:
@@ -90,6 +95,8 @@ AUDIO = Modality("audio", "audio", frozenset({".wav", ".wave", ".flac", ".ogg", 
                             "audio/ogg", "audio/opus", "audio/mpeg", "audio/mp3", "audio/aiff", "audio/x-aiff"}),
                  windowed=True)
 VIDEO = Modality("video", "videos", frozenset({".mp4", ".m4v", ".webm", ".mkv", ".mov", ".avi", ".ts"}),
+                 frozenset({"video/mp4", "video/x-m4v", "video/webm", "video/x-matroska", "video/quicktime",
+                            "video/x-msvideo", "video/mp2t"}),
                  windowed=True, always_segment=True, may_be=frozenset({"audio"}))
 
 #: every modality, in the order lists and pages show them
@@ -97,8 +104,9 @@ MODALITIES: dict[str, Modality] = {m.name: m for m in (IMAGE, TEXT, AUDIO, VIDEO
 #: every space, in routing order (text -> text is searched in the first)
 SPACES: dict[str, Space] = {s.name: s for s in (
     Space("clip", "open_clip", frozenset({"image", "text", "video"}), "run `xmodal index` on images, text or video"),
-    Space("clap", "clap", frozenset({"audio", "text"}),
-          "audio indexed with a CLAP model: install the 'audio' extra and run `xmodal index` on audio files"),
+    Space("clap", "clap", frozenset({"audio", "text", "video"}),
+          "audio indexed with a CLAP model: install the 'audio' extra and run `xmodal index` on audio files",
+          only_if=(("video", "has_audio"),)),
 )}
 PRIMARY = "clip"  # the space every collection gets (its texts and images; the target of alignments)
 ALIGNMENTS: tuple[AlignmentSpec, ...] = (AlignmentSpec("clap", "clip", frozenset({"audio"})),)
@@ -128,6 +136,21 @@ def native(space_name: str, modality: str) -> bool:
 def alignment_into(target: str) -> AlignmentSpec | None:
     """The alignment whose vectors land in ``target`` (``clap`` -> ``clip`` for ``clip``), if any."""
     return next((a for a in ALIGNMENTS if a.target == target), None)
+
+
+def optional_in(space_name: str, modality: str) -> str | None:
+    """The metadata flag an item of ``modality`` needs to get a vector in the space (``has_audio`` for a
+    video in ``clap``), or ``None`` when every item of it does."""
+    return dict(SPACES[space_name].only_if).get(modality)
+
+
+def embeds(space_name: str, modality: str, meta: dict[str, object] | None = None) -> bool:
+    """Whether the space embeds an item of ``modality`` whose decoded metadata is ``meta`` (``None``: not
+    decoded yet, so it may)."""
+    if not native(space_name, modality):
+        return False
+    flag = optional_in(space_name, modality)
+    return flag is None or meta is None or bool(meta.get(flag))
 
 
 def modality_for_path(path: str | os.PathLike[str]) -> str | None:

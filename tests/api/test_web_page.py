@@ -408,3 +408,34 @@ def test_a_shop_shows_one_card_per_product(shop_server: tuple[str, list], open_p
     assert "(6 products)" in page.inner_text("#status")
     page.wait_for_function("[...document.querySelectorAll('.card.product img')].every(i => i.complete && "
                            "i.naturalWidth > 0) && document.querySelectorAll('.card.product img').length === 6")
+
+
+def test_a_video_card_plays_from_its_segment_with_the_segment_marked(server: str,
+                                                                     open_page: Callable[[str], Any]) -> None:
+    """From a stubbed API: a video result's player starts at its matched segment (a media fragment), shows the
+    segment's frame as its poster and names the segment; the controls offer videos and video uploads."""
+    listing = {"collections": [{
+        "name": "films", "items": {"ok": 2}, "modalities": {"video": 1, "image": 1}, "metadata_fields": {},
+        "index_version": 1, "model": None}]}
+    results = {"collection": "films", "target": "any", "k": PAGE_SIZE, "offset": 0, "index_version": 1,
+               "timings_ms": {"total": 1.0}, "results": [{
+                   "id": 9, "uri": "/data/match.mp4", "modality": "video", "score": 0.5, "space": "clip",
+                   "method": "ip", "metadata": {"duration_s": 30.0}, "media_url": "/v1/items/9/media",
+                   "thumbnail_url": "/v1/items/9/thumbnail?t=15", "segment": {"start_s": 12.0, "end_s": 18.5}}]}
+    page = open_page(server)
+    page.route("**/v1/collections", lambda r: r.fulfill(json=listing))
+    page.route("**/v1/search?*", lambda r: r.fulfill(json=results))
+    page.route("**/v1/search", lambda r: r.fulfill(json=results))
+    page.reload()
+    page.wait_for_selector("#collection option[value=films]", state="attached")
+    assert page.eval_on_selector_all("#target option", "os => os.map(o => o.value)") == ["any", "image", "video"]
+    assert page.get_attribute("#file", "accept") == "image/*,video/*"
+    assert "drop an image or a video clip" in page.inner_text("#hint") and "1 video" in page.inner_text("#hint")
+    page.fill("#q", "a crowd cheering")
+    page.press("#q", "Enter")
+    page.wait_for_selector(".card video")
+    src = page.eval_on_selector(".card video", "v => v.src")
+    assert src.endswith("/v1/items/9/media#t=12,18.5"), src
+    assert page.eval_on_selector(".card video", "v => v.poster").endswith("/v1/items/9/thumbnail?t=15")
+    assert page.inner_text(".card .segment") == "0:12–0:18"
+    assert "from 0:12 to 0:18" in page.get_attribute(".card video", "aria-label")

@@ -24,7 +24,7 @@ def test_a_saved_folder_resolves_to_its_hashes_and_loads(tiny_clap, encoder):
     assert record["family"] == "clap" and record["model"] == str(Path(tiny_clap).absolute())
     assert record["identity"].startswith("clap-dir|sha256:") and len(record["checkpoint"]["sha256"]) == 64
     assert resolve_model("clap", f"local-dir:{tiny_clap}", None)["identity"] == record["identity"]
-    assert encoder.space == "clap" and encoder.modalities == {"audio", "text"} and encoder.dim == 48
+    assert encoder.space == "clap" and encoder.modalities == {"audio", "text", "video"} and encoder.dim == 48  # a video: its sound
 
 
 def test_text_and_audio_vectors_are_unit_length_and_deterministic(encoder):

@@ -33,6 +33,7 @@ from helpers import (
     write_photos,
     write_sounds,
     write_texts,
+    write_video,
 )
 
 from xmodal.errors import UserError
@@ -250,6 +251,38 @@ def test_the_ray_engine_gives_what_the_local_engine_gives(av_settings, ray_head,
         assert b.index[space]["vectors"] == a.index[space]["vectors"]
     assert b.index["clip"]["vectors"] == 24 + 2 + 3 + 4  # the audio, aligned into clip
     assert _searches(on_ray, media) == _searches(local, media)
+
+
+def test_videos_get_the_same_segments_and_vectors_on_ray(av_settings, ray_head, tmp_path):
+    """Two tiny videos (one with sound, one silent): the same segments and vectors in clip and, for the one with
+    sound, in clap, from both engines."""
+    media = tmp_path / "media"
+    shots = [(photo(60 + s), secs) for s, secs in enumerate((1.5, 2.0))]
+    write_video(media / "loud.mp4", shots, audio=sound(12, 3.5))
+    write_video(media / "mute.webm", shots[::-1], codec="libvpx-vp9")
+    fast = av_settings.model_copy(update={"video_fps": 2.0})
+    local = _home(fast, tmp_path, "local")
+    a = index_sources(local, [media], "c", progress=False, engine="local")
+    b = index_sources(fast, [media], "c", progress=False, engine="ray", ray_address=ray_head)
+    assert (a.ok, a.failed) == (b.ok, b.failed) == (2, 0)
+    assert _items(fast) == _items(local)
+    live_a, live_b = _live(local), _live(fast)
+    loud = _items(fast)[str(media / "loud.mp4")][0]
+    assert [i for i, *_ in live_b["clap"]] == [loud]  # the silent video has no sound vector
+    for space in ("clip", "clap"):
+        assert [i for i, *_ in live_b[space]] == [i for i, *_ in live_a[space]]
+        for (item, path_a, row_a), (_, path_b, row_b) in zip(live_a[space], live_b[space], strict=True):
+            win_a = read_windows(local.home / path_a, [row_a])[row_a]
+            win_b = read_windows(fast.home / path_b, [row_b])[row_b]
+            assert len(win_a.vectors) == 2, (space, item)  # two shots, two segments
+            np.testing.assert_array_equal(win_b.spans, win_a.spans)
+            np.testing.assert_allclose(win_b.vectors, win_a.vectors, atol=1e-5)
+    rows_a, rows_b = _shard_rows(local), _shard_rows(fast)
+    for space in ("clip", "clap"):
+        va, vb = dict(rows_a[space]), dict(rows_b[space])
+        assert vb.keys() == va.keys()
+        for item_id, vec in vb.items():
+            np.testing.assert_allclose(vec, va[item_id], atol=1e-5, err_msg=f"{space} vector of item {item_id}")
 
 
 def test_a_killed_run_resumes_exactly_once_and_reruns_embed_only_what_changed(av_settings, ray_head, tmp_path):

@@ -11,8 +11,15 @@ from helpers import photo, sound, write_video
 from PIL import Image
 
 from xmodal.errors import MediaError
-from xmodal.media.avaudio import decode_audio_av
-from xmodal.media.video import NoVideoStream, VideoLimits, VideoSpec, decode_video, is_av_container
+from xmodal.media.avaudio import decode_audio_av, decode_soundtrack
+from xmodal.media.video import (
+    NoVideoStream,
+    VideoLimits,
+    VideoSpec,
+    decode_video,
+    is_av_container,
+    video_frame,
+)
 from xmodal.spaces import AudioSpec, modality_for_path
 
 SPEC = VideoSpec(fps=2.0)
@@ -146,3 +153,45 @@ def test_a_video_url_without_an_extension_is_known_by_its_bytes(tmp_path: Path) 
 
     for name, codec in (("a.mp4", "libx264"), ("a.webm", "libvpx-vp9"), ("a.avi", "mpeg4")):
         assert sniff_modality(write_video(tmp_path / name, SHOTS[:1], codec=codec).read_bytes()) == "video"
+
+
+def _nearest_shot(image: Image.Image) -> int:
+    """Which of SHOTS' photos an image is (the smallest mean pixel difference at the video's size)."""
+    got = np.asarray(image.convert("RGB").resize((96, 64))).astype(np.float32)
+    return int(np.argmin([np.abs(got - np.asarray(p.convert("RGB").resize((96, 64)))).mean() for p, _ in SHOTS]))
+
+
+@pytest.mark.parametrize("name", ["clip.mp4", "clip.webm"])
+def test_video_frame_seeks_to_the_frame_shown_at_a_time(tmp_path: Path, name: str) -> None:
+    codec = "libvpx-vp9" if name.endswith(".webm") else "libx264"
+    data = write_video(tmp_path / name, SHOTS, codec=codec).read_bytes()
+    assert [_nearest_shot(video_frame(data, t, LIMITS)) for t in (0.0, 1.0, 3.5, 4.9, 6.0, 60.0)] == [0, 0, 1, 1, 2, 2]
+    assert video_frame(data, 3.5, LIMITS).size == (96, 64)
+
+
+def test_video_frame_is_upright_bounded_and_refuses_bad_bytes(tmp_path: Path) -> None:
+    data = write_video(tmp_path / "r.mp4", SHOTS, rotation=90).read_bytes()
+    assert video_frame(data, 1.0, LIMITS).size == (64, 96)  # turned as it is shown
+    with pytest.raises(MediaError, match="too large"):
+        video_frame(data, 1.0, VideoLimits(max_pixels=1000))
+    with pytest.raises(MediaError, match="not a recognised video container"):
+        video_frame(np.random.default_rng(2).bytes(4000), 1.0, LIMITS)
+
+
+def test_a_sound_track_is_cut_at_the_segments_one_window_each(tmp_path: Path) -> None:
+    """Each segment is heard through one window: all of it when short, its middle when long; past the end of
+    the track, silence. The same bytes give the same windows."""
+    track = sound(3, 25.0)
+    data = write_video(tmp_path / "t.mp4", [(photo(1), 25.0)], fps=2, audio=track).read_bytes()
+    spec = AudioSpec(sample_rate=16_000, window_s=4.0)
+    segments = [(0.0, 3.0), (3.0, 13.0), (13.0, 25.0), (25.0, 30.0)]
+    def summary(window: np.ndarray) -> np.ndarray:  # a model input's stand-in: each window's length and peak
+        return np.array([len(window), np.abs(window).max()], dtype=np.float32)
+
+    cut = decode_soundtrack(data, spec, segments, summary)
+    assert cut.segment.tolist() == [0, 1, 2, 3]
+    assert cut.spans == [(0.0, 3.0), (6.0, 10.0), (17.0, 21.0), (25.5, 29.5)]
+    assert cut.windows[:, 0].tolist() == [48_000, 64_000, 64_000, 64_000]
+    assert (cut.windows[:3, 1] > 0.05).all()  # the track's sound
+    assert cut.windows[3, 1] < 1e-3  # after the track: silence
+    assert np.array_equal(decode_soundtrack(data, spec, segments, summary).windows, cut.windows)

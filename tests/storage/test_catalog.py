@@ -509,3 +509,20 @@ def test_a_catalog_from_before_manifests_gains_their_columns_and_keeps_its_rows(
     finally:
         catalog.close()
     Catalog(database_url).close()  # opening an up-to-date catalog changes nothing
+
+
+def test_a_space_that_embeds_part_of_a_modality_needs_vectors_only_for_items_that_have_it(
+        catalog: Catalog, cid: int) -> None:
+    ids = catalog.add_items(cid, [("/loud.mp4", "video"), ("/mute.mp4", "video"), ("/old.mp4", "video"),
+                                  ("/s.wav", "audio")])
+    loud, mute, old, wav = ids["/loud.mp4"], ids["/mute.mp4"], ids["/old.mp4"], ids["/s.wav"]
+    catalog.commit_shard(cid, "clip", "s1.parquet", 3, "1" * 64, 10,
+                         [embedded(loud, 0, has_audio=True), embedded(mute, 1, has_audio=False), embedded(old, 2)])
+    catalog.commit_shard(cid, "clip", "s2.parquet", 1, "2" * 64, 10, [embedded(wav, 0)])
+    sound = [("video", "has_audio")]
+    # a video with sound lacks its sound vector; a silent one, or one without the flag, needs none
+    assert catalog.items_needing_vectors(cid, "clap", ["audio", "video"], sound) == sorted([loud, wav])
+    assert catalog.items_needing_vectors(cid, "clap", ["audio", "video"]) == sorted([loud, mute, old, wav])
+    catalog.commit_shard(cid, "clap", "s3.parquet", 2, "3" * 64, 10,
+                         [embedded(loud, 0, has_audio=True), embedded(wav, 1)])
+    assert catalog.items_needing_vectors(cid, "clap", ["audio", "video"], sound) == []

@@ -38,6 +38,7 @@ from xmodal.errors import (
 from xmodal.media.fetch import fetch_bytes, is_remote
 from xmodal.media.image import decode_image_with_info
 from xmodal.media.types import MediaLimits
+from xmodal.media.video import VideoLimits, video_frame
 from xmodal.search import products
 from xmodal.search.browse import Page, find
 from xmodal.search.engine import Searcher
@@ -48,6 +49,9 @@ from xmodal.storage.uris import is_under, uri_to_path
 
 log = logging.getLogger(__name__)
 
+
+
+THUMBNAIL_VIDEO_S = 10.0  # at most this long decoding towards a video thumbnail's frame
 
 
 class Service:
@@ -228,7 +232,7 @@ class Service:
             "index_version": outcome.version, "mode": outcome.mode, "routes": outcome.routes, "fusion": outcome.fusion, "ann": outcome.ann,
             "cutoff": outcome.cutoff, "no_good_match": outcome.no_good_match, **page.as_dict(),
             "results": page.results(lambda r: {**r.as_dict(), "uri": self._client_uri(collection, r.uri),
-                                               **products.item_links(r.id, r.modality)}),
+                                               **products.item_links(r.id, r.modality, r.segment)}),
             "timings_ms": {"encode": round(t.encode_ms, 3), "ann": round(t.ann_ms, 3), "sql": round(t.sql_ms, 3),
                            "total": round(total_ms, 3)},
         }
@@ -329,15 +333,21 @@ class Service:
             media_type += "; charset=utf-8"
         return opened, media_type
 
-    def thumbnail(self, *, item_id: int) -> Path:
-        """A JPEG thumbnail of an image item, made once from the bytes actually read and cached under the
-        data dir, named by their SHA-256 (so a changed file never gets the old one's thumbnail)."""
+    def thumbnail(self, *, item_id: int, at_s: float | None = None) -> Path:
+        """A JPEG thumbnail of an image item, or of a video's frame at ``at_s`` seconds (default: its middle;
+        snapped to tenths of a second within the video), made once from the bytes actually read and cached
+        under the data dir, named by their SHA-256 (so a changed file never gets the old one's thumbnail)."""
         it = self._item(item_id)
-        if it.modality != "image":
-            raise NotFoundError(f"item {item_id} is {it.modality}: only images have thumbnails")
+        if it.modality not in ("image", "video"):
+            raise NotFoundError(f"item {item_id} is {it.modality}: only images and videos have thumbnails")
         size = self.settings.thumbnail_size
         folder = self.settings.home / "thumbnails"
         s = self.settings
+        at = None
+        if it.modality == "video":
+            duration = float((it.meta or {}).get("duration_s") or 0.0)
+            at = round(min(max(duration / 2 if at_s is None else at_s, 0.0), duration), 1)
+        suffix = "" if at is None else f"-t{round(at * 10)}"
         with self._thumbnails:
             if is_remote(it.uri):  # a manifest's image URL: fetched within the indexer's bounds
                 try:
@@ -348,7 +358,7 @@ class Service:
             else:
                 opened = open_verified(it, self.catalog.source_roots(it.collection_id), max_bytes=s.max_file_bytes)
                 try:
-                    cached = folder / f"{it.id}-{opened.content_hash}-{size}.jpg"
+                    cached = folder / f"{it.id}-{opened.content_hash}-{size}{suffix}.jpg"
                     if cached.is_file():
                         return cached
                     data = opened.read(s.max_file_bytes)
@@ -358,14 +368,19 @@ class Service:
             if not is_remote(it.uri) and digest != it.content_hash:  # changed while size and time stayed
                 raise ConflictError(f"the file of item {item_id} changed since it was indexed: run `xmodal index` "
                                     "on its source to index it again")
-            cached = folder / f"{it.id}-{digest}-{size}.jpg"
+            cached = folder / f"{it.id}-{digest}-{size}{suffix}.jpg"
             if cached.is_file():
                 return cached
+            limits = MediaLimits.from_settings(s)
             try:
-                info = decode_image_with_info(data, MediaLimits.from_settings(s), min_side=size)
+                if at is None:
+                    image = decode_image_with_info(data, limits, min_side=size).image
+                else:
+                    image = video_frame(data, at, VideoLimits(limits.max_video_seconds, limits.max_video_pixels,
+                                                              min(limits.video_timeout_s, THUMBNAIL_VIDEO_S)))
             except MediaError as exc:
                 raise NotFoundError(f"the original of item {item_id} can't be read: {exc.reason}") from exc
-            image = info.image
+            image = image.convert("RGB")
             image.thumbnail((size, size), Image.Resampling.LANCZOS)
             folder.mkdir(parents=True, exist_ok=True)
             tmp = folder / f".{cached.name}.{uuid.uuid4().hex}.tmp"

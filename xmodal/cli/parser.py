@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--text", help="find what this text describes (images, sounds and texts alike)")
     q.add_argument("--image", type=Path, metavar="FILE", help="find items like this image file")
     q.add_argument("--audio", type=Path, metavar="FILE", help="find items like this sound file (needs a CLAP space)")
+    q.add_argument("--video", type=Path, metavar="FILE", help="find items like this short video clip (its frames; its "
+                   "sound too, in a CLAP space)")
     q.add_argument("--item", type=int, metavar="ID", help="find items like this indexed item (its id in results)")
     p.add_argument("--target", default=ANY, choices=TARGETS,
                    help=f"which kind of items to return: {', '.join(TARGETS)} (default {ANY}: every kind, merged)")

@@ -39,12 +39,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     searcher = _open_searcher(args)
     try:
+        clip = ("video", searcher._query_file(args.video, "video")) if args.video is not None else None
         fields = _fields(searcher) if args.filter or args.sort or args.facet else {}
         page = find(searcher, fields=fields, where=_where(args.filter, fields), sort=args.sort, facets=args.facet,
                     group_by=args.group, group_weights=parse_weights_text(args.group_weights),
-                    text=args.text, image=args.image, audio=args.audio, item=args.item, target=args.target, k=args.k,
-                    offset=args.offset, recall=args.recall, fusion=args.fusion, min_relevance=args.min_relevance,
-                    min_score=args.min_score, mode=args.mode)
+                    text=args.text, image=args.image, audio=args.audio, item=args.item, media=clip,
+                    target=args.target, k=args.k, offset=args.offset, recall=args.recall, fusion=args.fusion,
+                    min_relevance=args.min_relevance, min_score=args.min_score, mode=args.mode)
     finally:
         searcher.close()
     outcome = page.outcome
@@ -53,6 +54,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     query = {"text": args.text} if args.text is not None else (
         {"image": path_to_uri(str(args.image))} if args.image is not None else
         {"audio": path_to_uri(str(args.audio))} if args.audio is not None else
+        {"video": path_to_uri(str(args.video))} if args.video is not None else
         {"item": args.item} if args.item is not None else None)
     if args.json:
         t = outcome.timings

@@ -83,3 +83,19 @@ def unit_rows(out: Any) -> np.ndarray:
     out = out.float()
     out = out / out.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return np.ascontiguousarray(out.cpu().numpy(), dtype=np.float32)
+
+
+def pool_segments(vectors: np.ndarray, owner: np.ndarray, count: int,
+                  pool: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A video's vectors (of its frames, or of its sound's windows) pooled per segment (``owner``: each one's
+    segment of ``count``; ``pool``: how, by default the mean), each segment's made unit length, and the
+    video's: the unit mean of its segments' (every shot counts the same, however long). Indexing and
+    query clips pool the same way."""
+    segs = np.stack([_unit(np.asarray(pool(vectors[owner == i]) if pool else vectors[owner == i].mean(axis=0),
+                                      dtype=np.float32)) for i in range(count)]).astype(np.float32)
+    return segs, _unit(segs.mean(axis=0)).astype(np.float32)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 0 else v

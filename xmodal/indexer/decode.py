@@ -197,7 +197,17 @@ def _decode_video(data: bytes, config: DecodeConfig) -> tuple[Any, list[tuple[fl
         if exc.audio:
             raise DecodeAs("audio") from None
         raise
-    return video.inputs(), video.spans, video_metadata(video)
+    inputs = video.inputs()
+    sound: AudioPrep | None = config.prepare.get("audio")
+    if video.audio and sound is not None:  # this run embeds sound: the track, cut at the segments
+        from xmodal.media.avaudio import decode_soundtrack
+
+        spec = dataclasses.replace(sound.spec, max_seconds=max(lim.max_video_seconds, video.duration_s + 1))
+        try:
+            inputs.sound = decode_soundtrack(data, spec, video.spans, sound.transform)
+        except MediaError as exc:
+            raise MediaError(f"sound track: {exc.reason}", exc.kind) from None
+    return inputs, video.spans, video_metadata(video)
 
 
 register_decoder("image", _decode_image)

@@ -46,7 +46,8 @@ def _missing(catalog: Catalog | None, collection_id: int | None, spaces: Iterabl
     if catalog is None or collection_id is None:
         return missing
     for space in spaces:
-        for item_id in catalog.items_needing_vectors(collection_id, space, SPACES[space].modalities):
+        for item_id in catalog.items_needing_vectors(collection_id, space, SPACES[space].modalities,
+                                                   SPACES[space].only_if):
             missing.setdefault(item_id, []).append(space)
     return missing
 

@@ -2,7 +2,8 @@
 encoder, in batches. Embedders are registered by modality (as decoders are in ``indexer.decode``):
 images and texts are one vector each, a windowed modality (audio) is every window embedded and an
 item's vector their pool (the window vectors are kept for the best-window lookup); a video is its sampled
-frames embedded as images, pooled per segment, and the segments pooled.
+frames embedded as images, pooled per segment, and the segments pooled, and in an audio space its sound
+track's windows embedded, pooled per segment, and the segments pooled.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, cast
 import numpy as np
 
 from xmodal.encoders import Encoder
-from xmodal.encoders.base import AudioEncoder, ImageEncoder
+from xmodal.encoders.base import AudioEncoder, ImageEncoder, pool_segments
 from xmodal.indexer.decode import Decoded
 from xmodal.storage.shards import Windows
 
@@ -66,6 +67,8 @@ def _embed_video(encoder: Any, group: list[Decoded], batch: int) -> tuple[np.nda
     """Every sampled frame embedded as an image (in batches); a segment's vector is the normalised mean of
     its frames', the video's the normalised mean of its segments' (each shot counts the same, however long).
     The segment vectors are kept as the item's windows, even for a single shot."""
+    if isinstance(encoder, AudioEncoder):
+        return _embed_soundtracks(encoder, group, batch)
     enc = cast(ImageEncoder, encoder)
     frames = np.concatenate([d.inputs.frames for d in group])
     frame_vecs = np.concatenate([enc.embed_images(frames[at : at + batch]) for at in range(0, len(frames), batch)])
@@ -75,16 +78,29 @@ def _embed_video(encoder: Any, group: list[Decoded], batch: int) -> tuple[np.nda
     for d in group:
         own = frame_vecs[at : at + len(d.inputs)]
         at += len(d.inputs)
-        n = len(d.spans or [])
-        segs = np.stack([_unit(own[d.inputs.segment == i].mean(axis=0)) for i in range(n)]).astype(np.float32)
-        vecs.append(_unit(segs.mean(axis=0)))
+        segs, vec = pool_segments(own, d.inputs.segment, len(d.spans or []))
+        vecs.append(vec)
         windows.append(Windows(segs, np.asarray(d.spans, dtype=np.float32).reshape(-1, 2)))
     return np.stack(vecs).astype(np.float32), windows
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
-    norm = float(np.linalg.norm(v))
-    return v / norm if norm > 0 else v
+def _embed_soundtracks(enc: AudioEncoder, group: list[Decoded], batch: int) -> tuple[np.ndarray, list[Windows | None]]:
+    """A video's sound track in an audio space: every window of every segment embedded (in batches), a
+    segment's vector the encoder's pool of its windows, the video's the normalised mean of its segments' (as
+    for its frames); the segment vectors are the item's windows here too, with the same spans."""
+    feats = np.concatenate([d.inputs.sound.windows for d in group])
+    window_vecs = enc.embed_windows(feats, batch)
+    vecs: list[np.ndarray] = []
+    windows: list[Windows | None] = []
+    at = 0
+    for d in group:
+        sound = d.inputs.sound
+        own = window_vecs[at : at + len(sound)]
+        at += len(sound)
+        segs, vec = pool_segments(own, sound.segment, len(d.spans or []), enc.pool)
+        vecs.append(vec)
+        windows.append(Windows(segs, np.asarray(d.spans, dtype=np.float32).reshape(-1, 2)))
+    return np.stack(vecs).astype(np.float32), windows
 
 
 register_embedder("image", _embed_images)

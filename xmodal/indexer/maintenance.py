@@ -131,7 +131,8 @@ def verify(catalog: Catalog, layout: Layout, collection: str) -> Report:
         checked += 1
     report.counts["shards"] = checked
     for name, sp in sorted(spaces.items()):
-        lacking = catalog.items_needing_vectors(cid, name, SPACES[name].modalities if name in SPACES else ())
+        lacking = catalog.items_needing_vectors(cid, name, SPACES[name].modalities if name in SPACES else (),
+                                                SPACES[name].only_if if name in SPACES else ())
         if lacking:
             report.problems.append(f"{len(lacking)} ok items have no current vector in space {name} "
                                    f"(e.g. {lacking[:3]}): run `xmodal index` again")

@@ -18,7 +18,7 @@ from xmodal.config import DEFAULT_AUDIO_MODEL, Settings
 from xmodal.encoders import Encoder, load_encoder, resolve_model
 from xmodal.errors import ModelLoadError
 from xmodal.indexer.decode import UNKNOWN
-from xmodal.spaces import PRIMARY, SPACES, native_spaces
+from xmodal.spaces import PRIMARY, SPACES, native_spaces, optional_in
 from xmodal.storage.catalog import Space, check_same_model
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,8 @@ class RunModels:
     def active(self, modalities: Iterable[str]) -> list[str]:
         """The spaces this run embeds into: the primary one, those the collection has, and those that embed
         the given modalities (the work's; ``unknown``: any), when their models can be had."""
-        wanted = {s for m in modalities for s in (SPACES if m == UNKNOWN else native_spaces(m))}
+        wanted = {s for m in modalities for s in (SPACES if m == UNKNOWN else native_spaces(m))
+                  if optional_in(s, m) is None or self._named(s)[0]}  # a video's sound: when its model is named
         spaces = {PRIMARY, *self.records, *wanted}
         return [s for s in SPACES if s in spaces and self.ready(s)]
 

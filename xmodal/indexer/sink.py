@@ -19,7 +19,7 @@ import numpy as np
 from xmodal.config import Settings
 from xmodal.encoders import Encoder
 from xmodal.indexer.decode import Decoded
-from xmodal.spaces import native
+from xmodal.spaces import embeds
 from xmodal.storage.catalog import STATUS_FAILED, STATUS_OK, Catalog, EmbeddedItem, ItemOutcome, SourceFields
 from xmodal.storage.layout import Layout
 from xmodal.storage.shards import Windows, write_shard
@@ -37,9 +37,10 @@ class ItemWork:
     source: SourceFields | None
     spaces: tuple[str, ...]
 
-    def spaces_for(self, modality: str) -> tuple[str, ...]:
-        """The spaces this item gets a vector in, of those that embed its decoded modality."""
-        return tuple(sp for sp in self.spaces if native(sp, modality))
+    def spaces_for(self, modality: str, meta: dict[str, Any] | None = None) -> tuple[str, ...]:
+        """The spaces this item gets a vector in, of those that embed its decoded modality (and, given its
+        decoded metadata, the part a space takes: a silent video gets no sound vector)."""
+        return tuple(sp for sp in self.spaces if embeds(sp, modality, meta))
 
 
 @dataclass
@@ -92,7 +93,7 @@ class ShardSink:
             self.outcomes.append(ItemOutcome(d.item_id, STATUS_OK, None, d.content_hash, d.size, w.mtime_ns, w.source))
             self.summary.unchanged += 1
             return False
-        if not w.spaces_for(d.modality or ""):
+        if not w.spaces_for(d.modality or "", d.meta):
             self.fail(d.item_id, f"no model in this run embeds {d.modality}", d.content_hash)
             return False
         return True

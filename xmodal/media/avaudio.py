@@ -4,12 +4,20 @@ track), decoded through PyAV into the same windows as :func:`xmodal.media.audio.
 The first audio stream is decoded frame by frame, resampled by FFmpeg's resampler to mono float32 at the
 spec's rate and cut into windows as it goes (``audio._Windower``), so memory stays at about two windows
 plus what was cut. The same checks as for other audio apply: too long, no samples, silent, NaN.
+
+A video's **sound track** (:func:`decode_soundtrack`) is cut the same way, but at the video's segment
+boundaries: each segment's time range is its own clip, heard through one window of at most ``window_s``
+(its middle, when it is longer; silence where the track ends early), so that every segment gets a vector
+of the sound heard while it shows. Memory stays at about one window of samples plus one model input per
+segment: bounded by the video spec (``max_frames``), not by the video's length.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -25,10 +33,72 @@ def decode_audio_av(data: bytes, spec: AudioSpec, transform: Callable[[np.ndarra
     return guarded(_decode, data, spec, transform, stop)
 
 
-def _decode(data: bytes, spec: AudioSpec, transform: Callable[[np.ndarray], np.ndarray] | None,
-            stop: Callable[[], bool] | None) -> DecodedAudio:
+@dataclass
+class Soundtrack:
+    """A video's sound cut at its segments: every window's model input, the segment it belongs to, its span."""
+
+    windows: np.ndarray  # (w, ...) float32: what ``transform`` made of each window
+    segment: np.ndarray  # (w,) int32: the segment of each window
+    spans: list[tuple[float, float]]  # each window's (start, end) seconds in the video
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+
+def decode_soundtrack(data: bytes, spec: AudioSpec, segments: list[tuple[float, float]],
+                      transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                      stop: Callable[[], bool] | None = None) -> Soundtrack:
+    """The first audio stream of a video, cut at ``segments`` ((start, end) seconds, in order, from 0):
+    each segment's samples in windows of at most ``spec.window_s`` (see the module docstring). A silent
+    track is kept (it is what the video sounds like); corrupt or endless sound is a :class:`MediaError`."""
+
+    def run(data: bytes, spec: AudioSpec, transform: Callable[[np.ndarray], np.ndarray] | None,
+            stop: Callable[[], bool] | None) -> Any:
+        return _soundtrack(data, spec, segments, transform, stop)
+
+    return guarded(run, data, spec, transform, stop)  # type: ignore[return-value]
+
+
+def _mono(container: Any, spec: AudioSpec, stop: Callable[[], bool] | None) -> Iterator[np.ndarray]:
+    """The first audio stream as chunks of mono float32 at ``spec.sample_rate`` (NaN, too long: errors)."""
     import av
 
+    stream = container.streams.audio[0]
+    if stream.duration is not None and stream.time_base is not None:
+        claimed = float(stream.duration * stream.time_base)
+        if claimed > spec.max_seconds:
+            length, most = _pair(claimed, spec.max_seconds)
+            raise MediaError(f"too long: {length} s, at most {most} s", ErrorKind.TOO_LARGE)
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=spec.sample_rate)
+    limit = spec.max_seconds * spec.sample_rate
+    produced = 0
+
+    def chunks(frames: list[av.AudioFrame]) -> Iterator[np.ndarray]:
+        nonlocal produced
+        for out in frames:
+            mono = np.ascontiguousarray(out.to_ndarray().reshape(-1), dtype=np.float32)
+            if not np.isfinite(mono).all():
+                raise MediaError(f"invalid samples (NaN or infinity) near {_seconds(produced / spec.sample_rate)} s")
+            produced += len(mono)
+            if produced > limit:
+                length, most = _pair(produced / spec.sample_rate, spec.max_seconds)
+                raise MediaError(f"too long: at least {length} s, at most {most} s", ErrorKind.TOO_LARGE)
+            yield mono
+
+    try:
+        for frame in container.decode(stream):
+            if stop is not None and stop():
+                raise Cancelled("stopped while decoding audio")
+            frame.pts = None  # resample by order, not by the container's (maybe odd) timestamps
+            yield from chunks(resampler.resample(frame))
+        yield from chunks(resampler.resample(None))
+    except av.FFmpegError as exc:
+        at = _seconds(produced / spec.sample_rate)
+        raise MediaError(f"corrupt audio data after {at} s: {describe(exc)}") from None
+
+
+def _decode(data: bytes, spec: AudioSpec, transform: Callable[[np.ndarray], np.ndarray] | None,
+            stop: Callable[[], bool] | None) -> DecodedAudio:
     container = open_container(data, "audio")
     with container:
         if not container.streams.audio:
@@ -36,40 +106,13 @@ def _decode(data: bytes, spec: AudioSpec, transform: Callable[[np.ndarray], np.n
         stream = container.streams.audio[0]
         rate, channels = int(stream.sample_rate or 0), int(stream.channels or 0)
         codec = getattr(stream.codec_context, "name", None) or "unknown"
-        if stream.duration is not None and stream.time_base is not None:
-            claimed = float(stream.duration * stream.time_base)
-            if claimed > spec.max_seconds:
-                length, most = _pair(claimed, spec.max_seconds)
-                raise MediaError(f"too long: {length} s, at most {most} s", ErrorKind.TOO_LARGE)
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=spec.sample_rate)
         windows = _Windower(round(spec.window_s * spec.sample_rate), spec.sample_rate, transform)
-        limit = spec.max_seconds * spec.sample_rate
         produced, peak = 0, 0.0
-
-        def feed(frames: list[av.AudioFrame]) -> None:
-            nonlocal produced, peak
-            for out in frames:
-                mono = np.ascontiguousarray(out.to_ndarray().reshape(-1), dtype=np.float32)
-                if not np.isfinite(mono).all():
-                    raise MediaError(f"invalid samples (NaN or infinity) near {_seconds(produced / spec.sample_rate)} s")
-                if len(mono):
-                    peak = max(peak, float(np.max(np.abs(mono))))
-                produced += len(mono)
-                if produced > limit:
-                    length, most = _pair(produced / spec.sample_rate, spec.max_seconds)
-                    raise MediaError(f"too long: at least {length} s, at most {most} s", ErrorKind.TOO_LARGE)
-                windows.feed(mono)
-
-        try:
-            for frame in container.decode(stream):
-                if stop is not None and stop():
-                    raise Cancelled("stopped while decoding audio")
-                frame.pts = None  # resample by order, not by the container's (maybe odd) timestamps
-                feed(resampler.resample(frame))
-            feed(resampler.resample(None))
-        except av.FFmpegError as exc:
-            at = _seconds(produced / spec.sample_rate)
-            raise MediaError(f"corrupt audio data after {at} s: {describe(exc)}") from None
+        for mono in _mono(container, spec, stop):
+            if len(mono):
+                peak = max(peak, float(np.max(np.abs(mono))))
+            produced += len(mono)
+            windows.feed(mono)
         fmt = str(container.format.name).split(",")[0]
     short = round(spec.min_seconds * spec.sample_rate) - produced
     if produced and short > 0:
@@ -84,3 +127,71 @@ def _decode(data: bytes, spec: AudioSpec, transform: Callable[[np.ndarray], np.n
     stacked, spans = windows.result()
     return DecodedAudio(windows=stacked, spans=spans, duration_s=produced / spec.sample_rate, source_rate=rate,
                         channels=channels, format=fmt.upper(), subtype=codec.upper(), window_s=spec.window_s)
+
+
+class _SegmentCutter:
+    """Feeds a stream of samples to one windower per segment, closing each at its segment's end."""
+
+    def __init__(self, spec: AudioSpec, segments: list[tuple[float, float]],
+                 transform: Callable[[np.ndarray], np.ndarray] | None) -> None:
+        self.rate, self.transform = spec.sample_rate, transform
+        self.width = round(spec.window_s * spec.sample_rate)
+        # segment k holds samples [bounds[k], bounds[k + 1]): at least one each; it is heard through at most
+        # one window, its middle [heard[k], heard[k] + width) when it is longer
+        self.bounds = [0]
+        for _, end in segments:
+            self.bounds.append(max(round(end * self.rate), self.bounds[-1] + 1))
+        self.heard = [max(a, (a + b - self.width) // 2) for a, b in zip(self.bounds[:-1], self.bounds[1:], strict=True)]
+        self.k, self.at = 0, 0
+        self.cut = _Windower(self.width, self.rate, transform)
+        self.windows: list[np.ndarray] = []
+        self.owner: list[int] = []
+        self.spans: list[tuple[float, float]] = []
+
+    @property
+    def done(self) -> bool:
+        return self.k >= len(self.bounds) - 1
+
+    def feed(self, chunk: np.ndarray) -> None:
+        while len(chunk) and not self.done:
+            room = self.bounds[self.k + 1] - self.at
+            start = self.heard[self.k]  # the part of this segment that is heard, in stream positions
+            take = chunk[:room]
+            lo, hi = max(0, start - self.at), max(0, start + self.width - self.at)
+            self.cut.feed(take[lo:hi])
+            self.at += min(room, len(chunk))
+            chunk = chunk[room:]
+            if self.at == self.bounds[self.k + 1]:
+                self._close()
+
+    def pad(self) -> None:
+        """Silence for what the track did not cover."""
+        while not self.done:
+            self.feed(np.zeros(min(self.bounds[self.k + 1] - self.at, 1 << 20), dtype=np.float32))
+
+    def _close(self) -> None:
+        stacked, own = self.cut.result()
+        start = self.heard[self.k] / self.rate
+        self.windows.extend(stacked)
+        self.owner.extend([self.k] * len(stacked))
+        self.spans.extend((round(start + a, 3), round(start + b, 3)) for a, b in own)
+        self.k += 1
+        self.cut = _Windower(self.width, self.rate, self.transform)
+
+
+def _soundtrack(data: bytes, spec: AudioSpec, segments: list[tuple[float, float]],
+                transform: Callable[[np.ndarray], np.ndarray] | None, stop: Callable[[], bool] | None) -> Soundtrack:
+    if not segments:
+        raise MediaError("no segments to cut the sound track at")
+    cutter = _SegmentCutter(spec, segments, transform)
+    container = open_container(data, "video")
+    with container:
+        if not container.streams.audio:
+            raise MediaError("no audio stream", ErrorKind.UNSUPPORTED_MEDIA)
+        for mono in _mono(container, spec, stop):
+            cutter.feed(mono)
+            if cutter.done:
+                break  # the sound goes on past the last picture: part of no segment
+    cutter.pad()  # the track ended early: the rest of the video is silence
+    return Soundtrack(np.stack(cutter.windows).astype(np.float32), np.asarray(cutter.owner, dtype=np.int32),
+                      cutter.spans)

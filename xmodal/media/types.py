@@ -59,6 +59,9 @@ class MediaLimits:
             max_image_pixels=min(settings.query_max_image_pixels, settings.max_image_pixels),
             max_text_bytes=settings.max_text_bytes,
             max_audio_seconds=min(settings.query_max_audio_seconds, settings.max_audio_seconds),
+            max_video_seconds=min(settings.query_max_video_seconds, settings.max_video_seconds),
+            max_video_pixels=min(settings.query_max_video_pixels, settings.max_video_pixels),
+            video_timeout_s=min(settings.query_video_timeout_s, settings.video_timeout_s),
         )
 
 

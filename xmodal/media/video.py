@@ -85,6 +85,7 @@ class VideoFrames:
 
     frames: np.ndarray  # (n, ...) float32: what ``transform`` made of each sample
     segment: np.ndarray  # (n,) int32: the segment of each sample
+    sound: Any = None  # the sound track cut at the segments (``avaudio.Soundtrack``), when it is wanted and there
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -135,6 +136,55 @@ def decode_video(data: bytes, spec: VideoSpec, limits: VideoLimits,
         raise
     except MemoryError:
         raise MediaError("video too large: out of memory while decoding", ErrorKind.TOO_LARGE) from None
+    except Exception as exc:  # safety net: no other exception may escape for any bytes
+        logger.debug("unexpected error decoding video", exc_info=True)
+        raise MediaError(f"corrupt video: {describe(exc)}") from None
+
+
+def video_frame(data: bytes, at_s: float, limits: VideoLimits) -> Image.Image:
+    """The frame shown at ``at_s`` seconds (upright), for a thumbnail: a seek to the key frame before it, then
+    frames decoded up to it (at most ``limits.timeout_s`` of decoding; past the end, the last frame). The
+    same checks as for indexing: pixels per frame, a container FFmpeg reads, a video stream."""
+    try:
+        return _frame_at(data, max(0.0, at_s), limits)
+    except (MediaError, Cancelled):
+        raise
+    except MemoryError:
+        raise MediaError("video too large: out of memory while decoding", ErrorKind.TOO_LARGE) from None
+    except Exception as exc:  # safety net: no other exception may escape for any bytes
+        logger.debug("unexpected error decoding video", exc_info=True)
+        raise MediaError(f"corrupt video: {describe(exc)}") from None
+
+
+def _frame_at(data: bytes, at_s: float, limits: VideoLimits) -> Image.Image:
+    import av
+
+    container = open_container(data, "video")
+    with container:
+        if not container.streams.video:
+            raise NoVideoStream(bool(container.streams.audio))
+        stream = container.streams.video[0]
+        _check_pixels(int(stream.width or 0), int(stream.height or 0), limits)
+        origin = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        started = time.monotonic()
+        chosen = None
+        try:
+            if at_s > 0 and stream.time_base is not None:
+                container.seek(int((origin + at_s) / stream.time_base), stream=stream, backward=True)
+            for frame in container.decode(stream):  # the last frame that starts by ``at_s``
+                _check_pixels(frame.width, frame.height, limits)
+                if chosen is not None and frame.time is not None and float(frame.time) - origin > at_s + 1e-3:
+                    break
+                chosen = frame
+                if frame.time is None or time.monotonic() - started > limits.timeout_s:
+                    break  # no clock to go by, or out of time: the nearest frame decoded
+        except av.FFmpegError as exc:
+            if chosen is None:
+                raise MediaError(f"corrupt video data: {describe(exc)}") from None
+        if chosen is None:
+            raise MediaError("no video frames (the stream is empty)")
+        rotation = int(getattr(chosen, "rotation", 0) or 0) % 360
+        return _upright(chosen.to_image(), rotation)
 
 
 def video_metadata(video: DecodedVideo) -> dict[str, Any]:
@@ -267,7 +317,12 @@ class _Sampler:
         return 1.0 / rate if rate > 0 else 0.0
 
     def stacked(self) -> np.ndarray:
-        return np.stack(self.frames)
+        """The samples as one array, each list entry dropped as it is copied (never two copies at once)."""
+        out = np.empty((len(self.frames), *self.frames[0].shape), dtype=self.frames[0].dtype)
+        for i, frame in enumerate(self.frames):
+            out[i] = frame
+            self.frames[i] = out[i]  # the sample's own array is freed; the list only views ``out``
+        return out
 
 
 def segment(times: list[float], hists: list[np.ndarray], spec: VideoSpec, end_s: float) -> list[Segment]:

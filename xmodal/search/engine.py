@@ -257,6 +257,8 @@ class Searcher(QueryVectors):
         q = self._query(text=text, media=named or ((*media, "the upload") if media is not None else None), item=item,
                         stop=stop)
         routes = self.routes(q.modality, target)
+        if target == ANY:  # a silent video asks nothing in the sound space: its other routes still answer
+            routes = [r for r in routes if self.asks_in(q, _query_space(r), text=text, item=item)]
         vectors: list[np.ndarray] = []
         for r in routes:
             aligned = alignment_into(r.space) if r.method == "aligned-ip" else None
@@ -461,6 +463,12 @@ def _operating_point(part: AnnPart, recall: float | None) -> dict[str, Any]:
     return {"kind": part.recipe.kind, "nprobe": point["nprobe"] if point else part.recipe.nprobe,
             "k_factor": point["k_factor"] if point else part.recipe.k_factor,
             "probe_recall@10": point["recall@10"] if point else None}
+
+
+def _query_space(r: Route) -> str:
+    """The space of the query vector a route searches with (an alignment's source, when the query is mapped)."""
+    aligned = alignment_into(r.space) if r.map_query else None
+    return aligned.source if aligned is not None else r.space
 
 
 def _spaces_of(r: Route) -> list[str]:

@@ -1,8 +1,9 @@
 """``xmodal eval``: recall@1, recall@k, MRR and latency over a JSONL file of labelled queries.
 
 Each line: ``{"text"|"image"|"audio"|"item": ..., "expected": [uri, ...], "target": optional, ...}``;
-other keys are carried through to ``per_query``. A query counts as a hit at k when at least one expected
-item is among its first k results (the hit-rate form of recall used by CLIP retrieval benchmarks);
+other keys are carried through to ``per_query``. An expected entry may be ``{"uri": ..., "start": s, "end":
+e}``: a video expected at a time range (seconds), found only when the result's segment overlaps it. A query
+counts as a hit at k when at least one expected item is among its first k results (the hit-rate form of recall used by CLIP retrieval benchmarks);
 MRR uses the rank of the first expected item found (0 when none is in the top k). Relative paths
 (expected URIs and image queries) resolve against the current directory, then the queries file's.
 Recall is also reported per modality of the expected items. With ``min_relevance``, a result below it
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from tqdm.auto import tqdm
 
 from xmodal.errors import UserError
 from xmodal.search.engine import Searcher
-from xmodal.search.results import Cutoff
+from xmodal.search.results import Cutoff, SearchResult
 from xmodal.storage.uris import path_to_uri, uri_to_path
 
 QUERY_KEYS = ("text", "image", "audio", "item")
@@ -38,6 +40,32 @@ def _candidates(value: str, bases: list[Path]) -> set[str]:
     if os.path.isabs(value):
         return {path_to_uri(os.path.normpath(value))}
     return {path_to_uri(os.path.abspath(base / value)) for base in bases}
+
+
+@dataclass(frozen=True)
+class Expected:
+    """One expected item of a query: the URIs it may have in the catalog and, for a video, the time range
+    (seconds) its returned segment must overlap."""
+
+    uris: set[str]
+    span: tuple[float, float] | None = None
+
+    def found(self, result: SearchResult) -> bool:
+        if result.uri not in self.uris:
+            return False
+        if self.span is None:
+            return True
+        seg = result.segment
+        return seg is not None and seg["start_s"] < self.span[1] and self.span[0] < seg["end_s"]
+
+
+def _check_range(entry: dict[str, Any], where: str) -> None:
+    if not isinstance(entry.get("uri"), str) or set(entry) - {"uri", "start", "end"}:
+        raise UserError(f"{where}: an expected entry that is an object takes 'uri', 'start' and 'end'")
+    start, end = entry.get("start"), entry.get("end")
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in (start, end)) or not (
+            0 <= start < end):  # type: ignore[operator]
+        raise UserError(f"{where}: 'start' and 'end' must be seconds with 0 <= start < end, not {start!r} and {end!r}")
 
 
 def load_queries(path: Path) -> list[dict[str, Any]]:
@@ -58,10 +86,14 @@ def load_queries(path: Path) -> list[dict[str, Any]]:
             if len(kinds) != 1:
                 raise UserError(f"{path}:{lineno}: give exactly one of {', '.join(QUERY_KEYS)}")
             expected = q.get("expected")
-            if isinstance(expected, str):
+            if isinstance(expected, str | dict):
                 expected = [expected]
-            if not isinstance(expected, list) or not expected or not all(isinstance(e, str) for e in expected):
-                raise UserError(f"{path}:{lineno}: 'expected' must be a non-empty list of URIs")
+            if not isinstance(expected, list) or not expected or not all(isinstance(e, str | dict) for e in expected):
+                raise UserError(f"{path}:{lineno}: 'expected' must be a non-empty list of URIs "
+                                "(or of {\"uri\": ..., \"start\": s, \"end\": e})")
+            for e in expected:
+                if isinstance(e, dict):
+                    _check_range(e, f"{path}:{lineno}")
             q["expected"] = expected
             q["_line"] = lineno
             queries.append(q)
@@ -104,21 +136,18 @@ def evaluate(searcher: Searcher, queries_file: Path, *, k: int = 10, progress: b
         except UserError as exc:
             raise UserError(f"{queries_file}:{lineno}: {exc}") from exc
         latencies.append((time.perf_counter() - t0) * 1000)
-        expected_sets = [_candidates(e, bases) for e in q["expected"]]
-        found, rank = None, None  # before the cutoff, and after it
+        expected = [Expected(_candidates(e["uri"] if isinstance(e, dict) else e, bases),
+                             (float(e["start"]), float(e["end"])) if isinstance(e, dict) else None)
+                    for e in q["expected"]]
+        expected_sets = [e.uris for e in expected]
         kept = [r for r in results if cutoff.passes(r)]
-        for position, r in enumerate(results, 1):
-            if any(r.uri in cands for cands in expected_sets):
-                found = position
-                break
-        for position, r in enumerate(kept, 1):
-            if any(r.uri in cands for cands in expected_sets):
-                rank = position
-                break
+        found = next((pos for pos, r in enumerate(results, 1) if any(e.found(r) for e in expected)), None)
+        rank = next((pos for pos, r in enumerate(kept, 1) if any(e.found(r) for e in expected)), None)
         per_query.append({**q, "rank": rank, "hit@1": rank == 1, f"hit@{k}": rank is not None,
                           "dropped_by_cutoff": found is not None and rank is None, "no_good_match": not kept,
                           "expected_modality": _modality(searcher, expected_sets),
                           "latency_ms": round(latencies[-1], 3), "results": [r.uri for r in kept],
+                          **({"segments": [r.segment for r in kept]} if any(e.span for e in expected) else {}),
                           "relevance": [r.relevance for r in kept]})
     n = len(per_query)
     ranks = [p["rank"] for p in per_query]

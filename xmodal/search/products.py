@@ -55,10 +55,14 @@ _counts: weakref.WeakKeyDictionary[Catalog, dict[int, tuple[Any, SourceCounts, l
     weakref.WeakKeyDictionary())
 
 
-def item_links(item_id: int, modality: str) -> dict[str, str | None]:
-    """An item's media and thumbnail links, as every result and item body gives them."""
+def item_links(item_id: int, modality: str, segment: dict[str, float] | None = None) -> dict[str, str | None]:
+    """An item's media and thumbnail links, as every result and item body gives them: an image's thumbnail,
+    or a video's frame in the middle of its matched ``segment`` (of the video, without one)."""
+    thumbnail = f"/v1/items/{item_id}/thumbnail"
+    if modality == "video" and segment:
+        thumbnail += f"?t={round((segment['start_s'] + segment['end_s']) / 2, 1):g}"
     return {"media_url": f"/v1/items/{item_id}/media",
-            "thumbnail_url": f"/v1/items/{item_id}/thumbnail" if modality == "image" else None}
+            "thumbnail_url": thumbnail if modality in ("image", "video") else None}
 
 
 def source_counts(catalog: Catalog, collection_id: int) -> tuple[SourceCounts, list[str]]:
@@ -251,7 +255,7 @@ class _Product:
         best: dict[str, Any] = {"id": b.id, "modality": b.modality, "column": (b.source or {}).get("column"),
                 "score": round(b.score, 6), "relevance": b.relevance, "space": b.space, "method": b.method,
                 "segment": b.segment, "lexical": round(b.lexical, 6) if b.lexical is not None else None,
-                **item_links(b.id, b.modality)}
+                **item_links(b.id, b.modality, b.segment)}
         if row:
             items = [{"id": int(it.id), "modality": it.modality, "column": it.source_column,
                       **item_links(int(it.id), it.modality)} for it in row]

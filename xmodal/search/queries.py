@@ -59,6 +59,7 @@ class QueryVectors:
     collection_id: int
     layout: Layout
     primary: str
+    _spaces: dict[str, Any]  # the searcher's: the spaces this collection has
 
     def encoder_for(self, space: str) -> Any: ...  # the searcher's: the space's loaded encoder
 
@@ -83,7 +84,8 @@ class QueryVectors:
         try:
             return read_file(str(path), self.limits)
         except MediaError as exc:
-            raise UserError(f"cannot use {path} as an {kind} query: {exc.reason}") from exc
+            raise UserError(f"cannot use {path} as {'an' if kind[0] in 'aeiou' else 'a'} {kind} query: {exc.reason}"
+                            ) from exc
 
     def image_vector(self, path: Path) -> np.ndarray:
         return self.image_bytes_vector(self._query_file(path, "image"), name=str(path))
@@ -140,17 +142,57 @@ class QueryVectors:
             raise RuntimeError(f"shard {path} row {row} holds item {ids[row]}, not {item_id}")
         return vectors[row]
 
-    #: query media by modality: bytes -> the vector in the modality's native space (see ``media_vector``)
-    QUERY_MEDIA: dict[str, str] = {"image": "image_bytes_vector", "audio": "audio_bytes_vector"}
+    def video_bytes_vectors(self, data: bytes, *, name: str = "the upload",
+                            stop: Callable[[], bool] | None = None) -> dict[str, np.ndarray]:
+        """A short clip's vectors, as a video is embedded at indexing: its sampled frames pooled per segment and
+        over segments in the image space, and, where it has sound and the collection a sound space, its sound
+        cut at the same segments there. Within the query limits (seconds, pixels, decode time)."""
+        from xmodal.encoders.base import pool_segments
+        from xmodal.media.avaudio import decode_soundtrack
+        from xmodal.media.video import VideoLimits, VideoSpec, decode_video
 
-    def media_vector(self, modality: str, data: bytes, *, name: str = "the upload",
-                     stop: Callable[[], bool] | None = None) -> np.ndarray:
-        """The vector of query media of a modality, in the first space that embeds it natively."""
+        s, lim = self.settings, self.limits
+        image_space = native_spaces("image")[0]
+        encoder = cast(ImageEncoder, self.encoder_for(image_space))
+        try:
+            video = decode_video(data, VideoSpec(s.video_fps, s.video_max_frames, s.video_max_segment_s),
+                                 VideoLimits(lim.max_video_seconds, lim.max_video_pixels, lim.video_timeout_s),
+                                 encoder.image_transform(), stop)
+        except MediaError as exc:
+            raise QueryMediaError(f"cannot use {name} as a video query: {exc.reason}", exc) from exc
+        check_stop(stop)
+        inputs = video.inputs()
+        batch = s.batch_size
+        frames = np.concatenate([encoder.embed_images(inputs.frames[at : at + batch])
+                                 for at in range(0, len(inputs), batch)])
+        out = {image_space: pool_segments(frames, inputs.segment, len(video.segments))[1]}
+        sound_space = native_spaces("audio")[0]
+        if video.audio and sound_space in self._spaces:
+            check_stop(stop)
+            sound_encoder = cast(AudioEncoder, self.encoder_for(sound_space))
+            try:
+                track = decode_soundtrack(data, sound_encoder.audio_spec(), video.spans,
+                                          sound_encoder.audio_transform(), stop)
+            except MediaError as exc:
+                raise QueryMediaError(f"cannot use {name} as a video query: sound track: {exc.reason}", exc) from exc
+            windows = sound_encoder.embed_windows(track.windows, batch, stop=stop)
+            out[sound_space] = pool_segments(windows, track.segment, len(video.segments), sound_encoder.pool)[1]
+        return out
+
+    #: query media by modality: bytes -> its vectors by space (see ``media_vectors``)
+    QUERY_MEDIA: dict[str, str] = {"image": "image_bytes_vector", "audio": "audio_bytes_vector",
+                                   "video": "video_bytes_vectors"}
+
+    def media_vectors(self, modality: str, data: bytes, *, name: str = "the upload",
+                      stop: Callable[[], bool] | None = None) -> dict[str, np.ndarray]:
+        """The vectors of query media of a modality: in the first space that embeds it natively (a video: in
+        each space that embeds a part of it)."""
         method = self.QUERY_MEDIA.get(modality)
         if method is None:
             raise UserError(f"{modality} is not a query modality (queries: text, item, "
                             f"{', '.join(self.QUERY_MEDIA)})")
-        return cast(np.ndarray, getattr(self, method)(data, name=name, stop=stop))
+        got = getattr(self, method)(data, name=name, stop=stop)
+        return got if isinstance(got, dict) else {native_spaces(modality)[0]: got}
 
     def _query(self, *, text: str | None, media: tuple[str, bytes, str] | None, item: int | None,
                stop: Callable[[], bool] | None = None) -> Query:
@@ -160,8 +202,7 @@ class QueryVectors:
             return Query("text", {})
         if media is not None:
             modality, data, name = media
-            return Query(modality, {native_spaces(modality)[0]: self.media_vector(modality, data, name=name,
-                                                                                     stop=stop)})
+            return Query(modality, self.media_vectors(modality, data, name=name, stop=stop))
         assert item is not None
         it = self.catalog.item_by_id(self.collection_id, int(item))
         return Query(it.modality, {}, {int(item)})
@@ -179,6 +220,13 @@ class QueryVectors:
         if isinstance(value, bytes):
             return modality, value, "the upload"
         return modality, self._query_file(Path(value), modality), str(value)
+
+    def asks_in(self, q: Query, space: str, *, text: str | None, item: int | None) -> bool:
+        """Whether the query has a vector in ``space``: a text always, media where it was embedded, an item where
+        it has one (a silent video has none in the sound space)."""
+        if text is not None or space in q.vectors:
+            return True
+        return item is not None and self.catalog.vector_location(int(item), space) is not None
 
     def _vector(self, q: Query, space: str, *, text: str | None, item: int | None) -> np.ndarray:
         """The query's native vector in ``space``, computed once per request."""

@@ -41,10 +41,13 @@ def router(*, errors: tuple[int, ...]) -> APIRouter:
         return VerifiedFileResponse(opened, media_type=media_type)
 
     @r.get("/{item_id}/thumbnail", response_class=FileResponse, responses={
-        200: {"description": "A JPEG thumbnail of an image item.", "content": {"image/jpeg": _BINARY}},
+        200: {"description": "A JPEG thumbnail of an image item, or of a video's frame at `t` seconds (default: "
+                     "its middle).", "content": {"image/jpeg": _BINARY}},
         **responses(*errors, 404, 409, 422, 503)})
-    def thumbnail(item_id: ItemId, service: ServiceDep) -> FileResponse:
-        return FileResponse(service.thumbnail(item_id=item_id), media_type="image/jpeg",
+    def thumbnail(item_id: ItemId, service: ServiceDep,
+                  t: Annotated[float | None, Query(ge=0, le=1e6, description="a video's time, seconds")] = None
+                  ) -> FileResponse:
+        return FileResponse(service.thumbnail(item_id=item_id, at_s=t), media_type="image/jpeg",
                             headers={"Cache-Control": "public, max-age=86400"})
 
     return r

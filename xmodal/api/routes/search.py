@@ -56,10 +56,12 @@ def router(settings: Settings, *, errors: tuple[int, ...]) -> APIRouter:
     async def search_upload(
         request: Request,
         service: ServiceDep,
-        file: Annotated[UploadFile, File(description=f"an image or a sound ({UPLOAD_TYPE_LIST}); at most "
-                                                     f"{settings.max_upload_bytes} bytes, "
-                                                     f"{settings.query_max_image_pixels} pixels or "
-                                                     f"{settings.query_max_audio_seconds:g} s")],
+        file: Annotated[UploadFile, File(description=f"an image, a sound or a short video clip ({UPLOAD_TYPE_LIST});"
+                                                     f" at most {settings.max_upload_bytes} bytes, "
+                                                     f"{settings.query_max_image_pixels} pixels, "
+                                                     f"{settings.query_max_audio_seconds:g} s of sound or "
+                                                     f"{settings.query_max_video_seconds:g} s of video at "
+                                                     f"{settings.query_max_video_pixels} pixels a frame")],
         collection: Annotated[CollectionName, Form()],
         target: Annotated[Target, Form()] = "any",
         k: Annotated[PlainInt, Form(ge=1, le=MAX_K)] = 12,

@@ -1,12 +1,14 @@
 // xmodal web page: a plain ES module, no build step, no requests to anything but this server.
 // Every piece of data goes into the page as text nodes or element properties, never as HTML.
+import { card, configure, freeObjectUrls, productCard } from "./cards.js";
 import { facetNames, renderSort, showFacets, sortSpec } from "./facets.js";
 
 const K = 24;             // results a page
 const MAX_OFFSET = 900;   // the API's bound on offset
 const KEY_STORE = "xmodal.apikey";
-const MODALITY_LABELS = { image: "images", text: "text", audio: "audio" };
-const COUNTED = { image: ["image", "images"], text: ["text", "texts"], audio: ["sound", "sounds"] };
+const MODALITY_LABELS = { image: "images", text: "text", audio: "audio", video: "videos" };
+const COUNTED = { image: ["image", "images"], text: ["text", "texts"], audio: ["sound", "sounds"],
+  video: ["video", "videos"] };
 // "strong matches only": relevance at least 1, ten times less likely than the best of the collection's
 // unrelated items (see docs/serving.md on scores)
 const STRONG = 1;
@@ -24,6 +26,8 @@ const MODALITY_FIELDS = {
   image: ["width", "height", "format"],
   audio: ["duration_s", "sample_rate", "channels", "format", "subtype", "windows", "window_s"],
   text: ["chars"],
+  video: ["duration_s", "width", "height", "codec", "format", "rotation", "has_audio", "frames", "frame_interval_s",
+    "windows"],
 };
 
 const $ = (id) => document.getElementById(id);
@@ -32,7 +36,6 @@ const state = {
   query: null,          // {kind: "text", text} | {kind: "file", file} | {kind: "similar", id, label}
   offset: 0,
   controller: null,     // aborts the request in flight when a newer one starts
-  objectUrls: [],       // media fetched with the API key, freed when the results change
   previewUrl: null,     // the uploaded query's blob URL, freed when the query changes
 };
 
@@ -127,10 +130,13 @@ function renderHint() {
     return;
   }
   const counts = Object.entries(col.modalities || {}).filter(([, n]) => n > 0).sort(([a], [b]) => a.localeCompare(b));
-  const audio = counts.some(([m]) => m === "audio");
+  const held = new Set(counts.map(([m]) => m));
+  const kinds = ["an image", held.has("audio") ? "a sound" : null, held.has("video") ? "a video clip" : null]
+    .filter(Boolean);
   hint.replaceChildren(
     el("p", {}, "Type what you are looking for (“red leather boots”, “rain on a tin roof”) and press Enter, or drop "
-      + (audio ? "an image or a sound" : "an image") + " above to find look-alikes; “similar” on a result finds more "
+      + (kinds.length > 1 ? kinds.slice(0, -1).join(", ") + " or " + kinds[kinds.length - 1] : kinds[0])
+      + " above to find look-alikes; “similar” on a result finds more "
       + "like it."),
     el("p", {}, `${col.name} holds `
       + (counts.length ? counts.map(([m, n]) => plural(n, COUNTED[m] || [m, m])).join(", ") : "nothing yet") + "."));
@@ -175,9 +181,12 @@ function renderControls() {
   target.value = modalities.includes(previous) ? previous : "any";
 
   const audio = modalities.includes("audio");
-  $("file").accept = audio ? "image/*,audio/*" : "image/*";
+  const video = modalities.includes("video");
+  $("file").accept = ["image/*", audio ? "audio/*" : null, video ? "video/*" : null].filter(Boolean).join(",");
+  const kinds = ["an image", audio ? "audio file" : null, video ? "video clip" : null].filter(Boolean);
   $("drop-text").replaceChildren(
-    audio ? "Drop an image or audio file here to find look-alikes, or " : "Drop an image here to find look-alikes, or ",
+    `Drop ${kinds.length > 1 ? kinds.slice(0, -1).join(", ") + " or " + kinds[kinds.length - 1] : kinds[0]} here `
+      + "to find look-alikes, or ",
     el("u", {}, "choose a file"));
 
   renderFilters();
@@ -269,133 +278,13 @@ function showQuery(query) {
   const { file } = query;
   const name = file.name || "the uploaded file";
   state.previewUrl = URL.createObjectURL(file);
-  const audio = (file.type || "").startsWith("audio/");
-  $("query-media").replaceChildren(audio
-    ? el("audio", { controls: true, src: state.previewUrl, attrs: { "aria-label": `your query: ${name}` } })
-    : el("img", { src: state.previewUrl, alt: `your query: ${name}` }));
-  $("query-name").textContent = `Your ${audio ? "sound" : "image"}: ${name}`;
+  const kind = (file.type || "").split("/")[0];
+  const label = { attrs: { "aria-label": `your query: ${name}` } };
+  $("query-media").replaceChildren(kind === "audio" ? el("audio", { controls: true, src: state.previewUrl, ...label })
+    : kind === "video" ? el("video", { controls: true, muted: true, src: state.previewUrl, ...label })
+      : el("img", { src: state.previewUrl, alt: `your query: ${name}` }));
+  $("query-name").textContent = `Your ${{ audio: "sound", video: "clip" }[kind] || "image"}: ${name}`;
   box.hidden = false;
-}
-
-// ---- results ----
-
-function displayName(uri) {
-  const last = uri.split(/[\\/]/).filter(Boolean).pop() || uri;
-  if (!uri.startsWith("file://")) return last;   // plain paths are shown as they are
-  try { return decodeURIComponent(last); } catch { return last; }
-}
-
-function freeObjectUrls() {
-  for (const url of state.objectUrls) URL.revokeObjectURL(url);
-  state.objectUrls = [];
-}
-
-async function fetchObjectUrl(url) {
-  const response = await fetch(url, { headers: headers() });
-  if (!response.ok) throw new ApiError(`HTTP ${response.status}`, `http_${response.status}`);
-  const objectUrl = URL.createObjectURL(await response.blob());
-  state.objectUrls.push(objectUrl);
-  return objectUrl;
-}
-
-// <img>/<audio> can't send X-API-Key: with a key set, media is fetched with it and shown from a blob URL.
-function setMediaSource(node, url) {
-  if (!apiKey()) {
-    node.src = url;
-    return;
-  }
-  fetchObjectUrl(url).then((objectUrl) => { node.src = objectUrl; }).catch(() => node.classList.add("broken"));
-}
-
-function openOriginal(url) {
-  const tab = window.open("about:blank", "_blank");
-  if (tab) tab.opener = null;
-  fetchObjectUrl(url).then((objectUrl) => {
-    if (tab) tab.location.href = objectUrl; else window.location.href = objectUrl;
-  }).catch((error) => { if (tab) tab.close(); showError(error); });
-}
-
-// a plain link to the original; with an API key set, the click fetches it with the key instead
-function mediaLink(url, props, ...children) {
-  const link = el("a", { href: url, target: "_blank", rel: "noopener", ...props }, ...children);
-  link.addEventListener("click", (event) => {
-    if (!apiKey()) return;
-    event.preventDefault();
-    openOriginal(url);
-  });
-  return link;
-}
-
-function card(result) {
-  const meta = result.metadata || {};
-  const name = displayName(result.uri);
-  let body;
-  if (result.modality === "image" && result.thumbnail_url) {
-    const img = el("img", { alt: name, loading: "lazy", decoding: "async", width: 320, height: 240 });
-    setMediaSource(img, result.thumbnail_url);
-    // the thumbnail is a second way to the same link: hidden from keyboard and screen readers
-    body = mediaLink(result.media_url, { tabIndex: -1, className: "thumb", attrs: { "aria-hidden": "true" } }, img);
-  } else if (result.modality === "audio") {
-    const audio = el("audio", { controls: true, preload: "none", attrs: { "aria-label": name } });
-    setMediaSource(audio, result.media_url);
-    body = el("div", { className: "audio" }, audio);
-  } else {
-    const title = typeof meta.title === "string" ? meta.title : "";
-    const snippet = typeof meta.snippet === "string" ? meta.snippet : "";
-    // the title above the snippet only where the snippet does not start with it already
-    const showTitle = title && snippet && !snippet.includes(title.replace(/…$/, ""));
-    body = el("div", { className: "text" }, showTitle ? el("strong", {}, title) : null, snippet || title || name);
-  }
-  const relevance = typeof result.relevance === "number" ? result.relevance : null;
-  const score = typeof result.score === "number" ? result.score.toFixed(3) : String(result.score);
-  const scoreText = result.method === "browse" ? ""  // listed by filters and sort: no score
-    : relevance === null ? `score ${score}` : `relevance ${relevance.toFixed(1)}`;
-  const scoreTitle = `relevance ${relevance === null ? "–" : relevance.toFixed(2)} (how far it stands above chance;`
-    + ` comparable across kinds) · raw score ${score} (${result.space}/${result.method})`;
-  const similar = el("button", { type: "button", className: "link similar", textContent: "similar",
-    attrs: { "aria-label": `find items similar to ${name}` },
-    onclick: () => run({ kind: "similar", id: result.id, label: name }, 0) });
-  return el("article", { className: "card",
-    dataset: { id: String(result.id), modality: result.modality, relevance: String(relevance ?? "") } },
-    body,
-    el("div", { className: "meta" },
-      el("span", { className: "name", title: result.uri, textContent: name }),
-      el("span", { className: relevance !== null && relevance >= STRONG ? "score strong" : "score",
-        textContent: scoreText ? `${result.modality} · ${scoreText}` : result.modality, title: scoreTitle }),
-      el("span", { className: "actions" }, similar, mediaLink(result.media_url, { className: "original",
-        textContent: "original", attrs: { "aria-label": `open the original of ${name}` } }))));
-}
-
-// a product (group_by "source"): the thumbnail of its best item (else of the row's first image), title, source id
-function productCard(product) {
-  const best = product.best || {};
-  const meta = product.metadata || {};
-  const title = typeof meta.title === "string" ? meta.title : "";
-  const sku = product.source_id === null || product.source_id === undefined ? "" : String(product.source_id);
-  const name = title || sku || `item ${best.id}`;
-  const image = best.thumbnail_url ? best : (product.items || []).find((it) => it.thumbnail_url);
-  let body;
-  if (image) {
-    const img = el("img", { alt: name, loading: "lazy", decoding: "async", width: 320, height: 240 });
-    setMediaSource(img, image.thumbnail_url);
-    body = mediaLink(image.media_url, { tabIndex: -1, className: "thumb", attrs: { "aria-hidden": "true" } }, img);
-  } else {
-    body = el("div", { className: "text" }, el("strong", {}, name));
-  }
-  const relevance = typeof product.relevance === "number" ? product.relevance : null;
-  const scoreText = relevance === null ? `score ${Number(product.score).toFixed(3)}` : `relevance ${relevance.toFixed(1)}`;
-  const similar = el("button", { type: "button", className: "link similar", textContent: "similar",
-    attrs: { "aria-label": `find products similar to ${name}` },
-    onclick: () => run({ kind: "similar", id: best.id, label: name }, 0) });
-  return el("article", { className: "card product",
-    dataset: { source: sku, id: String(best.id), relevance: String(relevance ?? "") } },
-    body,
-    el("div", { className: "meta" },
-      el("span", { className: "name", title: name, textContent: name }),
-      el("span", { className: "sku", textContent: sku }),
-      el("span", { className: relevance !== null && relevance >= STRONG ? "score strong" : "score",
-        textContent: `${best.column || best.modality} matched · ${scoreText}` }),
-      el("span", { className: "actions" }, similar)));
 }
 
 function mix(results) {
@@ -554,6 +443,7 @@ async function loadCollections() {
 }
 
 function wire() {
+  configure({ el, apiKey, headers, showError, moreLike: (query) => run(query, 0), STRONG, ApiError });
   const key = $("apikey");
   key.value = apiKey();
   const saveKey = () => {

@@ -86,7 +86,7 @@ class LocalEngine:
                 job.progress.update()
                 if sink.decoded(d):
                     modality = d.modality or ""
-                    for space in job.work[d.item_id].spaces_for(modality):
+                    for space in job.work[d.item_id].spaces_for(modality, d.meta):
                         groups[(space, modality)].append(d)
                         if waiting(groups.get((space, modality), [])) >= batch:
                             encode(space, modality)

@@ -57,7 +57,7 @@ from xmodal.indexer.decode import DecodeConfig, Decoded, DecodeTask, decode_many
 from xmodal.indexer.encode import encode_group
 from xmodal.indexer.engines.base import EmbedJob
 from xmodal.indexer.sink import ItemWork, ShardSink
-from xmodal.spaces import MODALITIES, SPACES
+from xmodal.spaces import MODALITIES, SPACES, embeds
 from xmodal.storage.shards import Windows
 
 if TYPE_CHECKING:
@@ -431,7 +431,7 @@ def _deliver(job: EmbedJob, expected: set[int],
             delivered.add(d.item_id)
             job.progress.update()
             if sink.decoded(d):
-                for space in job.work[d.item_id].spaces_for(d.modality or ""):
+                for space in job.work[d.item_id].spaces_for(d.modality or "", d.meta):
                     vec, windows = vectors[space]
                     sink.vector(d, space, vec, windows)
                 encoded = True
@@ -471,7 +471,8 @@ def _decode_batch(batch: pa.Table, config: DecodeConfig) -> pa.Table:
     for (task, spaces), d in zip(rows, decoded, strict=True):
         if d.item_id != task.item_id:
             raise RuntimeError(f"decode returned item {d.item_id} for task {task.item_id}")
-        needs = () if d.error is not None or d.unchanged else spaces.get(d.modality, ())
+        needs = () if d.error is not None or d.unchanged else tuple(
+            sp for sp in spaces.get(d.modality or "", ()) if embeds(sp, d.modality or "", d.meta))
         out.append(_dumps((d, needs)))
     return _table([task.item_id for task, _ in rows], out)
 

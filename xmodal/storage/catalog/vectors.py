@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 
 from xmodal.storage.catalog.engine import CatalogBase, chunks
 from xmodal.storage.catalog.items import bulk_update
@@ -55,8 +55,10 @@ class ShardQueries(CatalogBase):
             refresh_words(s, ids, {e.item_id: e.text for e in items})
             return int(shard.id)
 
-    def items_needing_vectors(self, collection_id: int, space: str, modalities: Iterable[str]) -> list[int]:
-        """Ok items of the space's modalities whose current content has no vector there."""
+    def items_needing_vectors(self, collection_id: int, space: str, modalities: Iterable[str],
+                              only_if: Iterable[tuple[str, str]] = ()) -> list[int]:
+        """Ok items of the space's modalities whose current content has no vector there; ``only_if``: (modality,
+        metadata flag) pairs whose items need one only when the flag is true (a video with sound)."""
         q = (
             select(Item.id)
             .outerjoin(ItemVector, (ItemVector.item_id == Item.id) & (ItemVector.space == space))
@@ -65,6 +67,7 @@ class ShardQueries(CatalogBase):
                 Item.status == STATUS_OK,
                 Item.modality.in_(list(modalities)),
                 (ItemVector.item_id.is_(None)) | (ItemVector.content_hash != Item.content_hash),
+                *[or_(Item.modality != m, Item.meta[flag].as_boolean().is_(True)) for m, flag in only_if],
             )
             .order_by(Item.id)
         )
