@@ -39,7 +39,7 @@ from xmodal.media.fetch import fetch_bytes, is_remote
 from xmodal.media.image import decode_image_with_info
 from xmodal.media.types import MediaLimits
 from xmodal.search.engine import Searcher, SearchOutcome
-from xmodal.search.filters import compile_filter, metadata_fields
+from xmodal.search.filters import metadata_fields, prepare_filter
 from xmodal.spaces import ANY, UPLOAD_TYPES, upload_modality
 from xmodal.storage.catalog import STATUS_OK, Catalog, Item
 from xmodal.storage.uris import is_under, uri_to_path
@@ -167,7 +167,7 @@ class Service:
                cancel: threading.Event | None = None, mode: str | None = None) -> dict[str, Any]:
         """A query by text, item, or ``media`` (modality, bytes: an upload); ``mode``: vector, lexical, hybrid."""
         searcher = self._searcher(collection)
-        where = compile_filter(filters, self._fields(collection)) if filters else None
+        where = prepare_filter(filters, self._fields(collection)) if filters else None  # planned by selectivity
         t0 = time.perf_counter()
         outcome = searcher.run(text=text, item=item_id, media=media, target=target, k=k, offset=offset, where=where,
                                recall=recall, fusion=fusion, min_relevance=min_relevance, min_score=min_score,

@@ -22,9 +22,9 @@ def _where(searcher: Any, text: str | None) -> Any:
     if not text:
         return None
     from xmodal.api.schemas import parse_filter_text
-    from xmodal.search.filters import compile_filter, metadata_fields
+    from xmodal.search.filters import metadata_fields, prepare_filter
 
-    return compile_filter(parse_filter_text(text), metadata_fields(searcher.catalog, searcher.collection_id))
+    return prepare_filter(parse_filter_text(text), metadata_fields(searcher.catalog, searcher.collection_id))
 
 
 def cmd_search(args: argparse.Namespace) -> int:

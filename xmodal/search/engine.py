@@ -27,7 +27,10 @@ from xmodal.encoders import Encoder, align, load_encoder, resolve_model
 from xmodal.encoders.align import LoadedAlignment
 from xmodal.errors import UserError
 from xmodal.media.types import MediaLimits
+from xmodal.search.columns import ColumnView
+from xmodal.search.filters import Filter
 from xmodal.search.lexical import HYBRID_FUSION, choose_mode, fuse, lexical_fusion, lexical_results
+from xmodal.search.plans import EMPTY, POST, UNFILTERED, Plan, Planner
 from xmodal.search.queries import Query, QueryVectors
 from xmodal.search.results import (
     FUSIONS,
@@ -113,6 +116,7 @@ class Searcher(QueryVectors):
         self._alignment: LoadedAlignment | None = None
         self._windows: dict[tuple[int, str], Windows | None] = {}
         self._has_lexical: bool | None = None
+        self._planner = Planner(settings.filter_exact_max)  # filtered queries: the column view and the plans (search.plans)
 
     # loading ---------------------------------------------------------------------------------
 
@@ -227,8 +231,9 @@ class Searcher(QueryVectors):
             fusion: str = "relevance", min_relevance: float | None = None,
             min_score: float | None = None, mode: str | None = None) -> SearchOutcome:
         """Encode the query, search every route, merge: results ``offset`` to ``offset + k`` and where the
-        time went. ``where``: a SQLAlchemy condition on catalog items (structured filters), applied at
-        hydration. ``recall``: the recall@10 this request wants from approximate indexes (the cheapest
+        time went. ``where``: a filter, prepared (``search.filters.prepare_filter``: searched by a plan
+        chosen by its selectivity, ``search.plans``) or a bare SQLAlchemy condition on catalog items
+        (post-filtered); the condition is applied at hydration either way. ``recall``: the recall@10 this request wants from approximate indexes (the cheapest
         operating point measured at build time that reaches it), instead of the tuned one. ``media``:
         (modality, bytes) of any query modality, as an upload gives it. ``stop``: asked while query media
         decodes; True abandons the query (:class:`Cancelled`). ``fusion``: how the lists of several
@@ -236,6 +241,8 @@ class Searcher(QueryVectors):
         dropped; a page left empty says ``no_good_match``. ``mode``: vector, lexical or hybrid (default:
         hybrid for a text on a collection with words in the full-text index, else vector; ``search.lexical``)."""
         _check_request(target, k, offset, recall, fusion)
+        flt = where if isinstance(where, Filter) else None  # a prepared filter: planned by its selectivity
+        where = flt.condition if flt is not None else where
         t0 = time.perf_counter()
         named = self._media(image=image, image_bytes=image_bytes, audio=audio, audio_bytes=audio_bytes)
         if media is not None and named is not None:
@@ -265,7 +272,7 @@ class Searcher(QueryVectors):
         want = k + offset
         cutoff = Cutoff(min_relevance, min_score)
         ann: dict[str, dict[str, Any]] = {}
-        lists = [self._search_route(r, v, want, q.exclude, where, timings, recall, ann, cutoff)
+        lists = [self._search_route(r, v, want, q.exclude, where, timings, recall, ann, cutoff, flt)
                  for r, v in zip(routes, vectors, strict=True)]
         calibrated = all(f"{r.query}->{r.target}" in self._loaded(r.space).calibration for r in routes
                          if r.target in self._loaded(r.space).parts)
@@ -317,12 +324,14 @@ class Searcher(QueryVectors):
                              lexical_fusion(self.catalog.backend), mode=LEXICAL)
 
     def _search_route(self, r: Route, vector: np.ndarray, want: int, exclude: set[int], where: Any, timings: Timings,
-                      recall: float | None, ann: dict[str, dict[str, Any]], cutoff: Cutoff) -> list[SearchResult]:
+                      recall: float | None, ann: dict[str, dict[str, Any]], cutoff: Cutoff,
+                      flt: Filter | None = None) -> list[SearchResult]:
         """Search one route's part: the best ``want`` live items that match ``where``, each with its calibrated
         relevance. Items deleted (or otherwise hidden) since the version was built are left out inside
-        FAISS, so they don't take the places of live results; when many candidates are filtered out the
-        search looks further (x4), until ``want`` are found, the part is exhausted, or what is left falls
-        below the cutoff."""
+        FAISS, so they don't take the places of live results. A filter's plan (``search.plans``) follows
+        its selectivity: no search when nothing matches, exact scores of few matches, an ANN search
+        restricted to them, or post-filtering that looks further (x4) while too many are filtered out,
+        until ``want`` are found, the candidates are exhausted, or what is left falls below the cutoff."""
         loaded = self._loaded(r.space)
         part = loaded.parts.get(r.target)
         if part is None:
@@ -336,15 +345,25 @@ class Searcher(QueryVectors):
         t0 = time.perf_counter()
         hidden = self.catalog.hidden_since(self.collection_id, loaded.hide_since) if loaded.hide_since else []
         excluded = np.asarray(sorted(exclude.union(hidden)), dtype=np.int64)
-        timings.sql_ms += (time.perf_counter() - t0) * 1000
-        ann[f"{r.space}/{r.target}"] = _operating_point(part, recall)
+        t1 = time.perf_counter()
+        timings.sql_ms += (t1 - t0) * 1000
+        plan = self._plan(part, flt, r.target, recall)
+        info = ann[f"{r.space}/{r.target}"] = {**_operating_point(part, recall), **plan.info(),
+                                               "plan_ms": round((time.perf_counter() - t1) * 1000, 3)}
+        if plan.name == EMPTY:
+            return []
         total = part.ntotal
-        fetch = min(total, max(want + 16, TAIL + 1))  # the local tail is fitted on the best TAIL + 1
+        if plan.selective and calibration is not None:  # the local tail: the query's neighbours in the whole part
+            t0 = time.perf_counter()
+            scores, ids = part.search(query, min(total, TAIL + 1), recall=recall, exclude=excluded)
+            relevance = Relevance(calibration, local_tail(scores[0][ids[0] >= 0], total))
+            timings.ann_ms += (time.perf_counter() - t0) * 1000
+        fetch = plan.first_fetch(min(total, max(want + 16, TAIL + 1)), total)  # the local tail: the best TAIL + 1
         results: list[SearchResult] = []
         segmented = MODALITIES[r.target].always_segment and r.target in SPACES[r.space].modalities
         while fetch > 0:
             t0 = time.perf_counter()
-            scores, ids = part.search(query, fetch, recall=recall, exclude=excluded)
+            scores, ids = plan.search(part, query, fetch, recall=recall, exclude=excluded)
             candidates = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
             if relevance is None and calibration is not None:
                 relevance = Relevance(calibration, local_tail(scores[0][ids[0] >= 0], total))
@@ -352,25 +371,43 @@ class Searcher(QueryVectors):
             timings.ann_ms += (t1 - t0) * 1000
             items = self.catalog.items([i for _, i in candidates if i not in exclude], where=where)
             timings.sql_ms += (time.perf_counter() - t1) * 1000
-            results = []
+            results, rejected = [], 0
             for score, item_id in candidates:
                 it = items.get(item_id)
                 if it is None or item_id in exclude or it.status != STATUS_OK:
+                    rejected += 1
                     continue
                 source = {"id": it.source_id, "column": it.source_column or ""} if it.source_id is not None else None
                 results.append(SearchResult(item_id, it.uri, it.modality, score, it.meta or {}, r.space, r.method,
                                             relevance(score) if relevance else None, source=source))
                 if len(results) == want and not segmented:  # segmented: every candidate, re-ranked below
                     break
+            if plan.selective and plan.exact_count and rejected:  # the view lags the catalog: SQL decides
+                plan = Plan(POST, fallback=f"{plan.name}: {rejected} candidates no longer match (the column view "
+                                           "lagged the catalog); post-filtered")
+                info.update(plan.info())
+                fetch = min(total, max(want + 16, TAIL + 1))
+                continue
             below = bool(cutoff) and bool(candidates) and not cutoff.passes(SearchResult(
                 0, "", r.target, candidates[-1][0], {}, r.space, r.method,
                 relevance(candidates[-1][0]) if relevance else None))
-            if len(results) >= want or fetch >= total or below:
+            limit = plan.matches if plan.selective and plan.matches is not None else total
+            if len(results) >= want or fetch >= limit or below:
                 break
-            fetch = min(total, fetch * 4)  # many filtered out (or hidden after the lookup): look further
+            fetch = min(limit, fetch * 4)  # many filtered out (or hidden after the lookup): look further
         if segmented:
             results = self._by_best_segment(results, query[0], relevance)[:want]
         return results
+
+    def _plan(self, part: AnnPart, flt: Filter | None, modality: str, recall: float | None) -> Plan:
+        """The plan for a filter in one part, on the collection's column view as the catalog has it now
+        (built on the first filtered query; patched when ``last_change`` moved)."""
+        if flt is None:
+            return Plan(UNFILTERED)
+        view = self._planner.view
+        self._planner.use(ColumnView.build(self.catalog, self.collection_id) if view is None
+                          else view.fresh(self.catalog))
+        return self._planner.plan(part, flt, modality, recall)
 
     def _by_best_segment(self, results: list[SearchResult], query: np.ndarray,
                          relevance: Relevance | None) -> list[SearchResult]:

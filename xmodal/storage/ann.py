@@ -283,12 +283,14 @@ class AnnPart:
         return None
 
     def search(self, queries: Any, k: int, *, nprobe: int | None = None, k_factor: int | None = None,
-               recall: float | None = None, exclude: Any = None) -> tuple[FloatArray, IdArray]:
+               recall: float | None = None, exclude: Any = None,
+               among: IdSet | None = None) -> tuple[FloatArray, IdArray]:
         """Top-``k``: ``(scores float32 (q, k), ids int64 (q, k))``, -inf / -1 where missing.
 
         The operating point is the tuned one, or the measured point for ``recall`` (see
         :meth:`point_for`), or explicit ``nprobe`` / ``k_factor``. ``exclude``: ids never returned
         (deleted since the build), filtered inside FAISS so that ``k`` live results still come back.
+        ``among``: only these ids are returned (a filter's matches), also chosen inside FAISS.
         A 1-D query is treated as a single query.
         """
         if k <= 0:
@@ -310,7 +312,7 @@ class AnnPart:
         rerank = self.recipe.reranked and self.store is not None
         # the depth tuning measured (k >= 10) is the least a re-ranked search looks at, also for k=1
         fetch = min(self.ntotal, max(k, MIN_RERANK_K) * k_factor if rerank else k)
-        params, _keep = _params(self.index, nprobe, exclude)
+        params, _keep = _params(self.index, nprobe, exclude, among)
         d, i = self.index.search(x, fetch, params=params) if params is not None else self.index.search(x, fetch)
         if rerank:
             assert self.store is not None
@@ -322,16 +324,84 @@ class AnnPart:
         return scores, ids
 
 
-def _params(index: faiss.Index, nprobe: int, exclude: Any) -> tuple[Any, list[Any]]:
+    def search_among(self, queries: Any, k: int, among: IdSet, *, exclude: Any = None) -> tuple[FloatArray, IdArray]:
+        """Exact top-``k`` over just the ids of ``among`` (less ``exclude``): their exact vectors read from
+        the re-rank store (memory-mapped: only those rows), or a flat index searched with the id set as
+        its selector. An approximate part without a store answers by probing every list."""
+        q = as_vectors(np.asarray(queries).reshape(-1, self.d), name="queries")
+        if self.store is None:
+            ivf = ivf_of(self.index)
+            return self.search(q, k, nprobe=int(ivf.nlist) if ivf is not None else None, exclude=exclude, among=among)
+        ids = among.ids
+        if exclude is not None and len(exclude):
+            ids = ids[~np.isin(ids, np.asarray(exclude, dtype=np.int64))]
+        rows = self.store.rows(ids)
+        held = rows >= 0
+        ids, rows = ids[held], rows[held]  # an id the part does not hold (added after the build) is no candidate
+        scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
+        out = np.full((q.shape[0], k), -1, dtype=np.int64)
+        if not ids.shape[0]:
+            return scores, out
+        order = np.argsort(rows, kind="stable")  # rows in file order: sequential reads of the memory map
+        vectors = np.asarray(self.store.vectors[rows[order]], dtype=np.float32)
+        all_scores = q @ vectors.T  # (nq, m)
+        width = min(k, ids.shape[0])
+        for n in range(q.shape[0]):
+            top = np.argpartition(-all_scores[n], width - 1)[:width] if width < ids.shape[0] else np.arange(width)
+            top = top[np.argsort(-all_scores[n][top], kind="stable")]
+            scores[n, :width] = all_scores[n][top]
+            out[n, :width] = ids[order][top]
+        return scores, out
+
+
+@dataclass
+class IdSet:
+    """A set of item ids a search is restricted to (sorted, unique), with the FAISS selector built once:
+    a bitmap over ids (one bit per id up to the largest) where that stays small, else a hashed batch."""
+
+    ids: IdArray
+    _bitmap: npt.NDArray[np.uint8] | None = None
+
+    MAX_BITMAP_BYTES = 64 << 20
+
+    @classmethod
+    def of(cls, ids: npt.ArrayLike) -> IdSet:
+        return cls(np.unique(np.asarray(ids, dtype=np.int64)))
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def selector(self) -> tuple[Any, list[Any]]:
+        """The FAISS selector (and what must stay alive while it is used)."""
+        ids = self.ids
+        top = int(ids[-1]) if ids.shape[0] else 0
+        if ids.shape[0] and int(ids[0]) >= 0 and top // 8 + 1 <= self.MAX_BITMAP_BYTES:
+            if self._bitmap is None:
+                bits = np.zeros(top + 1, dtype=bool)
+                bits[ids] = True
+                self._bitmap = np.packbits(bits, bitorder="little")
+            sel = faiss.IDSelectorBitmap(self._bitmap.shape[0], faiss.swig_ptr(self._bitmap))
+            return sel, [self._bitmap, sel]
+        batch = faiss.IDSelectorBatch(ids.shape[0], faiss.swig_ptr(ids))
+        return batch, [ids, batch]
+
+
+def _params(index: faiss.Index, nprobe: int, exclude: Any, among: IdSet | None = None) -> tuple[Any, list[Any]]:
     """Per-call ``SearchParameters`` (thread-safe: the index is not mutated): ``nprobe`` and an id
-    selector that leaves out ``exclude``. Returns the params (or None) and what must stay alive."""
+    selector that keeps only ``among`` (when given) and leaves out ``exclude``. Returns the params (or
+    None) and what must stay alive."""
     keep: list[Any] = []
-    sel = None
+    sel: Any = None
     excluded = np.unique(np.asarray(exclude if exclude is not None else [], dtype=np.int64))
     if excluded.shape[0]:
         batch = faiss.IDSelectorBatch(excluded.shape[0], faiss.swig_ptr(excluded))
         sel = faiss.IDSelectorNot(batch)
         keep += [excluded, batch, sel]
+    if among is not None:
+        only, held = among.selector()
+        keep += held
+        sel = only if sel is None else faiss.IDSelectorAnd(only, sel)
+        keep.append(sel)
     ivf = ivf_of(index)
     if ivf is not None:
         params: Any = faiss.SearchParametersIVF()

@@ -1,0 +1,143 @@
+"""Filtered search planned by selectivity: how one part is searched when a request has a filter.
+
+The searcher counts the filter's matches in the part's modality on its column view of the metadata
+(``search.columns``: exact count and ids, a vectorised pass over numpy arrays) and picks a plan:
+
+- ``empty``: nothing matches: an empty page at once, no ANN call.
+- ``exact``: at most ``exact_max`` matches (``Settings.filter_exact_max``, 4096 by default: see
+  docs/benchmarks/filters.md for where exact scoring stops paying at a million items): the matches' exact vectors (from the part's re-rank store, memory-mapped: only those rows are read)
+  scored against the query. This is also the exact filtered answer. A flat part always takes this
+  plan below ``POST_SHARE``, as its own search with the matches as the id selector.
+- ``ann-restricted``: the ANN search with a FAISS id selector (a bitmap over ids) keeping only the
+  matches, and ``nprobe`` raised for the selectivity (nprobe / selectivity, at most nlist), so that the
+  probed lists hold about as many matching vectors as an unfiltered search sees.
+- ``post-filter``: at least ``POST_SHARE`` of the part matches (or the view can't evaluate the filter):
+  the search of an unfiltered query, its first round already fetching ``1 / selectivity`` times more
+  candidates with nprobe raised likewise (the filtered top 10 lie in the unfiltered top 10 / selectivity),
+  filtered at hydration; it looks further (x4) while too many are filtered out.
+
+Every plan hydrates through SQL with the filter's condition (the truth). A selective plan whose
+candidates SQL rejects (the view lagging the catalog) falls back to post-filtering for that request.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from xmodal.search.columns import ColumnView
+from xmodal.search.filters import Filter
+from xmodal.storage.ann import AnnPart, FloatArray, IdArray, IdSet, ivf_of
+
+POST_SHARE = 0.5  # at least this share of the part matching: post-filter (a first round of 2x candidates)
+CACHE = 64  # matching-id sets kept per searcher (filters repeat: a shop's category pages)
+
+UNFILTERED, EMPTY, EXACT, RESTRICTED, POST = "unfiltered", "empty", "exact", "ann-restricted", "post-filter"
+
+
+@dataclass
+class Plan:
+    """How one part is searched: the plan's name, the matches the view counted (None: not evaluated),
+    whether that count is exact (else an upper bound), the ids, and the nprobe a restricted search uses."""
+
+    name: str
+    matches: int | None = None
+    exact_count: bool = True
+    among: IdSet | None = None
+    nprobe: int | None = None
+    share: float | None = None  # matches / vectors in the part
+    fallback: str | None = None  # why the plan changed during the request
+
+    @property
+    def selective(self) -> bool:
+        return self.name in (EXACT, RESTRICTED)
+
+    def first_fetch(self, fetch: int, total: int) -> int:
+        """Candidates the first round asks for: post-filtering fetches 1 / share more (capped at the part)."""
+        if self.name == POST and self.share:
+            return min(total, math.ceil(fetch / self.share * 1.25))
+        if self.selective and self.matches is not None:
+            return min(fetch, max(self.matches, 1))
+        return fetch
+
+    def search(self, part: AnnPart, query: FloatArray, fetch: int, *, recall: float | None,
+               exclude: IdArray) -> tuple[FloatArray, IdArray]:
+        if self.name == EXACT:
+            assert self.among is not None
+            return part.search_among(query, fetch, self.among, exclude=exclude)
+        if self.name == RESTRICTED:
+            return part.search(query, fetch, recall=recall, nprobe=self.nprobe, exclude=exclude, among=self.among)
+        return part.search(query, fetch, recall=recall, nprobe=self.nprobe, exclude=exclude)
+
+    def info(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"plan": self.name}
+        if self.matches is not None:
+            out["matches"] = self.matches
+            out["matches_exact"] = self.exact_count
+        if self.nprobe is not None:
+            out["plan_nprobe"] = self.nprobe
+        if self.fallback:
+            out["fallback"] = self.fallback
+        return out
+
+
+class Planner:
+    """Chooses plans for one collection's searcher, over its column view (built lazily, refreshed when
+    the catalog's ``last_change`` moves) and a small cache of matching-id sets."""
+
+    def __init__(self, exact_max: int) -> None:
+        self.exact_max = exact_max
+        self.view: ColumnView | None = None
+        self._cache: OrderedDict[tuple[Any, ...], tuple[IdSet, bool] | None] = OrderedDict()
+
+    def use(self, view: ColumnView) -> None:
+        if self.view is not None and view.version != self.view.version:
+            self._cache.clear()
+        self.view = view
+
+    def matching(self, flt: Filter, modality: str) -> tuple[IdSet, bool] | None:
+        """The servable items of ``modality`` that ``flt`` matches (and whether the count is exact)."""
+        assert self.view is not None
+        key = (json.dumps(flt.spec, sort_keys=True), json.dumps(flt.fields, sort_keys=True), modality)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        found = self.view.matching(flt.spec, flt.fields, modality)
+        value = (IdSet(found[0]), found[1]) if found is not None else None
+        self._cache[key] = value
+        if len(self._cache) > CACHE:
+            self._cache.popitem(last=False)
+        return value
+
+    def plan(self, part: AnnPart, flt: Filter | None, modality: str, recall: float | None) -> Plan:
+        if flt is None:
+            return Plan(UNFILTERED)
+        found = self.matching(flt, modality)
+        if found is None:
+            return Plan(POST)
+        among, exact = found
+        return choose(part, among, exact, recall, self.exact_max)
+
+
+def choose(part: AnnPart, among: IdSet, exact: bool, recall: float | None, exact_max: int) -> Plan:
+    """The plan for ``among`` (the view's matches) in ``part``; see the module docstring."""
+    matches, total = len(among), max(part.ntotal, 1)
+    share = min(1.0, matches / total)
+    if matches == 0 and exact:
+        return Plan(EMPTY, 0, True, share=0.0)
+    ivf = ivf_of(part.index)
+    raised = None
+    if ivf is not None:  # as many matching vectors in the probed lists as an unfiltered search sees
+        point = part.point_for(recall) if recall is not None else None
+        nprobe = int(point["nprobe"]) if point else part.recipe.nprobe
+        raised = min(int(ivf.nlist), math.ceil(nprobe / max(share, 1e-12)))
+    if share >= POST_SHARE:
+        return Plan(POST, matches, exact, nprobe=raised, share=share)
+    if ivf is None:  # flat: the id selector keeps only the matches, exactly
+        return Plan(EXACT, matches, exact, among, share=share)
+    if matches <= exact_max and part.store is not None:
+        return Plan(EXACT, matches, exact, among, share=share)
+    return Plan(RESTRICTED, matches, exact, among, raised, share=share)
