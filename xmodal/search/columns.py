@@ -252,7 +252,7 @@ class _Eval:
         mask = self.positive(name, kind, positive, value)
         if mask is None:
             return None
-        return ~mask if positive != op else mask
+        return ~mask if positive != op or (op == "exists" and not value) else mask
 
     def positive(self, name: str, kind: str, op: str, value: Any) -> Mask | None:
         if name in COLUMNS and op == "exists":
