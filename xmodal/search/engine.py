@@ -27,10 +27,9 @@ from xmodal.encoders import Encoder, align, load_encoder, resolve_model
 from xmodal.encoders.align import LoadedAlignment
 from xmodal.errors import UserError
 from xmodal.media.types import MediaLimits
-from xmodal.search.columns import ColumnView
 from xmodal.search.filters import Filter
 from xmodal.search.lexical import HYBRID_FUSION, choose_mode, fuse, lexical_fusion, lexical_results
-from xmodal.search.plans import EMPTY, POST, UNFILTERED, Plan, Planner
+from xmodal.search.plans import EMPTY, POST, Plan, Planner, hydrate, operating_point
 from xmodal.search.queries import Query, QueryVectors
 from xmodal.search.results import (
     FUSIONS,
@@ -57,7 +56,7 @@ from xmodal.spaces import (
 )
 from xmodal.storage.ann import AnnPart
 from xmodal.storage.calibration import TAIL, Calibration, Relevance, local_tail
-from xmodal.storage.catalog import STATUS_OK, Catalog, Space, check_same_model
+from xmodal.storage.catalog import Catalog, Space, check_same_model
 from xmodal.storage.indexfiles import read_index_dir
 from xmodal.storage.layout import Layout
 from xmodal.storage.shards import Windows, read_windows
@@ -116,7 +115,7 @@ class Searcher(QueryVectors):
         self._alignment: LoadedAlignment | None = None
         self._windows: dict[tuple[int, str], Windows | None] = {}
         self._has_lexical: bool | None = None
-        self._planner = Planner(settings.filter_exact_max)  # filtered queries: the column view and the plans (search.plans)
+        self._planner = Planner(settings.filter_exact_max)  # filtered queries: the column view and plans
 
     # loading ---------------------------------------------------------------------------------
 
@@ -347,8 +346,8 @@ class Searcher(QueryVectors):
         excluded = np.asarray(sorted(exclude.union(hidden)), dtype=np.int64)
         t1 = time.perf_counter()
         timings.sql_ms += (t1 - t0) * 1000
-        plan = self._plan(part, flt, r.target, recall)
-        info = ann[f"{r.space}/{r.target}"] = {**_operating_point(part, recall), **plan.info(),
+        plan = self._planner.plan(self.catalog, self.collection_id, part, flt, r.target, recall)
+        info = ann[f"{r.space}/{r.target}"] = {**operating_point(part, recall), **plan.info(),
                                                "plan_ms": round((time.perf_counter() - t1) * 1000, 3)}
         if plan.name == EMPTY:
             return []
@@ -369,19 +368,9 @@ class Searcher(QueryVectors):
                 relevance = Relevance(calibration, local_tail(scores[0][ids[0] >= 0], total))
             t1 = time.perf_counter()
             timings.ann_ms += (t1 - t0) * 1000
-            items = self.catalog.items([i for _, i in candidates if i not in exclude], where=where)
+            results, rejected = hydrate(self.catalog, candidates, exclude, where, r, relevance,
+                                        None if segmented else want)  # segmented: every candidate, re-ranked below
             timings.sql_ms += (time.perf_counter() - t1) * 1000
-            results, rejected = [], 0
-            for score, item_id in candidates:
-                it = items.get(item_id)
-                if it is None or item_id in exclude or it.status != STATUS_OK:
-                    rejected += 1
-                    continue
-                source = {"id": it.source_id, "column": it.source_column or ""} if it.source_id is not None else None
-                results.append(SearchResult(item_id, it.uri, it.modality, score, it.meta or {}, r.space, r.method,
-                                            relevance(score) if relevance else None, source=source))
-                if len(results) == want and not segmented:  # segmented: every candidate, re-ranked below
-                    break
             if plan.selective and plan.exact_count and rejected:  # the view lags the catalog: SQL decides
                 plan = Plan(POST, fallback=f"{plan.name}: {rejected} candidates no longer match (the column view "
                                            "lagged the catalog); post-filtered")
@@ -398,16 +387,6 @@ class Searcher(QueryVectors):
         if segmented:
             results = self._by_best_segment(results, query[0], relevance)[:want]
         return results
-
-    def _plan(self, part: AnnPart, flt: Filter | None, modality: str, recall: float | None) -> Plan:
-        """The plan for a filter in one part, on the collection's column view as the catalog has it now
-        (built on the first filtered query; patched when ``last_change`` moved)."""
-        if flt is None:
-            return Plan(UNFILTERED)
-        view = self._planner.view
-        self._planner.use(ColumnView.build(self.catalog, self.collection_id) if view is None
-                          else view.fresh(self.catalog))
-        return self._planner.plan(part, flt, modality, recall)
 
     def _by_best_segment(self, results: list[SearchResult], query: np.ndarray,
                          relevance: Relevance | None) -> list[SearchResult]:
@@ -465,17 +444,6 @@ class Searcher(QueryVectors):
 
     def close(self) -> None:
         self.catalog.close()
-
-
-def _operating_point(part: AnnPart, recall: float | None) -> dict[str, Any]:
-    """How a part answers: its kind and, for an approximate one, the point used (the tuned one, or the
-    measured one for the requested recall)."""
-    if part.recipe.kind == "flat":
-        return {"kind": "flat"}
-    point = part.point_for(recall) if recall is not None else None
-    return {"kind": part.recipe.kind, "nprobe": point["nprobe"] if point else part.recipe.nprobe,
-            "k_factor": point["k_factor"] if point else part.recipe.k_factor,
-            "probe_recall@10": point["recall@10"] if point else None}
 
 
 def _spaces_of(r: Route) -> list[str]:

@@ -30,7 +30,11 @@ from typing import Any
 
 from xmodal.search.columns import ColumnView
 from xmodal.search.filters import Filter
+from xmodal.search.results import SearchResult
+from xmodal.spaces import Route
 from xmodal.storage.ann import AnnPart, FloatArray, IdArray, IdSet, ivf_of
+from xmodal.storage.calibration import Relevance
+from xmodal.storage.catalog import STATUS_OK, Catalog
 
 POST_SHARE = 0.5  # at least this share of the part matching: post-filter (a first round of 2x candidates)
 CACHE = 64  # matching-id sets kept per searcher (filters repeat: a shop's category pages)
@@ -112,9 +116,13 @@ class Planner:
             self._cache.popitem(last=False)
         return value
 
-    def plan(self, part: AnnPart, flt: Filter | None, modality: str, recall: float | None) -> Plan:
+    def plan(self, catalog: Catalog, collection_id: int, part: AnnPart, flt: Filter | None, modality: str,
+             recall: float | None) -> Plan:
+        """The plan for ``flt`` in one part, on the collection's column view as the catalog has it now
+        (built on the first filtered query; patched when ``last_change`` moved)."""
         if flt is None:
             return Plan(UNFILTERED)
+        self.use(ColumnView.build(catalog, collection_id) if self.view is None else self.view.fresh(catalog))
         found = self.matching(flt, modality)
         if found is None:
             return Plan(POST)
@@ -141,3 +149,34 @@ def choose(part: AnnPart, among: IdSet, exact: bool, recall: float | None, exact
     if matches <= exact_max and part.store is not None:
         return Plan(EXACT, matches, exact, among, share=share)
     return Plan(RESTRICTED, matches, exact, among, raised, share=share)
+
+
+def operating_point(part: AnnPart, recall: float | None) -> dict[str, Any]:
+    """How a part answers: its kind and, for an approximate one, the point used (the tuned one, or the
+    measured one for the requested recall)."""
+    if part.recipe.kind == "flat":
+        return {"kind": "flat"}
+    point = part.point_for(recall) if recall is not None else None
+    return {"kind": part.recipe.kind, "nprobe": point["nprobe"] if point else part.recipe.nprobe,
+            "k_factor": point["k_factor"] if point else part.recipe.k_factor,
+            "probe_recall@10": point["recall@10"] if point else None}
+
+
+def hydrate(catalog: Catalog, candidates: list[tuple[float, int]], exclude: set[int], where: Any, r: Route,
+            relevance: Relevance | None, want: int | None) -> tuple[list[SearchResult], int]:
+    """Candidates (score, id) as results, in order: the live items SQL says match ``where`` (the truth),
+    the first ``want`` of them (None: all). Also how many candidates SQL rejected before the last one kept."""
+    items = catalog.items([i for _, i in candidates if i not in exclude], where=where)
+    results: list[SearchResult] = []
+    rejected = 0
+    for score, item_id in candidates:
+        it = items.get(item_id)
+        if it is None or item_id in exclude or it.status != STATUS_OK:
+            rejected += 1
+            continue
+        source = {"id": it.source_id, "column": it.source_column or ""} if it.source_id is not None else None
+        results.append(SearchResult(item_id, it.uri, it.modality, score, it.meta or {}, r.space, r.method,
+                                    relevance(score) if relevance else None, source=source))
+        if want is not None and len(results) == want:
+            break
+    return results, rejected
