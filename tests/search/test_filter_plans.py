@@ -114,6 +114,13 @@ def each_selectivity_takes_its_plan_and_finds_the_exact_filtered_top(shop: Setti
         assert part.recipe.nprobe < restricted["plan_nprobe"] <= part.recipe.nlist  # raised for 5%
         plain = searcher.run(text=QUERIES[0], target="text", k=K, mode="vector").ann["clip/text"]
         assert plain["plan"] == "unfiltered"
+        # relevance reads the same whichever plan ran: a bare SQL condition is post-filtered as before plans
+        flt = _filter(searcher, cases[2][0])
+        planned = searcher.run(text=QUERIES[1], target="text", k=K, mode="vector", where=flt)
+        before = searcher.run(text=QUERIES[1], target="text", k=K, mode="vector", where=flt.condition)
+        assert (planned.ann["clip/text"]["plan"], before.ann["clip/text"]["plan"]) == ("exact", "post-filter")
+        assert [(r.id, r.relevance) for r in planned.results] == [(r.id, r.relevance) for r in before.results]
+        assert all(r.relevance is not None for r in planned.results)
     finally:
         searcher.close()
 

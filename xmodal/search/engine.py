@@ -29,7 +29,7 @@ from xmodal.errors import UserError
 from xmodal.media.types import MediaLimits
 from xmodal.search.filters import Filter
 from xmodal.search.lexical import HYBRID_FUSION, choose_mode, fuse, lexical_fusion, lexical_results
-from xmodal.search.plans import EMPTY, POST, Plan, Planner, hydrate, operating_point
+from xmodal.search.plans import EMPTY, POST, UNFILTERED, Plan, Planner, hydrate, operating_point
 from xmodal.search.queries import Query, QueryVectors
 from xmodal.search.results import (
     FUSIONS,
@@ -346,7 +346,8 @@ class Searcher(QueryVectors):
         excluded = np.asarray(sorted(exclude.union(hidden)), dtype=np.int64)
         t1 = time.perf_counter()
         timings.sql_ms += (t1 - t0) * 1000
-        plan = self._planner.plan(self.catalog, self.collection_id, part, flt, r.target, recall)
+        plan = (self._planner.plan(self.catalog, self.collection_id, part, flt, r.target, recall) if flt is not None
+                else Plan(UNFILTERED if where is None else POST))  # a bare SQL condition: post-filtered
         info = ann[f"{r.space}/{r.target}"] = {**operating_point(part, recall), **plan.info(),
                                                "plan_ms": round((time.perf_counter() - t1) * 1000, 3)}
         if plan.name == EMPTY:
@@ -375,7 +376,7 @@ class Searcher(QueryVectors):
                 plan = Plan(POST, fallback=f"{plan.name}: {rejected} candidates no longer match (the column view "
                                            "lagged the catalog); post-filtered")
                 info.update(plan.info())
-                fetch = min(total, max(want + 16, TAIL + 1))
+                fetch = plan.first_fetch(min(total, max(want + 16, TAIL + 1)), total)
                 continue
             below = bool(cutoff) and bool(candidates) and not cutoff.passes(SearchResult(
                 0, "", r.target, candidates[-1][0], {}, r.space, r.method,

@@ -54,6 +54,7 @@ class Plan:
     nprobe: int | None = None
     share: float | None = None  # matches / vectors in the part
     fallback: str | None = None  # why the plan changed during the request
+    _first: int = 0  # the first round's candidates (first_fetch)
 
     @property
     def selective(self) -> bool:
@@ -62,19 +63,29 @@ class Plan:
     def first_fetch(self, fetch: int, total: int) -> int:
         """Candidates the first round asks for: post-filtering fetches 1 / share more (capped at the part)."""
         if self.name == POST and self.share:
-            return min(total, math.ceil(fetch / self.share * 1.25))
-        if self.selective and self.matches is not None:
-            return min(fetch, max(self.matches, 1))
+            fetch = min(total, math.ceil(fetch / self.share * 1.25))
+        elif self.selective and self.matches is not None:
+            fetch = min(fetch, max(self.matches, 1))
+        self._first = fetch
         return fetch
 
     def search(self, part: AnnPart, query: FloatArray, fetch: int, *, recall: float | None,
                exclude: IdArray) -> tuple[FloatArray, IdArray]:
+        """One round. A later round that looks further (x4 candidates) probes more lists in proportion: the
+        candidates of an IVF search come only from the lists it probes, so more candidates from the same
+        lists could never reach a match that lies in another (at the whole part: every list)."""
         if self.name == EXACT:
             assert self.among is not None
             return part.search_among(query, fetch, self.among, exclude=exclude)
-        if self.name == RESTRICTED:
-            return part.search(query, fetch, recall=recall, nprobe=self.nprobe, exclude=exclude, among=self.among)
-        return part.search(query, fetch, recall=recall, nprobe=self.nprobe, exclude=exclude)
+        nprobe = self.nprobe
+        ivf = ivf_of(part.index)
+        if ivf is not None and fetch > self._first:
+            point = part.point_for(recall) if recall is not None else None
+            base = nprobe or (int(point["nprobe"]) if point else part.recipe.nprobe)
+            whole = fetch >= (self.matches if self.name == RESTRICTED and self.matches else part.ntotal)
+            nprobe = int(ivf.nlist) if whole else min(int(ivf.nlist), math.ceil(base * fetch / max(self._first, 1)))
+        among = self.among if self.name == RESTRICTED else None
+        return part.search(query, fetch, recall=recall, nprobe=nprobe, exclude=exclude, among=among)
 
     def info(self) -> dict[str, Any]:
         out: dict[str, Any] = {"plan": self.name}
@@ -116,12 +127,10 @@ class Planner:
             self._cache.popitem(last=False)
         return value
 
-    def plan(self, catalog: Catalog, collection_id: int, part: AnnPart, flt: Filter | None, modality: str,
+    def plan(self, catalog: Catalog, collection_id: int, part: AnnPart, flt: Filter, modality: str,
              recall: float | None) -> Plan:
         """The plan for ``flt`` in one part, on the collection's column view as the catalog has it now
         (built on the first filtered query; patched when ``last_change`` moved)."""
-        if flt is None:
-            return Plan(UNFILTERED)
         self.use(ColumnView.build(catalog, collection_id) if self.view is None else self.view.fresh(catalog))
         found = self.matching(flt, modality)
         if found is None:
