@@ -4,13 +4,14 @@ The searcher counts the filter's matches in the part's modality on its column vi
 (``search.columns``: exact count and ids, a vectorised pass over numpy arrays) and picks a plan:
 
 - ``empty``: nothing matches: an empty page at once, no ANN call.
-- ``exact``: at most ``exact_max`` matches (``Settings.filter_exact_max``, 4096 by default: see
-  docs/benchmarks/filters.md for where exact scoring stops paying at a million items): the matches' exact vectors (from the part's re-rank store, memory-mapped: only those rows are read)
-  scored against the query. This is also the exact filtered answer. A flat part always takes this
-  plan below ``POST_SHARE``, as its own search with the matches as the id selector.
+- ``exact``: at most ``exact_max`` matches (``Settings.filter_exact_max``, 4096 by default; see
+  docs/benchmarks/filters.md): the matches' exact vectors (from the part's re-rank store,
+  memory-mapped: only those rows are read) scored against the query. This is also the exact filtered answer (a flat part: its vectors
+  reconstructed by id).
 - ``ann-restricted``: the ANN search with a FAISS id selector (a bitmap over ids) keeping only the
   matches, and ``nprobe`` raised for the selectivity (nprobe / selectivity, at most nlist), so that the
-  probed lists hold about as many matching vectors as an unfiltered search sees.
+  probed lists hold about as many matching vectors as an unfiltered search sees (a flat part: its exact
+  scan with the selector).
 - ``post-filter``: at least ``POST_SHARE`` of the part matches (or the view can't evaluate the filter):
   the search of an unfiltered query, its first round already fetching ``1 / selectivity`` times more
   candidates with nprobe raised likewise (the filtered top 10 lie in the unfiltered top 10 / selectivity),
@@ -153,8 +154,10 @@ def choose(part: AnnPart, among: IdSet, exact: bool, recall: float | None, exact
         raised = min(int(ivf.nlist), math.ceil(nprobe / max(share, 1e-12)))
     if share >= POST_SHARE:
         return Plan(POST, matches, exact, nprobe=raised, share=share)
-    if ivf is None:  # flat: the id selector keeps only the matches, exactly
+    if ivf is None and matches <= exact_max:  # flat: the matches' vectors read from it
         return Plan(EXACT, matches, exact, among, share=share)
+    if ivf is None:  # flat: one scan with the id selector keeping only the matches, exactly
+        return Plan(RESTRICTED, matches, exact, among, share=share)
     if matches <= exact_max and part.store is not None:
         return Plan(EXACT, matches, exact, among, share=share)
     return Plan(RESTRICTED, matches, exact, among, raised, share=share)

@@ -232,6 +232,7 @@ class AnnPart:
     points: list[dict[str, Any]] = field(default_factory=list)
     trained_n: int = 0  # vectors the IVF-PQ part was trained for (growth adds to it without retraining)
     _resident: int | None = None
+    _flat_ids: IdArray | None = None  # a flat part's ids, sorted (search_among)
 
     @property
     def ntotal(self) -> int:
@@ -326,31 +327,39 @@ class AnnPart:
 
     def search_among(self, queries: Any, k: int, among: IdSet, *, exclude: Any = None) -> tuple[FloatArray, IdArray]:
         """Exact top-``k`` over just the ids of ``among`` (less ``exclude``): their exact vectors read from
-        the re-rank store (memory-mapped: only those rows), or a flat index searched with the id set as
-        its selector. An approximate part without a store answers by probing every list."""
+        the re-rank store (memory-mapped: only those rows) or a flat index. An approximate part without a
+        store answers by probing every list with the id set as the selector."""
         q = as_vectors(np.asarray(queries).reshape(-1, self.d), name="queries")
-        if self.store is None:
-            ivf = ivf_of(self.index)
-            return self.search(q, k, nprobe=int(ivf.nlist) if ivf is not None else None, exclude=exclude, among=among)
         ids = among.ids
         if exclude is not None and len(exclude):
             ids = ids[~np.isin(ids, np.asarray(exclude, dtype=np.int64))]
-        rows = self.store.rows(ids)
-        held = rows >= 0
-        ids, rows = ids[held], rows[held]  # an id the part does not hold (added after the build) is no candidate
         scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
         out = np.full((q.shape[0], k), -1, dtype=np.int64)
+        if self.store is not None:
+            rows = self.store.rows(ids)
+            held = rows >= 0
+            ids, rows = ids[held], rows[held]  # an id the part does not hold (added after the build): no candidate
+            order = np.argsort(rows, kind="stable")  # rows in file order: sequential reads of the memory map
+            ids = ids[order]
+            vectors = np.asarray(self.store.vectors[rows[order]], dtype=np.float32)
+        elif self.recipe.kind == "flat":
+            if self._flat_ids is None:
+                mapped: Any = faiss.downcast_index(self.index)  # IndexIDMap2: the ids it holds
+                self._flat_ids = np.sort(faiss.vector_to_array(mapped.id_map))
+            ids = ids[np.isin(ids, self._flat_ids, assume_unique=True)]
+            vectors = self.index.reconstruct_batch(ids) if ids.shape[0] else np.empty((0, self.d), np.float32)
+        else:
+            ivf = ivf_of(self.index)
+            return self.search(q, k, nprobe=int(ivf.nlist) if ivf is not None else None, exclude=exclude, among=among)
         if not ids.shape[0]:
             return scores, out
-        order = np.argsort(rows, kind="stable")  # rows in file order: sequential reads of the memory map
-        vectors = np.asarray(self.store.vectors[rows[order]], dtype=np.float32)
-        all_scores = q @ vectors.T  # (nq, m)
+        all_scores = q @ np.asarray(vectors, dtype=np.float32).T  # (nq, m)
         width = min(k, ids.shape[0])
         for n in range(q.shape[0]):
             top = np.argpartition(-all_scores[n], width - 1)[:width] if width < ids.shape[0] else np.arange(width)
             top = top[np.argsort(-all_scores[n][top], kind="stable")]
             scores[n, :width] = all_scores[n][top]
-            out[n, :width] = ids[order][top]
+            out[n, :width] = ids[top]
         return scores, out
 
 
