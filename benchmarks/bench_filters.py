@@ -207,6 +207,79 @@ def measure(settings: Any, ids: np.ndarray, vectors: np.ndarray, chosen: dict[st
             "queries": queries, "before_queries": before_queries}
 
 
+def plans_only(n: int, queries: int, seed: int) -> dict[str, Any]:
+    """``--plans-only``: the same vectors and metadata without the catalog and the searcher, where the full
+    path does not fit the machine: ``build_index`` (the builder's own recipe, tuning and re-rank store),
+    the column view filled from the same rows, and per query the plan's work (the local-tail search, the
+    plan's search) against the unfiltered search of the same depth; no SQL, no hydration."""
+    from xmodal.indexer.build import build_index
+    from xmodal.indexer.recipe import choose_recipe
+    from xmodal.search.columns import ColumnView
+    from xmodal.search.plans import EMPTY, choose
+    from xmodal.storage.ann import IdSet
+    from xmodal.storage.calibration import TAIL
+
+    rng = np.random.default_rng(seed)
+    t0 = time.perf_counter()
+    vectors = synthetic_mixture(n, 0, 0, dim=512, seed=seed, progress=False).base
+    labels, chosen = categories(n, rng)
+    price = np.round(rng.lognormal(3.5, 0.8, n), 2)
+    brand = rng.integers(0, 50, n)
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    generate_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    part = build_index(vectors, ids, choose_recipe(n, 512, exact_threshold=50_000), recall_target=0.95,
+                       seed=seed).part
+    build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    view = ColumnView(0, np.empty(0, np.int64), np.empty(0, bool), {}).patched(
+        ((int(ids[i]), "ok", "image", None, {"category": str(labels[i]), "price": float(price[i]),
+                                              "brand": f"b{brand[i]}"}) for i in range(n)), None)
+    view_s = time.perf_counter() - t0
+    fields = {"category": "string", "price": "number", "brand": "string"}
+    query_rows = rng.choice(n, queries, replace=False)
+    fetch = max(K + 16, TAIL + 1)
+    out: dict[str, Any] = {"recipe": part.recipe.describe(), "build_index_s": round(build_s, 1),
+                           "generate_s": round(generate_s, 1), "view_from_rows_s": round(view_s, 1), "filters": {}}
+    sets: dict[str, Any] = {}
+    for name, spec in specs(chosen).items():
+        t = time.perf_counter()
+        found = view.matching(spec, fields, "image")
+        assert found is not None
+        sets[name] = (IdSet(found[0]), round((time.perf_counter() - t) * 1000, 2))
+    times: dict[str, list[float]] = {"unfiltered": [], **{name: [] for name in sets}}
+    recall: dict[str, list[float]] = {name: [] for name in sets}
+    plans: dict[str, Any] = {}
+    for row in [*query_rows[:5], *query_rows]:  # the first five twice: the first round is a warm-up, dropped
+        warm = len(times["unfiltered"]) < 5
+        exclude = np.asarray([row + 1], dtype=np.int64)
+        t = time.perf_counter()
+        part.search(vectors[row][None], fetch, exclude=exclude)
+        times["unfiltered"].append((time.perf_counter() - t) * 1000)
+        for name, (among, _) in sets.items():  # interleaved: every query unfiltered and under each filter
+            t = time.perf_counter()
+            plan = plans[name] = choose(part, among, True, None, 4096)
+            if plan.name != EMPTY:
+                part.search(vectors[row][None], TAIL + 1, exclude=exclude)  # the local tail, as the searcher does
+                _, got = plan.search(part, vectors[row][None], plan.first_fetch(fetch, n), recall=None,
+                                     exclude=exclude)
+            times[name].append((time.perf_counter() - t) * 1000)
+            want = exact_top(vectors, among.ids - 1, ids, int(row))
+            if want and plan.name != EMPTY and not warm:
+                kept = got[0][np.isin(got[0], among.ids)][:K]  # what hydration keeps (post-filter: the matches)
+                recall[name].append(len({int(i) for i in kept} & want) / len(want))
+    times = {name: v[5:] for name, v in times.items()}  # the warm-up rounds dropped
+    out["unfiltered"] = {"p50_ms": pct(times["unfiltered"], 50), "p95_ms": pct(times["unfiltered"], 95)}
+    for name, (among, eval_ms) in sets.items():
+        p50, p95 = pct(times[name], 50), pct(times[name], 95)
+        out["filters"][name] = {"matches": len(among), "plan": plans[name].name, "plan_nprobe": plans[name].nprobe,
+                                "view_eval_ms": eval_ms, "p50_ms": p50, "p95_ms": p95,
+                                "p50_ratio": round(p50 / out["unfiltered"]["p50_ms"], 3),
+                                "p95_ratio": round(p95 / out["unfiltered"]["p95_ms"], 3),
+                                "recall@10": round(float(np.mean(recall[name])), 4) if recall[name] else None}
+    return out
+
+
 def markdown(r: dict[str, Any], command: str) -> str:
     m = r["measured"]
     lines = [
@@ -243,9 +316,20 @@ def main() -> None:
     parser.add_argument("--before-queries", type=int, default=5)
     parser.add_argument("--seed", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="20,000 products, 40 queries, into benchmarks/out")
+    parser.add_argument("--plans-only", action="store_true", help="no catalog or searcher: the index, the view "
+                        "and the plans' FAISS work (for sizes whose full build does not fit the machine)")
     args = parser.parse_args()
     if args.quick:
         args.products, args.queries = 20_000, 40
+    if args.plans_only:
+        report = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "products": args.products,
+                  "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+                  "plans_only": plans_only(args.products, args.queries, args.seed)}
+        print(json.dumps(report, indent=1), flush=True)
+        dest = HERE / "out" / "filters-quick" if args.quick else DOCS
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / "filters-plans.json").write_text(json.dumps(report, indent=1) + "\n")
+        return
     home = Path(tempfile.mkdtemp(prefix="bench-filters-"))
     settings, ids, vectors, times = build(home, args.products, args.seed)
     print(f"built {args.products} products: {json.dumps(times)}", flush=True)

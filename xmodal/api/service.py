@@ -87,7 +87,7 @@ class Service:
         try:
             for name in self.names:
                 searcher = Searcher(self.settings, name, catalog=self.catalog)
-                searcher.warm_up()
+                searcher.warm_up(filters=True)  # the first filtered request does not build the column view
                 self.searchers[name] = searcher
                 self._by_id[searcher.collection_id] = name
                 self._after_load(name)

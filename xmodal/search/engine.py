@@ -195,11 +195,14 @@ class Searcher(QueryVectors):
         _ = self.loaded
         return self._alignment
 
-    def warm_up(self) -> None:
-        """Load the models and the indexes now rather than on the first query."""
+    def warm_up(self, *, filters: bool = False) -> None:
+        """Load the models and the indexes now rather than on the first query (``filters``: and the column
+        view that plans filtered searches, one streamed query over the items)."""
         for name in self._spaces:
             self.encoder_for(name)
             self._loaded(name)
+        if filters:
+            self._planner.refresh(self.catalog, self.collection_id)
 
     def search(self, *, text: str | None = None, image: Path | None = None, audio: Path | None = None,
                item: int | None = None, target: str = "any", k: int = 10) -> list[SearchResult]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -102,38 +103,44 @@ class Plan:
 
 class Planner:
     """Chooses plans for one collection's searcher, over its column view (built lazily, refreshed when
-    the catalog's ``last_change`` moves) and a small cache of matching-id sets."""
+    the catalog's ``last_change`` moves) and a small cache of matching-id sets. Safe to share between
+    request threads: a request works on the view it refreshed to, the cache is keyed by view version."""
 
     def __init__(self, exact_max: int) -> None:
         self.exact_max = exact_max
         self.view: ColumnView | None = None
         self._cache: OrderedDict[tuple[Any, ...], tuple[IdSet, bool] | None] = OrderedDict()
+        self._lock = threading.Lock()
 
-    def use(self, view: ColumnView) -> None:
-        if self.view is not None and view.version != self.view.version:
-            self._cache.clear()
-        self.view = view
+    def refresh(self, catalog: Catalog, collection_id: int) -> ColumnView:
+        """The column view as the catalog has it now: built the first time, patched when it changed."""
+        with self._lock:
+            view = ColumnView.build(catalog, collection_id) if self.view is None else self.view.fresh(catalog)
+            if self.view is not None and view.version != self.view.version:
+                self._cache.clear()
+            self.view = view
+            return view
 
-    def matching(self, flt: Filter, modality: str) -> tuple[IdSet, bool] | None:
+    def matching(self, view: ColumnView, flt: Filter, modality: str) -> tuple[IdSet, bool] | None:
         """The servable items of ``modality`` that ``flt`` matches (and whether the count is exact)."""
-        assert self.view is not None
-        key = (json.dumps(flt.spec, sort_keys=True), json.dumps(flt.fields, sort_keys=True), modality)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        found = self.view.matching(flt.spec, flt.fields, modality)
+        key = (view.version, json.dumps(flt.spec, sort_keys=True), json.dumps(flt.fields, sort_keys=True), modality)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        found = view.matching(flt.spec, flt.fields, modality)
         value = (IdSet(found[0]), found[1]) if found is not None else None
-        self._cache[key] = value
-        if len(self._cache) > CACHE:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[key] = value
+            while len(self._cache) > CACHE:
+                self._cache.popitem(last=False)
         return value
 
     def plan(self, catalog: Catalog, collection_id: int, part: AnnPart, flt: Filter, modality: str,
              recall: float | None) -> Plan:
         """The plan for ``flt`` in one part, on the collection's column view as the catalog has it now
         (built on the first filtered query; patched when ``last_change`` moved)."""
-        self.use(ColumnView.build(catalog, collection_id) if self.view is None else self.view.fresh(catalog))
-        found = self.matching(flt, modality)
+        found = self.matching(self.refresh(catalog, collection_id), flt, modality)
         if found is None:
             return Plan(POST)
         among, exact = found
