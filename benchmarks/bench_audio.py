@@ -13,7 +13,6 @@ chance). Results go to stdout and benchmarks/out/audio_bench.json.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import sys
@@ -23,16 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from xmodal.bench import load_module
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
-
-
-def _script(name: str, folder: Path):
-    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def main() -> None:
@@ -56,9 +49,9 @@ def main() -> None:
     if not audio_model:
         folder = OUT / "clap-base-random"
         if not (folder / "config.json").is_file():
-            _script("make_tiny_clap", HERE.parent / "scripts").make_clap(folder, size="base")
+            load_module(HERE.parent / "scripts" / "make_tiny_clap.py").make_clap(folder, size="base")
         audio_model = str(folder)
-    clip_model, clip_ckpt = _script("bench_index", HERE).make_clip_checkpoint("ViT-B-32")
+    clip_model, clip_ckpt = load_module(HERE / "bench_index.py").make_clip_checkpoint("ViT-B-32")
     scratch = Path(tempfile.mkdtemp(prefix="xmodal-audio-bench-", dir=OUT))
     try:
         media = scratch / "media"

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import json
 import os
 import resource
@@ -32,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from xmodal.bench import load_module
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -55,22 +56,14 @@ with torch.inference_mode():
 IMPORTS = "import open_clip, torch"
 
 
-def _script(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _model(arch: str) -> tuple[str, str]:
     folder = OUT / f"model-{arch}"
     if arch == "tiny":
-        model, ckpt = _script("make_tiny_clip").make_clip(folder)
+        model, ckpt = load_module(ROOT / "scripts" / "make_tiny_clip.py").make_clip(folder)
         return str(model), str(ckpt)
     ckpt = folder / f"{arch}.pt"
     if not ckpt.exists():
-        _script("make_tiny_clip").make_clip(folder, arch=arch)
+        load_module(ROOT / "scripts" / "make_tiny_clip.py").make_clip(folder, arch=arch)
     return arch, str(ckpt)
 
 

@@ -11,12 +11,14 @@ benchmarks/out/. Results go to stdout and benchmarks/out/index_bench.json.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
-from xmodal.bench import run_index_bench
+from xmodal.bench import (
+    load_module,
+    run_index_bench,
+)
 from xmodal.config import load_settings
 
 HERE = Path(__file__).resolve().parent
@@ -25,10 +27,7 @@ OUT = HERE / "out"
 
 def make_clip_checkpoint(arch: str) -> tuple[str, str]:
     """(model, checkpoint) of a random-weights open_clip model under benchmarks/out/, made once."""
-    spec = importlib.util.spec_from_file_location("make_tiny_clip", HERE.parent / "scripts" / "make_tiny_clip.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_module(HERE.parent / "scripts" / "make_tiny_clip.py")
     folder = OUT / f"model-{arch}"
     if arch == "tiny":
         model, ckpt = module.make_clip(folder)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import os
 import platform
@@ -35,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from xmodal.bench import load_module
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DOCS = ROOT / "docs" / "benchmarks"
@@ -45,14 +46,6 @@ WORDS = ["leather", "boot", "ankle", "red", "black", "tan", "canvas", "bag", "ha
          "shirt", "denim", "jacket", "silk", "dress", "cotton", "sock", "suede", "loafer", "sandal", "belt",
          "wallet", "glove", "coat", "vest", "knit", "sweater", "runner", "trainer", "heel", "clog", "tote"]
 CATEGORIES = ["shoes", "bags", "hats", "shirts", "coats", "accessories"]
-
-
-def _script(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def write_manifest(path: Path, n: int, rng: random.Random) -> None:
@@ -116,7 +109,7 @@ def main() -> None:
 
     rng = random.Random(15)
     scratch = Path(tempfile.mkdtemp(prefix="bench-lexical-"))
-    model, ckpt = _script("make_tiny_clip").make_clip(scratch / "clip")
+    model, ckpt = load_module(ROOT / "scripts" / "make_tiny_clip.py").make_clip(scratch / "clip")
     url = args.database_url or f"sqlite:///{scratch / 'catalog.sqlite'}"
     settings = Settings(home=scratch / "home", database_url=url, clip_model=str(model), clip_pretrained=str(ckpt))
     manifest = scratch / "products.csv"

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
-import importlib.util
 import io
 import json
 import math
@@ -47,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from xmodal.bench import load_module
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -65,15 +66,6 @@ TEXT_QUERIES = [
 WORDS = ["boots", "leather", "red", "kettle", "steel", "rain", "roof", "dog", "beach", "wave", "chair", "wood",
          "fruit", "bowl", "coffee", "cup", "guitar", "snow", "mountain", "crowd", "leaves", "phone", "wind",
          "shirt", "glass", "logo", "water", "pattern", "car", "street", "night", "bird"]
-
-
-def _script(name: str, folder: Path) -> Any:
-    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 # ---- the collection -------------------------------------------------------------------------------
@@ -174,12 +166,12 @@ def quality(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     media = scratch / "media"
     real = make_media(media, args.images, args.texts, args.sounds, args.real)
     clip_model, clip_ckpt = (args.clip_model, args.clip_pretrained) if args.clip_model else \
-        _script("bench_index", HERE).make_clip_checkpoint("ViT-B-32")
+        load_module(HERE / "bench_index.py").make_clip_checkpoint("ViT-B-32")
     audio_model = args.audio_model
     if not audio_model:
         folder = OUT / "clap-base-random"
         if not (folder / "config.json").is_file():
-            _script("make_tiny_clap", ROOT / "scripts").make_clap(folder, size="base")
+            load_module(ROOT / "scripts" / "make_tiny_clap.py").make_clap(folder, size="base")
         audio_model = str(folder)
     settings = Settings(home=scratch / "home", clip_model=clip_model, clip_pretrained=clip_ckpt,
                         audio_model=audio_model, batch_size=16)
@@ -260,7 +252,7 @@ def cost(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     from xmodal.indexer.recipe import choose_recipe
     from xmodal.storage.calibration import TAIL, Calibration, Relevance, local_tail, reference_ids
 
-    ann_data = _script("ann_data", HERE)
+    ann_data = load_module(HERE / "ann_data.py")
     n, dim = args.vectors, 512
     data = ann_data.synthetic_mixture(n, 1000, 500, dim=dim, progress=False)
     base, queries = data.base, data.queries

@@ -95,3 +95,12 @@ def settings(home: Path, database_url: str, tiny_clip: tuple[str, str]) -> Setti
                     batch_size=16, exact_threshold=1000)
 
 
+@pytest.fixture
+def env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """XMODAL_* env for the in-process CLI, pointing at the test's home, catalog and tiny model."""
+    monkeypatch.setenv("XMODAL_HOME", str(settings.home))
+    monkeypatch.setenv("XMODAL_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("XMODAL_CLIP_MODEL", settings.clip_model)
+    monkeypatch.setenv("XMODAL_CLIP_PRETRAINED", settings.clip_pretrained)
+    monkeypatch.setenv("XMODAL_BATCH_SIZE", "16")
+    return settings

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import subprocess
@@ -18,15 +17,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from xmodal.bench import load_module
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_script(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """One of the repository's ``scripts/`` (e.g. ``make_tiny_clip``) as a module."""
+    return load_module(ROOT / "scripts" / f"{name}.py")
 
 
 def photo(seed: int, size: tuple[int, int] = (160, 120)) -> Image.Image:

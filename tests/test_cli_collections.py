@@ -10,15 +10,6 @@ from xmodal.indexer.lock import collection_lock
 
 
 @pytest.fixture
-def env(settings, monkeypatch):
-    monkeypatch.setenv("XMODAL_HOME", str(settings.home))
-    monkeypatch.setenv("XMODAL_DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("XMODAL_CLIP_MODEL", settings.clip_model)
-    monkeypatch.setenv("XMODAL_CLIP_PRETRAINED", settings.clip_pretrained)
-    return settings
-
-
-@pytest.fixture
 def shop(env, tmp_path, capsys):
     media = tmp_path / "media"
     write_photos(media, 6)

@@ -17,18 +17,6 @@ from PIL import Image
 
 from xmodal.cli import main
 
-
-@pytest.fixture
-def env(settings, monkeypatch):
-    """XMODAL_* env for the in-process CLI, pointing at the test's home, catalog and tiny model."""
-    monkeypatch.setenv("XMODAL_HOME", str(settings.home))
-    monkeypatch.setenv("XMODAL_DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("XMODAL_CLIP_MODEL", settings.clip_model)
-    monkeypatch.setenv("XMODAL_CLIP_PRETRAINED", settings.clip_pretrained)
-    monkeypatch.setenv("XMODAL_BATCH_SIZE", "16")
-    return settings
-
-
 TEXTS = {
     "boots.txt": "Red leather ankle boots with a low heel.",
     "beach.md": "# Beach day\n\nWaves breaking on a sandy shore under a blue sky.",

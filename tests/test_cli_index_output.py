@@ -11,16 +11,6 @@ from helpers import cli_json, write_photos, write_texts
 from xmodal.cli import main
 
 
-@pytest.fixture
-def env(settings, monkeypatch):
-    monkeypatch.setenv("XMODAL_HOME", str(settings.home))
-    monkeypatch.setenv("XMODAL_DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("XMODAL_CLIP_MODEL", settings.clip_model)
-    monkeypatch.setenv("XMODAL_CLIP_PRETRAINED", settings.clip_pretrained)
-    monkeypatch.setenv("XMODAL_BATCH_SIZE", "16")
-    return settings
-
-
 def run(capsys, argv: list[str]) -> tuple[int, str, str]:
     capsys.readouterr()
     code = main(argv)

@@ -7,9 +7,11 @@ index build) keeps. With no sources it generates photo-like JPEGs (seeded).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +28,22 @@ from xmodal.indexer.scan import scan
 from xmodal.media.types import MediaLimits
 
 log = logging.getLogger(__name__)
+
+
+def load_module(path: Path) -> Any:
+    """A Python file loaded as a module by its path (the repository's ``scripts/`` and ``benchmarks/``
+    are folders of scripts, not packages), registered under its stem in ``sys.modules`` (dataclasses
+    look their module up) unless one of that name is loaded already."""
+    name = path.stem
+    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(path):
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def generate_photos(folder: Path, n: int, *, size: tuple[int, int] = (1024, 768), seed: int = 0) -> list[Path]:

@@ -78,22 +78,26 @@ def shop(tmp_path_factory: pytest.TempPathFactory, tiny_clip: tuple[str, str]) -
 def test_results_name_their_row_and_filter_by_its_metadata(shop: tuple[str, dict[str, bytes]]) -> None:
     base, _ = shop
     with httpx.Client(base_url=base, timeout=30) as c:
-        body = c.post("/v1/search", json={"collection": "shop", "text": "boot", "k": 20,
+        body = c.post("/v1/search", json={"collection": "shop", "text": "boot", "k": 20, "group_by": "none",
                                           "filters": {"field": "category", "op": "eq", "value": "bags"}}).json()
         results = body["results"]
         assert {r["source"]["id"] for r in results} == {"SKU4", "SKU5", "SKU6", "SKU7"}
         assert {r["source"]["column"] for r in results} == {"image", "title"}
         assert all(r["metadata"]["price"] >= 24 for r in results)
-        one = c.post("/v1/search", json={"collection": "shop", "text": "x", "k": 5,
+        one = c.post("/v1/search", json={"collection": "shop", "text": "x", "k": 5, "group_by": "none",
                                          "filters": {"field": "source_id", "op": "eq", "value": "SKU2"}}).json()
         assert sorted(r["modality"] for r in one["results"]) == ["image", "text"]
+        product = c.post("/v1/search", json={"collection": "shop", "text": "x", "k": 5,  # by default: the product
+                                             "filters": {"field": "source_id", "op": "eq", "value": "SKU2"}}).json()
+        assert product["group_by"] == "source" and [p["source_id"] for p in product["results"]] == ["SKU2"]
+        assert sorted(it["modality"] for it in product["results"][0]["items"]) == ["image", "text"]
 
 
 def test_media_redirects_to_the_url_thumbnails_are_fetched_inline_text_has_no_file(
         shop: tuple[str, dict[str, bytes]]) -> None:
     base, files = shop
     with httpx.Client(base_url=base, timeout=30) as c:
-        results = c.post("/v1/search", json={"collection": "shop", "text": "x", "k": 5,
+        results = c.post("/v1/search", json={"collection": "shop", "text": "x", "k": 5, "group_by": "none",
                                              "filters": {"field": "source_id", "op": "eq", "value": "SKU3"}}).json()
         image = next(r for r in results["results"] if r["modality"] == "image")
         title = next(r for r in results["results"] if r["modality"] == "text")

@@ -46,7 +46,8 @@ def test_a_column_added_by_a_metadata_only_rerun_is_filterable_without_a_restart
     summary = index_manifest(settings, manifest, "shop", media=MEDIA, progress=False)
     assert summary.embedded == 0  # metadata only: nothing re-embedded
 
-    body = _ok(client.post("/v1/search", json={"collection": "shop", "text": "boot", "k": 50, "filters": color}))
+    body = _ok(client.post("/v1/search", json={"collection": "shop", "text": "boot", "k": 50, "filters": color,
+                                               "group_by": "none"}))
     assert {r["source"]["id"] for r in body["results"]} == {r["id"] for r in rows if r["color"] == "green"}
     assert all(r["metadata"]["color"] == "green" for r in body["results"])
     listed = _ok(client.get("/v1/collections"))["collections"]
@@ -60,13 +61,14 @@ def test_a_column_added_by_a_metadata_only_rerun_is_filterable_without_a_restart
 def test_get_similar_honours_filters_and_offset_as_post_does(shop) -> None:
     client, _, _, _ = shop
     bags = {"field": "category", "op": "eq", "value": "bags"}
-    seed = _ok(client.post("/v1/search", json={"collection": "shop", "text": "boot", "k": 1}))["results"][0]["id"]
+    seed = _ok(client.post("/v1/search", json={"collection": "shop", "text": "boot", "k": 1}))["results"][0]["best"]["id"]
     post = _ok(client.post("/v1/search", json={"collection": "shop", "item_id": seed, "k": 5, "offset": 2,
-                                               "filters": bags}))
-    get = _ok(client.get(f"/v1/items/{seed}/similar", params={"k": 5, "offset": 2, "filters": json.dumps(bags)}))
+                                               "filters": bags, "group_by": "none"}))
+    get = _ok(client.get(f"/v1/items/{seed}/similar", params={"k": 5, "offset": 2, "filters": json.dumps(bags),
+                                                             "group_by": "none"}))
     assert [r["id"] for r in get["results"]] == [r["id"] for r in post["results"]]
     assert get["results"] and all(r["metadata"]["category"] == "bags" for r in get["results"])
-    unfiltered = _ok(client.get(f"/v1/items/{seed}/similar", params={"k": 20}))
+    unfiltered = _ok(client.get(f"/v1/items/{seed}/similar", params={"k": 20, "group_by": "none"}))
     assert {r["metadata"]["category"] for r in unfiltered["results"]} == {"bags", "shoes"}
     bad = client.get(f"/v1/items/{seed}/similar", params={"filters": '{"field": "nope", "op": "eq", "value": 1}'})
     assert bad.status_code == 422 and "unknown field 'nope'" in bad.json()["message"]
@@ -78,10 +80,10 @@ def test_cli_search_takes_a_filter_and_an_offset_and_answers_as_http_does(shop, 
     client, _, _, settings = shop
     bags = {"field": "category", "op": "eq", "value": "bags"}
     argv = ["search", "-c", "shop", "--home", str(settings.home), "--database-url", settings.resolved_database_url,
-            "--text", "leather boot", "-k", "3", "--offset", "2", "--filter", json.dumps(bags)]
+            "--text", "leather boot", "-k", "3", "--offset", "2", "--group", "none", "--filter", json.dumps(bags)]
     got = cli_json(capsys, argv)
     http = _ok(client.post("/v1/search", json={"collection": "shop", "text": "leather boot", "k": 3, "offset": 2,
-                                               "filters": bags}))
+                                               "filters": bags, "group_by": "none"}))
     assert [r["id"] for r in got["results"]] == [r["id"] for r in http["results"]] and len(got["results"]) == 3
     assert all(r["metadata"]["category"] == "bags" for r in got["results"])
     assert got["offset"] == 2 and got["filter"] == bags and set(got["timings_ms"]) == {"encode", "ann", "sql"}
@@ -106,15 +108,18 @@ def test_a_product_is_found_by_its_own_id_and_more_like_it_by_that_id(shop) -> N
     assert image["thumbnail_url"] == f"/v1/items/{image['id']}/thumbnail"
     assert client.get(image["media_url"]).status_code == 200
 
-    like = _ok(client.get(f"/v1/sources/{sku}/similar", params={"k": 6, "target": "image"}))
-    by_item = _ok(client.get(f"/v1/items/{image['id']}/similar", params={"k": 7, "target": "image"}))
+    like = _ok(client.get(f"/v1/sources/{sku}/similar", params={"k": 6, "target": "image", "group_by": "none"}))
+    by_item = _ok(client.get(f"/v1/items/{image['id']}/similar", params={"k": 7, "target": "image",
+                                                                         "group_by": "none"}))
     assert sku not in {r["source"]["id"] for r in like["results"]} and len(like["results"]) == 6
     assert [r["id"] for r in like["results"]] == [r["id"] for r in by_item["results"] if r["source"]["id"] != sku][:6]
     shoes = {"field": "category", "op": "eq", "value": "shoes"}
-    filtered = _ok(client.get(f"/v1/sources/{sku}/similar", params={"filters": json.dumps(shoes), "k": 20}))
+    filtered = _ok(client.get(f"/v1/sources/{sku}/similar", params={"filters": json.dumps(shoes), "k": 20,
+                                                                    "group_by": "none"}))
     assert filtered["results"] and {r["metadata"]["category"] for r in filtered["results"]} == {"shoes"}
     assert sku not in {r["source"]["id"] for r in filtered["results"]}
-    by_title = _ok(client.get(f"/v1/sources/{sku}/similar", params={"column": "title", "target": "text", "k": 3}))
+    by_title = _ok(client.get(f"/v1/sources/{sku}/similar", params={"column": "title", "target": "text", "k": 3,
+                                                                    "group_by": "none"}))
     assert by_title["results"] and all(r["modality"] == "text" for r in by_title["results"])
 
     missing = client.get("/v1/sources/SKU-999")

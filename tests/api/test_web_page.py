@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ROOT, serving, write_photos, write_texts
+from helpers import MEDIA, ROOT, live_app, products, serving, write_csv, write_photos, write_texts
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # chromium and a real `xmodal serve`
 CHROMIUM = "/usr/bin/chromium"
@@ -379,3 +379,32 @@ def test_api_docs_render_offline(server: str, open_page: Callable[[str], Any]) -
     assert page.locator(".opblock").count() >= 9
     page.goto(server + "/redoc")
     page.locator("h2", has_text="Search Upload").first.wait_for()  # ReDoc titles operations by their summaries
+
+
+@pytest.fixture(scope="module")
+def shop_server(tiny_clip: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list]]:
+    """A products manifest (6 rows: an image and a title each) served in-process: (base URL, rows)."""
+    from xmodal.config import Settings
+    from xmodal.indexer.pipeline import index_manifest
+
+    root = tmp_path_factory.mktemp("web-shop")
+    settings = Settings(home=root / "home", clip_model=tiny_clip[0], clip_pretrained=tiny_clip[1], batch_size=16)
+    rows = products(root, 6)
+    index_manifest(settings, write_csv(root / "products.csv", rows), "shop", media=MEDIA, progress=False)
+    with live_app(settings, "shop") as (base, _):
+        yield base, rows
+
+
+def test_a_shop_shows_one_card_per_product(shop_server: tuple[str, list], open_page: Callable[[str], Any]) -> None:
+    base, rows = shop_server
+    page = open_page(base)
+    page.wait_for_selector("#collection option[value=shop]", state="attached")
+    page.fill("#q", "leather boot")
+    page.press("#q", "Enter")
+    page.wait_for_selector(".card.product")
+    sources = page.eval_on_selector_all(".card.product", "es => es.map(e => e.dataset.source)")
+    assert sorted(sources) == [r["id"] for r in rows]  # 12 items: each product once
+    assert sorted(cards(page)) == sorted(r["title"] for r in rows)
+    assert "(6 products)" in page.inner_text("#status")
+    page.wait_for_function("[...document.querySelectorAll('.card.product img')].every(i => i.complete && "
+                           "i.naturalWidth > 0) && document.querySelectorAll('.card.product img').length === 6")

@@ -250,10 +250,23 @@ def test_several_media_columns_give_one_entry_per_value(tmp_path: Path) -> None:
     text = entries[1]
     assert text.text == "Red chair" and text.uri is None
     assert entries[0].uri == str(tmp_path / "front.jpg") and entries[0].text is None
-    # the media columns are not metadata; the other columns are shared by the row's entries
-    assert entries[0].metadata == entries[1].metadata == entries[2].metadata == {"brand": "Acme"}
-    assert entries[4].metadata == {}
+    # file media columns are not metadata; a short text (a title) is, and all are shared by the row's entries
+    assert entries[0].metadata == entries[1].metadata == entries[2].metadata == {"brand": "Acme", "title": "Red chair"}
+    assert entries[3].metadata == {"brand": "Acme"}
+    assert entries[4].metadata == {"title": "Just a title"}
     assert len({e.key for e in entries}) == 5 and reader.report.entries == 5
+
+
+def test_a_long_text_stays_its_own_items_and_a_short_one_is_the_rows_field(tmp_path: Path) -> None:
+    from xmodal.indexer.manifest.reader import ROW_TEXT_MAX_CHARS
+
+    long = "x" * (ROW_TEXT_MAX_CHARS + 1)
+    path = tmp_path / "m.csv"
+    path.write_text(f"id,image,title,description\np1,a.jpg,Red chair,{long}\n", encoding="utf-8")
+    entries, _ = read_all(path, media={"image": "image", "title": "text", "description": "text"})
+    assert [e.column for e in entries] == ["image", "title", "description"]
+    assert all(e.metadata == {"title": "Red chair"} for e in entries)
+    assert entries[2].text == long
 
 
 def test_file_uris_and_paths_become_catalog_uris(tmp_path: Path) -> None:

@@ -125,18 +125,22 @@ def test_rerun_applies_inserts_media_updates_metadata_only_changes_and_deletes(s
                  "price": "5", "brand": "Acme", "tags": "new"})
     write_csv(manifest, rows)
     plan = plan_manifest(settings, manifest, "c", media=MEDIA)
-    assert (plan["inserted"], plan["updated"], plan["metadata_updated"], plan["deleted"]) == (2, 2, 2, 2)
+    # metadata only: SKU-002's two items (price) and SKU-003's image (its row's title is one of its fields)
+    assert (plan["inserted"], plan["updated"], plan["metadata_updated"], plan["deleted"]) == (2, 2, 3, 2)
     assert snapshot(settings) == snapshot_before  # the plan wrote nothing
     assert shard_rows(settings) == shards_before
 
     summary = index_manifest(settings, manifest, "c", media=MEDIA, progress=False)
     m = summary.manifest
-    assert (m["inserted"], m["updated"], m["metadata_updated"], m["deleted"]) == (2, 2, 2, 2)
+    assert (m["inserted"], m["updated"], m["metadata_updated"], m["deleted"]) == (2, 2, 3, 2)
     assert summary.embedded == 4  # the new row's two media, the moved image, the changed title
     after = items(settings)
     assert after[("SKU-004", "image")].status == STATUS_DELETED and after[("SKU-004", "title")].status == STATUS_DELETED
     assert after[("SKU-001", "image")].uri.endswith("other.jpg") and after[("SKU-001", "image")].id == before[("SKU-001", "image")].id
     assert after[("SKU-003", "title")].meta["snippet"] == "suede boot"
+    assert after[("SKU-003", "image")].meta["title"] == "suede boot"  # the row's new title, the image not embedded
+    assert vector_location(settings, after[("SKU-003", "image")].id) == vector_location(
+        settings, before[("SKU-003", "image")].id)
     meta_only = after[("SKU-002", "image")]
     assert meta_only.meta["price"] == 99.0 and meta_only.meta["width"] == 160
     assert vector_location(settings, meta_only.id) == kept_vector  # not embedded again

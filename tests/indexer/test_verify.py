@@ -15,16 +15,12 @@ from xmodal.storage.catalog import Catalog
 
 
 @pytest.fixture
-def indexed(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Settings, Path]:
+def indexed(env: Settings, tmp_path: Path) -> tuple[Settings, Path]:
     media = tmp_path / "m"
     write_photos(media, 12)
     write_texts(media, {"a.txt": "red boots", "b.txt": "a steel kettle"})
-    index_sources(settings, [media], "c", progress=False)
-    monkeypatch.setenv("XMODAL_HOME", str(settings.home))
-    monkeypatch.setenv("XMODAL_DATABASE_URL", settings.resolved_database_url)
-    monkeypatch.setenv("XMODAL_CLIP_MODEL", settings.clip_model)
-    monkeypatch.setenv("XMODAL_CLIP_PRETRAINED", settings.clip_pretrained)
-    return settings, media
+    index_sources(env, [media], "c", progress=False)
+    return env, media
 
 
 def _shards(settings: Settings) -> list[Path]:

@@ -212,18 +212,45 @@ def test_http_and_cli_give_the_same_ids(shop, capsys) -> None:
             "--text", "Tyrell", "-k", "8"]
     with live_app(settings, "shop") as (base, _), httpx.Client(base_url=base, timeout=30) as client:
         for mode in ("lexical", "hybrid", "vector"):
-            body = client.post("/v1/search", json={"collection": "shop", "text": "Tyrell", "k": 8, "mode": mode})
+            body = client.post("/v1/search", json={"collection": "shop", "text": "Tyrell", "k": 8, "mode": mode,
+                                                   "group_by": "none"})
             assert body.status_code == 200, body.text
             http = body.json()
-            cli = cli_json(capsys, [*argv, "--mode", mode])
+            cli = cli_json(capsys, [*argv, "--mode", mode, "--group", "none"])
             assert [r["id"] for r in http["results"]] == [r["id"] for r in cli["results"]]
             assert http["mode"] == cli["mode"] == mode
-        default = client.post("/v1/search", json={"collection": "shop", "text": "SKU-000123"}).json()
+        default = client.post("/v1/search", json={"collection": "shop", "text": "SKU-000123", "group_by": "none"}).json()
         assert default["mode"] == "hybrid" and default["fusion"].startswith("rrf(k=60)")
         assert [r["source"]["id"] for r in default["results"][:2]] == ["SKU-000123"] * 2
         assert default["results"][0]["exact"] is True and "lexical" in default["results"][0]
         first = default["results"][0]["id"]
+        product = client.post("/v1/search", json={"collection": "shop", "text": "SKU-000123"}).json()  # by default
+        assert product["results"][0]["source_id"] == "SKU-000123" and product["results"][0]["exact"] is True
+        assert "SKU-000123" not in [p["source_id"] for p in product["results"][1:]]
         refused = client.post("/v1/search", json={"collection": "shop", "item_id": first, "mode": "lexical"})
         assert refused.status_code == 422 and "needs a text query" in refused.json()["message"]
     assert main([*argv[:-4], "--item", str(first), "--mode", "lexical"]) == EXIT_USER_ERROR
     assert "needs a text query" in capsys.readouterr().err
+
+
+def test_a_long_lived_searcher_turns_hybrid_on_when_a_run_brings_the_first_words(settings: Settings,
+                                                                                   tmp_path: Path) -> None:
+    """A collection of photos alone has no words; a metadata-only change (no new index version) that
+    brings some is seen by a searcher that was already serving, without a restart."""
+    from xmodal.storage.catalog import ItemOutcome, SourceFields
+
+    write_photos(tmp_path / "pics", 6)
+    index_sources(settings, [tmp_path / "pics"], "pics", progress=False)
+    searcher = Searcher(settings, "pics")
+    try:
+        for _ in range(2):  # the first query loads the index version too
+            assert searcher.run(text="Tyrell", k=3).mode == "vector"
+        cid = searcher.collection_id
+        target = sorted(state.id for state in searcher.catalog.item_states(cid).values())[3]
+        searcher.catalog.update_source_meta([ItemOutcome(target, "ok", None, None, None, None,
+                                                         SourceFields("digest", {"brand": "Tyrell"}))])
+        outcome = searcher.run(text="Tyrell", k=3)
+        assert outcome.mode == "hybrid"
+        assert outcome.results[0].id == target
+    finally:
+        searcher.close()

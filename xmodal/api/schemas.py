@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     Tag,
     TypeAdapter,
+    ValidationError,
 )
 
 from xmodal.errors import UserError
@@ -50,6 +51,16 @@ MODE_DOC = ("vector: the embeddings only; lexical: the catalog's full-text index
             "Default: hybrid for a text query on a collection with a full-text index, else vector; an item query "
             "is vector only")
 MIN_SCORE_DOC = "leave out results whose raw score (inner product in their space) is below this"
+GroupBy = Literal["source", "none"]
+GROUP_BY_DOC = ("source: one result per product (manifest row), its score fused from its items; none: one result "
+                "per item. Default: source for a collection whose items mostly came from a manifest, else none")
+GROUP_WEIGHTS_DOC = ("with group_by source: a product's score is the weighted sum of the best item value under each "
+                     "key, a media column or a modality (relevance; rrf when lists were fused by rank; raw score "
+                     "when uncalibrated), e.g. {\"image\": 0.7, \"title\": 0.3}; default: its best item's value")
+MAX_GROUP_WEIGHTS = 32
+_WeightKey = Annotated[str, Field(min_length=1, max_length=64)]
+GroupWeights = Annotated[dict[_WeightKey, Annotated[float, Field(ge=0, le=1000)]],
+                         Field(min_length=1, max_length=MAX_GROUP_WEIGHTS, description=GROUP_WEIGHTS_DOC)]
 FILTER_DOC = ("a structured filter over metadata fields (schema Filter): {\"field\", \"op\", \"value\"} conditions "
               f"combined with {{\"and\": [...]}}, {{\"or\": [...]}}, {{\"not\": ...}}, at most {MAX_DEPTH} levels deep")
 
@@ -237,6 +248,25 @@ class SearchOptions(BaseModel):
     mode: Mode | None = Field(default=None, description=MODE_DOC)
     min_relevance: float | None = Field(default=None, ge=-1000, le=1000, description=MIN_RELEVANCE_DOC)
     min_score: float | None = Field(default=None, ge=-1, le=1, description=MIN_SCORE_DOC)
+    group_by: GroupBy | None = Field(default=None, description=GROUP_BY_DOC)
+    group_weights: GroupWeights | None = None
+
+
+def parse_weights_text(raw: str | None) -> dict[str, Any] | None:
+    """``group_weights`` sent as JSON text (a form or a query string), checked as a JSON body's would be."""
+    if not raw:
+        return None
+    _no_surrogates(raw)
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"group_weights: not valid JSON ({exc.msg} at character {exc.pos})") from None
+    try:
+        return dict(TypeAdapter(GroupWeights).validate_python(parsed, strict=True))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = " ".join(str(p) for p in err["loc"] if p != "[key]")
+        raise UserError(f"group_weights{' ' + where if where else ''}: {err['msg']}") from None
 
 
 class ItemSearch(SearchOptions):
@@ -288,6 +318,37 @@ class ResultOut(BaseModel):
     thumbnail_url: str | None
 
 
+class ProductItemOut(BaseModel):
+    id: int
+    modality: str
+    column: str | None  # the manifest's media column (None: a folder item)
+    media_url: str
+    thumbnail_url: str | None
+
+
+class BestItemOut(ProductItemOut):
+    score: float  # the raw inner product in its space (lexical: the full-text score)
+    relevance: float | None
+    space: str
+    method: str
+    segment: dict[str, float] | None = None  # a windowed item's best-matching window
+    lexical: float | None = None
+
+
+class ProductOut(BaseModel):
+    """One product (a manifest row; a folder item is one of its own) with ``group_by: "source"``."""
+
+    source_id: str | None = Field(description="the row's own id (a SKU); null for a folder item")
+    score: float = Field(description="the product's fused score, the page's order (see the response's group.fusion)")
+    relevance: float | None = Field(description="its best item's calibrated relevance")
+    exact: bool = Field(description="the query equals its source id: first on the page")
+    columns: dict[str, float] = Field(description="each column's best item value among the candidates: the terms "
+                                                  "that group_weights weigh")
+    best: BestItemOut = Field(description="the item that matched best")
+    items: list[ProductItemOut] = Field(description="every servable item of the row")
+    metadata: dict[str, Any] = Field(description="the row's fields as the manifest gave them")
+
+
 class SearchResponse(BaseModel):
     collection: str
     target: str
@@ -300,7 +361,9 @@ class SearchResponse(BaseModel):
     ann: dict[str, dict[str, Any]] = {}  # per "space/part": index kind and the operating point used
     cutoff: dict[str, float] | None = None  # min_relevance / min_score asked for, and how many results it dropped
     no_good_match: bool = False  # a cutoff was asked for and nothing passed it
-    results: list[ResultOut]
+    group_by: GroupBy = "none"  # source: results are products (ProductOut); none: items (ResultOut)
+    group: dict[str, Any] | None = None  # with source: the fusion used, item candidates considered, search rounds
+    results: list[ResultOut] | list[ProductOut]
     timings_ms: dict[str, float]
 
 

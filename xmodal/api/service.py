@@ -38,7 +38,8 @@ from xmodal.errors import (
 from xmodal.media.fetch import fetch_bytes, is_remote
 from xmodal.media.image import decode_image_with_info
 from xmodal.media.types import MediaLimits
-from xmodal.search.engine import Searcher, SearchOutcome
+from xmodal.search import products
+from xmodal.search.engine import Searcher
 from xmodal.search.filters import metadata_fields, prepare_filter
 from xmodal.spaces import ANY, UPLOAD_TYPES, upload_modality
 from xmodal.storage.catalog import STATUS_OK, Catalog, Item
@@ -164,23 +165,27 @@ class Service:
                media: tuple[str, bytes] | None = None, target: str = ANY, k: int = 12, offset: int = 0,
                filters: dict[str, Any] | None = None, recall: float | None = None, fusion: str = "relevance",
                min_relevance: float | None = None, min_score: float | None = None,
-               cancel: threading.Event | None = None, mode: str | None = None) -> dict[str, Any]:
-        """A query by text, item, or ``media`` (modality, bytes: an upload); ``mode``: vector, lexical, hybrid."""
+               cancel: threading.Event | None = None, mode: str | None = None, group_by: str | None = None,
+               group_weights: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A query by text, item, or ``media`` (modality, bytes: an upload); ``mode``: vector, lexical, hybrid;
+        ``group_by``: source (one result per product) or none (``search.products``)."""
         searcher = self._searcher(collection)
         where = prepare_filter(filters, self._fields(collection)) if filters else None  # planned by selectivity
         t0 = time.perf_counter()
-        outcome = searcher.run(text=text, item=item_id, media=media, target=target, k=k, offset=offset, where=where,
-                               recall=recall, fusion=fusion, min_relevance=min_relevance, min_score=min_score,
-                               stop=cancel.is_set if cancel is not None else None, mode=mode)
+        grouped = products.search(searcher, group_by=group_by, group_weights=group_weights, text=text, item=item_id,
+                                  media=media, target=target, k=k, offset=offset, where=where, recall=recall,
+                                  fusion=fusion, min_relevance=min_relevance, min_score=min_score,
+                                  stop=cancel.is_set if cancel is not None else None, mode=mode)
         total_ms = (time.perf_counter() - t0) * 1000
-        self.metrics.stages(outcome.timings)
-        return self._response(collection, target, k, offset, outcome, total_ms)
+        self.metrics.stages(grouped.outcome.timings)
+        return self._response(collection, target, k, offset, grouped, total_ms)
 
     async def search_upload(self, *, request: Request, collection: str, data: bytes, media_type: str,
                             target: str = "any", k: int = 12, offset: int = 0,
                             filters: dict[str, Any] | None = None, recall: float | None = None,
                             fusion: str = "relevance", min_relevance: float | None = None,
-                            min_score: float | None = None) -> dict[str, Any]:
+                            min_score: float | None = None, group_by: str | None = None,
+                            group_weights: dict[str, Any] | None = None) -> dict[str, Any]:
         """A query by uploaded media: at most ``query_concurrency`` at once (503 beyond), in a worker
         thread, abandoned if the client disconnects (499 in the metrics)."""
         modality = upload_modality(media_type)
@@ -192,12 +197,14 @@ class Service:
         async with self.heavy.slot():
             return await until_disconnect(request, lambda cancel: self.search(
                 collection=collection, media=(modality, data), target=target, k=k, offset=offset, filters=filters,
-                recall=recall, fusion=fusion, min_relevance=min_relevance, min_score=min_score, cancel=cancel))
+                recall=recall, fusion=fusion, min_relevance=min_relevance, min_score=min_score, cancel=cancel,
+                group_by=group_by, group_weights=group_weights))
 
     def similar(self, *, item_id: int, collection: str | None = None, target: str = "any", k: int = 12,
                 offset: int = 0, filters: dict[str, Any] | None = None, recall: float | None = None,
                 fusion: str = "relevance", min_relevance: float | None = None,
-                min_score: float | None = None) -> dict[str, Any]:
+                min_score: float | None = None, group_by: str | None = None,
+                group_weights: dict[str, Any] | None = None) -> dict[str, Any]:
         item = self._item(item_id)
         served = self._by_id.get(item.collection_id)
         if collection is not None and collection != served:
@@ -205,20 +212,20 @@ class Service:
         assert served is not None
         return self.search(collection=served, item_id=item_id, target=target, k=k, offset=offset, filters=filters,
                            recall=recall,
-                           fusion=fusion, min_relevance=min_relevance, min_score=min_score)
+                           fusion=fusion, min_relevance=min_relevance, min_score=min_score, group_by=group_by,
+                           group_weights=group_weights)
 
-    def _response(self, collection: str, target: str, k: int, offset: int, outcome: SearchOutcome,
+    def _response(self, collection: str, target: str, k: int, offset: int, grouped: products.Grouped,
                   total_ms: float) -> dict[str, Any]:
+        outcome = grouped.outcome
         t = outcome.timings
         return {
             "collection": collection, "target": target, "k": k, "offset": offset,
             "index_version": outcome.version, "mode": outcome.mode, "routes": outcome.routes, "fusion": outcome.fusion, "ann": outcome.ann,
             "cutoff": outcome.cutoff, "no_good_match": outcome.no_good_match,
-            "results": [
-                {**r.as_dict(), "uri": self._client_uri(collection, r.uri), "media_url": f"/v1/items/{r.id}/media",
-                 "thumbnail_url": f"/v1/items/{r.id}/thumbnail" if r.modality == "image" else None}
-                for r in outcome.results
-            ],
+            "group_by": grouped.group_by, "group": grouped.group(),
+            "results": grouped.results(lambda r: {**r.as_dict(), "uri": self._client_uri(collection, r.uri),
+                                                  **products.item_links(r.id, r.modality)}),
             "timings_ms": {"encode": round(t.encode_ms, 3), "ann": round(t.ann_ms, 3), "sql": round(t.sql_ms, 3),
                            "total": round(total_ms, 3)},
         }
@@ -258,8 +265,7 @@ class Service:
         collection = self._by_id[it.collection_id]
         return {"id": it.id, "collection": collection, "uri": self._client_uri(collection, it.uri),
                 "modality": it.modality, "metadata": it.meta or {}, "content_hash": it.content_hash, "size": it.size,
-                "media_url": f"/v1/items/{it.id}/media",
-                "thumbnail_url": f"/v1/items/{it.id}/thumbnail" if it.modality == "image" else None}
+                **products.item_links(it.id, it.modality)}
 
     # sources: a manifest's rows, by the catalog's own ids -----------------------------------------
 

@@ -11,7 +11,7 @@ from xmodal.cli.admin import cmd_bench, cmd_gc, cmd_serve, cmd_stats, cmd_verify
 from xmodal.cli.index import cmd_index
 from xmodal.cli.query import cmd_eval, cmd_search
 from xmodal.config import parse_bytes
-from xmodal.search.results import FUSIONS, MODES
+from xmodal.search.results import FUSIONS, GROUPS, MODES
 from xmodal.spaces import ANY, TARGETS
 
 
@@ -172,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recall", type=_fraction, metavar="R",
                    help="recall@10 wanted from approximate indexes: the cheapest point measured at build time "
                         "that reaches it (lower is faster); default: the tuned point")
+    p.add_argument("--group", choices=GROUPS,
+                   help="source: one result per product (manifest row), scored from its items; none: one per item; "
+                        "default: source for a collection whose items mostly came from a manifest, else none")
+    p.add_argument("--group-weights", metavar="JSON",
+                   help='with --group source: weigh each column\'s best item, e.g. \'{"image": 0.7, "title": 0.3}\' '
+                        "(default: a product scores as its best item)")
     _json(p, "the results (with metadata and timings)")
     _model_flags(p, recorded=True)
     p.set_defaults(func=cmd_search)

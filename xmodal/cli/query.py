@@ -28,14 +28,19 @@ def _where(searcher: Any, text: str | None) -> Any:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from xmodal.api.schemas import parse_weights_text
+    from xmodal.search import products
+
     searcher = _open_searcher(args)
     try:
-        outcome = searcher.run(text=args.text, image=args.image, audio=args.audio, item=args.item,
-                               target=args.target, k=args.k, offset=args.offset, where=_where(searcher, args.filter),
-                               recall=args.recall, fusion=args.fusion, min_relevance=args.min_relevance,
-                               min_score=args.min_score, mode=args.mode)
+        grouped = products.search(searcher, group_by=args.group, group_weights=parse_weights_text(args.group_weights),
+                                  text=args.text, image=args.image, audio=args.audio, item=args.item,
+                                  target=args.target, k=args.k, offset=args.offset, where=_where(searcher, args.filter),
+                                  recall=args.recall, fusion=args.fusion, min_relevance=args.min_relevance,
+                                  min_score=args.min_score, mode=args.mode)
     finally:
         searcher.close()
+    outcome = grouped.outcome
     results = outcome.results
     query = {"text": args.text} if args.text is not None else (
         {"image": path_to_uri(str(args.image))} if args.image is not None else
@@ -45,7 +50,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         dump({"collection": args.collection, "query": query, "mode": outcome.mode, "target": args.target, "k": args.k,
               "offset": args.offset,
                "filter": json.loads(args.filter) if args.filter else None, "routes": outcome.routes, "fusion": outcome.fusion, "ann": outcome.ann, "cutoff": outcome.cutoff,
-               "no_good_match": outcome.no_good_match, "results": [r.as_dict() for r in results],
+               "no_good_match": outcome.no_good_match, "group_by": grouped.group_by, "group": grouped.group(),
+               "results": grouped.results(lambda r: r.as_dict()),
                "timings_ms": {"encode": round(t.encode_ms, 3), "ann": round(t.ann_ms, 3), "sql": round(t.sql_ms, 3)}})
         return 0
     if outcome.no_good_match:
@@ -53,8 +59,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"no good match: none of the {dropped} closest results passes "
               + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in (outcome.cutoff or {}).items() if k != "dropped"))
         return 0
-    if not results:
+    if not results or grouped.products == []:
         print("no results")
+        return 0
+    if grouped.products is not None:
+        _print_products(grouped, args.offset)
         return 0
     print(f"{'rank':>4}  {'relev.':>7}  {'score':>7}  {'id':>8}  {'kind':<5}  {'space/method':<15}  uri")
     for rank, r in enumerate(results, args.offset + 1):
@@ -69,6 +78,19 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"(lists of several targets merged by {outcome.fusion}; relevance: -log10 of how many unrelated items "
               "would score as high, comparable across kinds; score: the raw inner product in its space)")
     return 0
+
+
+def _print_products(grouped: Any, offset: int) -> None:
+    """One line per product: rank, score, source id, the item that matched best, the row's title."""
+    print(f"{'rank':>4}  {'score':>8}  {'relev.':>7}  {'source id':<16}  {'best item':<22}  items  title")
+    for rank, p in enumerate(grouped.products, offset + 1):
+        b = p["best"]
+        relevance = f"{p['relevance']:7.2f}" if p["relevance"] is not None else f"{'exact' if p['exact'] else '-':>7}"
+        best = f"{b['id']} {b['column'] or b['modality']}"
+        title = p["metadata"].get("title")
+        print(f"{rank:>4}  {p['score']:8.4f}  {relevance}  {str(p['source_id'] or '-'):<16}  {best:<22}  "
+              f"{len(p['items']):>5}  {title if isinstance(title, str) else ''}".rstrip())
+    print(f"(one row per product: {grouped.fusion}; {grouped.candidates} items considered)")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -115,6 +115,7 @@ class Searcher(QueryVectors):
         self._alignment: LoadedAlignment | None = None
         self._windows: dict[tuple[int, str], Windows | None] = {}
         self._has_lexical: bool | None = None
+        self._lexical_at: datetime | None = None  # the catalog's last item change when it was looked up
         self._planner = Planner(settings.filter_exact_max)  # filtered queries: the column view and plans
 
     # loading ---------------------------------------------------------------------------------
@@ -300,9 +301,16 @@ class Searcher(QueryVectors):
                              bool(cutoff) and not results, mode)
 
     def has_lexical(self) -> bool:
-        """Whether the collection's items have words in the catalog's full-text index (looked up once)."""
-        if self._has_lexical is None:
+        """Whether the collection's items have words in the catalog's full-text index. Once they have, that
+        stands (a hybrid search with no word matches is the vector search); until then it is looked up
+        again whenever an item changed (one index lookup), so a run that brings the first words (a
+        metadata-only manifest run publishes no new version) turns hybrid on without a restart."""
+        if self._has_lexical:
+            return True
+        stamp = self.catalog.last_change(self.collection_id)
+        if self._has_lexical is None or stamp != self._lexical_at:
             self._has_lexical = self.catalog.has_lexical(self.collection_id)
+            self._lexical_at = stamp
         return self._has_lexical
 
     def _lexical_run(self, text: str, *, target: str, k: int, offset: int, where: Any) -> SearchOutcome:

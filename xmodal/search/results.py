@@ -17,6 +17,7 @@ RRF_K = 60  # reciprocal rank fusion: a result's value is the sum over lists of 
 FUSIONS = ("relevance", "rrf")
 VECTOR, LEXICAL, HYBRID = "vector", "lexical", "hybrid"
 MODES = (VECTOR, LEXICAL, HYBRID)  # how a search finds its results (search.lexical)
+GROUPS = ("source", "none")  # one result per product (manifest row), or per item (search.products)
 
 
 @dataclass

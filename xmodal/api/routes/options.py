@@ -10,6 +10,8 @@ from fastapi import Query
 from xmodal.api.schemas import (
     FILTER_DOC,
     FUSION_DOC,
+    GROUP_BY_DOC,
+    GROUP_WEIGHTS_DOC,
     MAX_FILTER_TEXT,
     MAX_K,
     MAX_OFFSET,
@@ -17,16 +19,19 @@ from xmodal.api.schemas import (
     MIN_SCORE_DOC,
     RECALL_DOC,
     Fusion,
+    GroupBy,
     PlainInt,
     PlainNumber,
     SignedNumber,
     Target,
     parse_filter_text,
+    parse_weights_text,
 )
 
 
 class PageOptions:
-    """``target``, ``k``, ``offset``, ``filters`` (JSON text), ``recall``, ``fusion`` and the cutoffs, as a
+    """``target``, ``k``, ``offset``, ``filters`` (JSON text), ``recall``, ``fusion``, the cutoffs and the grouping
+    (``group_weights`` as JSON text), as a
     FastAPI dependency (``Annotated[PageOptions, Depends()]``); :meth:`search_args` for the service."""
 
     def __init__(
@@ -40,10 +45,14 @@ class PageOptions:
         fusion: Annotated[Fusion, Query(description=FUSION_DOC)] = "relevance",
         min_relevance: Annotated[SignedNumber | None, Query(ge=-1000, le=1000, description=MIN_RELEVANCE_DOC)] = None,
         min_score: Annotated[SignedNumber | None, Query(ge=-1, le=1, description=MIN_SCORE_DOC)] = None,
+        group_by: Annotated[GroupBy | None, Query(description=GROUP_BY_DOC)] = None,
+        group_weights: Annotated[str | None, Query(max_length=MAX_FILTER_TEXT,
+                                                   description=f"{GROUP_WEIGHTS_DOC}; as JSON text")] = None,
     ) -> None:
         self.args: dict[str, Any] = {"target": target, "k": k, "offset": offset, "filters": parse_filter_text(filters),
                                      "recall": recall, "fusion": fusion, "min_relevance": min_relevance,
-                                     "min_score": min_score}
+                                     "min_score": min_score, "group_by": group_by,
+                                     "group_weights": parse_weights_text(group_weights)}
 
     def search_args(self) -> dict[str, Any]:
         return dict(self.args)

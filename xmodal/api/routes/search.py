@@ -7,6 +7,8 @@ from xmodal.api.errors import responses
 from xmodal.api.schemas import (
     FILTER_DOC,
     FUSION_DOC,
+    GROUP_BY_DOC,
+    GROUP_WEIGHTS_DOC,
     MAX_FILTER_TEXT,
     MAX_K,
     MAX_OFFSET,
@@ -15,6 +17,7 @@ from xmodal.api.schemas import (
     RECALL_DOC,
     CollectionName,
     Fusion,
+    GroupBy,
     PlainInt,
     PlainNumber,
     SearchOptions,
@@ -22,6 +25,7 @@ from xmodal.api.schemas import (
     SignedNumber,
     Target,
     parse_filter_text,
+    parse_weights_text,
     search_request,
 )
 from xmodal.config import Settings
@@ -41,7 +45,8 @@ def router(settings: Settings, *, errors: tuple[int, ...]) -> APIRouter:
         return service.search(collection=q.collection, text=getattr(q, "text", None),
                               item_id=getattr(q, "item_id", None), target=q.target, k=q.k,
                               offset=q.offset, filters=q.filters, recall=q.recall, fusion=q.fusion,
-                              min_relevance=q.min_relevance, min_score=q.min_score, mode=q.mode)
+                              min_relevance=q.min_relevance, min_score=q.min_score, mode=q.mode,
+                              group_by=q.group_by, group_weights=q.group_weights)
 
     @r.post("/search/upload", response_model=SearchResponse,
             responses=responses(*errors, 404, 415, 422, 503),
@@ -64,10 +69,14 @@ def router(settings: Settings, *, errors: tuple[int, ...]) -> APIRouter:
         fusion: Annotated[Fusion, Form(description=FUSION_DOC)] = "relevance",
         min_relevance: Annotated[SignedNumber | None, Form(ge=-1000, le=1000, description=MIN_RELEVANCE_DOC)] = None,
         min_score: Annotated[SignedNumber | None, Form(ge=-1, le=1, description=MIN_SCORE_DOC)] = None,
+        group_by: Annotated[GroupBy | None, Form(description=GROUP_BY_DOC)] = None,
+        group_weights: Annotated[str | None, Form(max_length=MAX_FILTER_TEXT,
+                                                  description=f"{GROUP_WEIGHTS_DOC}; as JSON text")] = None,
     ) -> dict[str, Any]:
         return await service.search_upload(request=request, collection=collection, data=await file.read(),
                                            media_type=file.content_type or "", target=target, k=k, offset=offset,
                                            filters=parse_filter_text(filters), recall=recall, fusion=fusion,
-                                           min_relevance=min_relevance, min_score=min_score)
+                                           min_relevance=min_relevance, min_score=min_score, group_by=group_by,
+                                           group_weights=parse_weights_text(group_weights))
 
     return r

@@ -362,6 +362,38 @@ function card(result) {
         textContent: "original", attrs: { "aria-label": `open the original of ${name}` } }))));
 }
 
+// a product (group_by "source"): the thumbnail of its best item (else of the row's first image), title, source id
+function productCard(product) {
+  const best = product.best || {};
+  const meta = product.metadata || {};
+  const title = typeof meta.title === "string" ? meta.title : "";
+  const sku = product.source_id === null || product.source_id === undefined ? "" : String(product.source_id);
+  const name = title || sku || `item ${best.id}`;
+  const image = best.thumbnail_url ? best : (product.items || []).find((it) => it.thumbnail_url);
+  let body;
+  if (image) {
+    const img = el("img", { alt: name, loading: "lazy", decoding: "async", width: 320, height: 240 });
+    setMediaSource(img, image.thumbnail_url);
+    body = mediaLink(image.media_url, { tabIndex: -1, className: "thumb", attrs: { "aria-hidden": "true" } }, img);
+  } else {
+    body = el("div", { className: "text" }, el("strong", {}, name));
+  }
+  const relevance = typeof product.relevance === "number" ? product.relevance : null;
+  const scoreText = relevance === null ? `score ${Number(product.score).toFixed(3)}` : `relevance ${relevance.toFixed(1)}`;
+  const similar = el("button", { type: "button", className: "link similar", textContent: "similar",
+    attrs: { "aria-label": `find products similar to ${name}` },
+    onclick: () => run({ kind: "similar", id: best.id, label: name }, 0) });
+  return el("article", { className: "card product",
+    dataset: { source: sku, id: String(best.id), relevance: String(relevance ?? "") } },
+    body,
+    el("div", { className: "meta" },
+      el("span", { className: "name", title: name, textContent: name }),
+      el("span", { className: "sku", textContent: sku }),
+      el("span", { className: relevance !== null && relevance >= STRONG ? "score strong" : "score",
+        textContent: `${best.column || best.modality} matched · ${scoreText}` }),
+      el("span", { className: "actions" }, similar)));
+}
+
 function mix(results) {
   // what the page holds, by kind: a mixed page says so, so that no kind goes unseen
   const counts = {};
@@ -423,7 +455,8 @@ async function run(query, offset) {
     if (signal.aborted) return;
     freeObjectUrls();
     const results = Array.isArray(body.results) ? body.results : [];
-    $("results").replaceChildren(...results.map(card));
+    const grouped = body.group_by === "source";  // one card per product
+    $("results").replaceChildren(...results.map(grouped ? productCard : card));
     const total = body.timings_ms && typeof body.timings_ms.total === "number"
       ? ` (${Math.round(body.timings_ms.total)} ms)` : "";
     const first = offset + 1;
@@ -434,7 +467,7 @@ async function run(query, offset) {
     } else {
       $("status").textContent = results.length
         ? `Results ${first}–${offset + results.length} for ${describe(query)}${filters ? ", filtered" : ""}`
-          + `${mix(results)}${total}`
+          + `${grouped ? ` (${plural(results.length, ["product", "products"])})` : mix(results)}${total}`
         : `No results for ${describe(query)}${filters ? " with these filters" : ""}.`;
     }
     $("page").textContent = `page ${Math.floor(offset / K) + 1}`;

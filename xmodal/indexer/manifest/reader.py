@@ -35,13 +35,17 @@ from xmodal.spaces import MODALITIES as _MODALITIES
 
 MODALITIES: frozenset[str] = frozenset(_MODALITIES)  # what a --media column may be (the spaces table's)
 DEFAULT_MEDIA: Mapping[str, str | None] = {"uri": None}
+#: a text media value up to this long is also one of the row's fields (every item of the row carries it)
+ROW_TEXT_MAX_CHARS = 256
 
 
 class ManifestReader(_RowReader):
     """Iterate the entries of a manifest; :attr:`report` holds the per-row problems.
 
     ``media`` maps media column -> modality (``None``: from the URI's extension, later); it replaces
-    the default ``{"uri": None}``. A ``"text"`` column holds the text itself, any other a URI.
+    the default ``{"uri": None}``. A ``"text"`` column holds the text itself, any other a URI; a text of at
+    most :data:`ROW_TEXT_MAX_CHARS` characters (a title, a name) is also one of the row's metadata fields, so
+    every item of the row carries it (a longer one, a description, stays its text item's own).
     ``column_types`` declares a metadata column's type (over :data:`WELL_KNOWN_TYPES`);
     ``list_columns`` is short for ``column_types[c] = "list"``. Undeclared CSV cells are typed one
     by one (``"7"`` int, ``"12.50"`` float, ``"true"`` bool, ``"007"`` and integers beyond 2**53
@@ -175,6 +179,9 @@ class ManifestReader(_RowReader):
                 continue
             if converted is not _OMIT:
                 metadata[column] = converted
+        for column, _, _, text in media:  # a title is the row's: its images carry it too (and filter by it)
+            if text is not None and len(text) <= ROW_TEXT_MAX_CHARS:
+                metadata[column] = text
 
         self._first_seen[source_id] = line if line is not None else row
         self.report.entries += len(media)
