@@ -4,17 +4,18 @@ The searcher counts the filter's matches in the part's modality on its column vi
 (``search.columns``: exact count and ids, a vectorised pass over numpy arrays) and picks a plan:
 
 - ``empty``: nothing matches: an empty page at once, no ANN call.
-- ``exact``: at most ``exact_max`` matches (``Settings.filter_exact_max``, 4096 by default; see
-  docs/benchmarks/filters.md): the matches' exact vectors (from the part's re-rank store,
+- ``exact``: at most ``exact_max`` matches (``Settings.filter_exact_max``, 4096 by default), or fewer
+  than the codes a restricted search would scan over ``EXACT_COST`` (at low selectivity its raised
+  nprobe reaches nlist: every code read): the matches' exact vectors (from the part's re-rank store,
   memory-mapped: only those rows are read) scored against the query. This is also the exact filtered answer (a flat part: its vectors
   reconstructed by id).
 - ``ann-restricted``: the ANN search with a FAISS id selector (a bitmap over ids) keeping only the
-  matches, and ``nprobe`` raised for the selectivity (nprobe / selectivity, at most nlist), so that the
-  probed lists hold about as many matching vectors as an unfiltered search sees (a flat part: its exact
-  scan with the selector).
+  matches, and ``nprobe`` raised for the selectivity (nprobe / sqrt(selectivity), at most nlist: the
+  filtered top 10 lie deeper in the unfiltered ranking, and the lists holding a deeper top grow more
+  slowly than its depth) (a flat part: its exact scan with the selector).
 - ``post-filter``: at least ``POST_SHARE`` of the part matches (or the view can't evaluate the filter):
   the search of an unfiltered query, its first round already fetching ``1 / selectivity`` times more
-  candidates with nprobe raised likewise (the filtered top 10 lie in the unfiltered top 10 / selectivity),
+  candidates with nprobe raised as above,
   filtered at hydration; it looks further (x4) while too many are filtered out.
 
 Every plan hydrates through SQL with the filter's condition (the truth). A selective plan whose
@@ -38,6 +39,10 @@ from xmodal.storage.ann import AnnPart, FloatArray, IdArray, IdSet, ivf_of
 from xmodal.storage.calibration import Relevance
 from xmodal.storage.catalog import STATUS_OK, Catalog
 
+EXACT_COST = 20  # an exact vector read and scored costs about as much as this many PQ codes scanned (1M: ~1 us
+#                  against ~45 ns, docs/benchmarks/filters.md)
+RAISE = 0.5  # nprobe / selectivity ** RAISE: the filtered top 10 are the unfiltered top 10 / selectivity, and
+#              the lists that hold a deeper top grow more slowly than its depth (recall measured there too)
 POST_SHARE = 0.5  # at least this share of the part matching: post-filter (a first round of 2x candidates)
 CACHE = 64  # matching-id sets kept per searcher (filters repeat: a shop's category pages)
 
@@ -155,17 +160,18 @@ def choose(part: AnnPart, among: IdSet, exact: bool, recall: float | None, exact
         return Plan(EMPTY, 0, True, share=0.0)
     ivf = ivf_of(part.index)
     raised = None
-    if ivf is not None:  # as many matching vectors in the probed lists as an unfiltered search sees
+    if ivf is not None:  # more lists, for the filtered top k lie deeper in the unfiltered ranking
         point = part.point_for(recall) if recall is not None else None
         nprobe = int(point["nprobe"]) if point else part.recipe.nprobe
-        raised = min(int(ivf.nlist), math.ceil(nprobe / max(share, 1e-12)))
+        raised = min(int(ivf.nlist), math.ceil(nprobe / max(share, 1e-12) ** RAISE))
     if share >= POST_SHARE:
         return Plan(POST, matches, exact, nprobe=raised, share=share)
     if ivf is None and matches <= exact_max:  # flat: the matches' vectors read from it
         return Plan(EXACT, matches, exact, among, share=share)
     if ivf is None:  # flat: one scan with the id selector keeping only the matches, exactly
         return Plan(RESTRICTED, matches, exact, among, share=share)
-    if matches <= exact_max and part.store is not None:
+    scanned = part.ntotal * (raised or 0) / int(ivf.nlist)  # codes the restricted search would read
+    if (matches <= exact_max or matches * EXACT_COST <= scanned) and part.store is not None:
         return Plan(EXACT, matches, exact, among, share=share)
     return Plan(RESTRICTED, matches, exact, among, raised, share=share)
 
