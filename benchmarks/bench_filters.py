@@ -268,7 +268,7 @@ def plans_only(n: int, queries: int, seed: int) -> dict[str, Any]:
             plan = plans[name] = choose(part, among, True, None, 4096)
             if plan.name != EMPTY:
                 part.search(vectors[row][None], TAIL + 1, exclude=exclude)  # the local tail, as the searcher does
-                _, got = plan.search(part, vectors[row][None], plan.first_fetch(fetch, n), recall=None,
+                _, got = plan.search(part, vectors[row][None], plan.first_fetch(fetch, n, K), recall=None,
                                      exclude=exclude)
             times[name].append((time.perf_counter() - t) * 1000)
             want = exact_top(vectors, among.ids - 1, ids, int(row))

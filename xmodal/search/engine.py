@@ -369,7 +369,7 @@ class Searcher(QueryVectors):
             scores, ids = part.search(query, min(total, TAIL + 1), recall=recall, exclude=excluded)
             relevance = Relevance(calibration, local_tail(scores[0][ids[0] >= 0], total))
             timings.ann_ms += (time.perf_counter() - t0) * 1000
-        fetch = plan.first_fetch(min(total, max(want + 16, TAIL + 1)), total)  # the local tail: the best TAIL + 1
+        fetch = plan.first_fetch(min(total, max(want + 16, TAIL + 1)), total, want)  # the local tail: the best TAIL + 1
         results: list[SearchResult] = []
         segmented = MODALITIES[r.target].always_segment and r.target in SPACES[r.space].modalities
         while fetch > 0:
@@ -387,7 +387,7 @@ class Searcher(QueryVectors):
                 plan = Plan(POST, fallback=f"{plan.name}: {rejected} candidates no longer match (the column view "
                                            "lagged the catalog); post-filtered")
                 info.update(plan.info())
-                fetch = plan.first_fetch(min(total, max(want + 16, TAIL + 1)), total)
+                fetch = plan.first_fetch(min(total, max(want + 16, TAIL + 1)), total, want)
                 continue
             below = bool(cutoff) and bool(candidates) and not cutoff.passes(SearchResult(
                 0, "", r.target, candidates[-1][0], {}, r.space, r.method,

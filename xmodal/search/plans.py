@@ -14,8 +14,9 @@ The searcher counts the filter's matches in the part's modality on its column vi
   filtered top 10 lie deeper in the unfiltered ranking, and the lists holding a deeper top grow more
   slowly than its depth) (a flat part: its exact scan with the selector).
 - ``post-filter``: at least ``POST_SHARE`` of the part matches (or the view can't evaluate the filter):
-  the search of an unfiltered query, its first round already fetching ``1 / selectivity`` times more
-  candidates with nprobe raised as above,
+  the search of an unfiltered query, its first round already asking for enough candidates that k of
+  them match (k / selectivity x 1.25 + 16; every candidate is an exact vector read) with nprobe raised
+  as above,
   filtered at hydration; it looks further (x4) while too many are filtered out.
 
 Every plan hydrates through SQL with the filter's condition (the truth). A selective plan whose
@@ -67,10 +68,12 @@ class Plan:
     def selective(self) -> bool:
         return self.name in (EXACT, RESTRICTED)
 
-    def first_fetch(self, fetch: int, total: int) -> int:
-        """Candidates the first round asks for: post-filtering fetches 1 / share more (capped at the part)."""
+    def first_fetch(self, fetch: int, total: int, want: int) -> int:
+        """Candidates the first round asks for (``fetch``: what an unfiltered search of ``want`` asks for):
+        post-filtering asks for enough that ``want`` of them match, with a margin (capped at the part); the
+        local tail needs no more, being fitted on the best of all candidates."""
         if self.name == POST and self.share:
-            fetch = min(total, math.ceil(fetch / self.share * 1.25))
+            fetch = min(total, max(fetch, math.ceil(want / self.share * 1.25) + 16))
         elif self.selective and self.matches is not None:
             fetch = min(fetch, max(self.matches, 1))
         self._first = fetch
