@@ -24,7 +24,7 @@ from xmodal.search import plans
 from xmodal.search.engine import Searcher
 from xmodal.search.filters import metadata_fields, prepare_filter
 from xmodal.storage.ann import AnnPart
-from xmodal.storage.catalog import Item
+from xmodal.storage.catalog import STATUS_DELETED, Item
 
 N = 400
 # a long tail: half the products in one category, 5% in another, 0.5%, one product; the rest spread thin
@@ -156,5 +156,11 @@ def a_view_behind_the_catalog_never_returns_an_item_that_no_longer_matches(shop:
         five = searcher.run(text=QUERIES[0], target="text", k=50, mode="vector",
                             where=_filter(searcher, {"field": "category", "op": "eq", "value": "five"}))
         assert five.ann["clip/text"]["matches"] == 21 and other in {r.id for r in five.results}
+        gone = five.results[0].id  # deleted: hidden at once, before any rebuild, under every plan
+        searcher.catalog.set_status([gone], STATUS_DELETED)
+        for spec in ({"field": "category", "op": "eq", "value": "five"}, {"field": "id", "op": "eq", "value": gone}):
+            after = searcher.run(text=QUERIES[0], target="text", k=50, mode="vector", where=_filter(searcher, spec))
+            assert gone not in {r.id for r in after.results}
+        assert after.results == [] and after.ann["clip/text"]["plan"] == "empty"
     finally:
         searcher.close()
