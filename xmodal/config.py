@@ -108,6 +108,8 @@ class Settings(BaseSettings):
 
     # index
     exact_threshold: int = Field(default=50_000, ge=0, description="below this many vectors: exact search")
+    filter_exact_max: int = Field(default=4096, ge=0, description="a filter matching at most this many items "
+                                  "of a part is searched exactly over them (search.plans)")
     recall_target: float = Field(default=0.95, gt=0, le=1.0, description="recall@10 the index build tunes for")
     max_index_memory: int | None = Field(
         default=None, description="RAM budget of one space's index (e.g. 2GiB); sizes the PQ codes and "

@@ -12,7 +12,7 @@ import pytest
 from xmodal.indexer import build as build_mod
 from xmodal.indexer.build import BuiltIndex, build_index, exact_knn, opq_rotation
 from xmodal.indexer.recipe import IndexRecipe, choose_recipe
-from xmodal.storage.ann import RerankStore, ivf_of
+from xmodal.storage.ann import IdSet, RerankStore, ivf_of
 
 DIM = 64
 
@@ -545,3 +545,30 @@ def test_gpu_add_setup_failure_falls_back_to_cpu(
     monkeypatch.setattr(build_mod, "_gpu_assigner", broken)
     b = build_index(x[:2000], ids[:2000], IndexRecipe(kind="ivfpq", nlist=16, m=8, nbits=6, nprobe=1))
     assert b.stats["add_device"] == "cpu" and b.index.ntotal == 2000
+
+
+def test_search_among_an_id_set_is_exact_and_restricted_search_keeps_to_it(
+        built: BuiltIndex, data: tuple[np.ndarray, np.ndarray]) -> None:
+    """A filter's matches (search.plans): exact scores over just them, or the ANN search with them as the
+    selector; sparse ids here (a hashed batch), dense ones below (a bitmap), flat and IVF-PQ parts."""
+    x, ids = data
+    q = noisy_copies(x, 5, seed=3)
+    rng = np.random.default_rng(4)
+    rows = rng.choice(x.shape[0], 300, replace=False)
+    among = IdSet.of(ids[rows])
+    left_out = ids[rows[:3]]
+    truth = exact_ids(x[rows[3:]], ids[rows[3:]], q, 10)
+    _, found = built.part.search_among(q, 10, among, exclude=left_out)
+    assert np.array_equal(found, truth)
+    ivf = ivf_of(built.part.index)
+    _, restricted = built.part.search(q, 10, nprobe=ivf.nlist, among=among, exclude=left_out)
+    assert np.isin(restricted, ids[rows[3:]]).all()
+    assert recall_at(restricted, truth) >= 0.9
+    flat = build_index(x[:800], np.arange(800, dtype=np.int64) * 3, IndexRecipe(kind="flat")).part
+    dense = IdSet.of(np.arange(0, 3000, 7))  # the part holds ids 3 * row: a third of these, the rest unknown to it
+    held = dense.ids[np.isin(dense.ids, np.arange(800) * 3)]
+    _, exact = flat.search_among(q, 10, dense)
+    _, scanned = flat.search(q, 10, among=dense)
+    expect = exact_ids(x[held // 3], held, q, 10)
+    assert np.array_equal(exact, expect) and np.array_equal(scanned, expect)
+    assert dense._bitmap is not None  # dense ids: a bitmap selector

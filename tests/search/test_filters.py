@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
+from xmodal.search.columns import ColumnView
 from xmodal.search.filters import FilterError, apply_filter, compile_filter, metadata_fields
 from xmodal.storage.catalog import STATUS_OK, Catalog, Item
 
@@ -66,10 +67,20 @@ class Shop:
             return {self.by_id[i] for i in s.scalars(q)}
 
     def check(self, cases: list[tuple[dict[str, Any], set[str]]]) -> None:
-        """Run every case on one catalog; a failure shows each mismatching filter beside its result."""
+        """Run every case on one catalog; a failure shows each mismatching filter beside its result. The
+        searcher's column view (``search.columns``, which plans filtered searches) must agree: the same
+        items where it says its answer is exact, a superset where a condition is unknown to it."""
         got = {json.dumps(spec, ensure_ascii=False): self.names(spec) for spec, _ in cases}
         want = {json.dumps(spec, ensure_ascii=False): expected for spec, expected in cases}
         assert got == want
+        view = ColumnView.build(self.catalog, self.cid)
+        seen = {}
+        for spec, expected in cases:
+            found = view.matching(spec, FIELDS)
+            if found is not None:
+                names = {self.by_id[int(i)] for i in found[0]}
+                seen[json.dumps(spec, ensure_ascii=False)] = names if found[1] else (names & expected)
+        assert seen == {key: want[key] for key in seen}
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ from xmodal.media.video import VideoLimits, video_frame
 from xmodal.search import products
 from xmodal.search.browse import Page, find
 from xmodal.search.engine import Searcher
-from xmodal.search.filters import compile_filter, metadata_fields
+from xmodal.search.filters import metadata_fields, prepare_filter
 from xmodal.spaces import ANY, UPLOAD_TYPES, upload_modality
 from xmodal.storage.catalog import STATUS_OK, Catalog, Item
 from xmodal.storage.uris import is_under, uri_to_path
@@ -93,7 +93,7 @@ class Service:
         try:
             for name in self.names:
                 searcher = Searcher(self.settings, name, catalog=self.catalog)
-                searcher.warm_up()
+                searcher.warm_up(filters=True)  # the first filtered request does not build the column view
                 self.searchers[name] = searcher
                 self._by_id[searcher.collection_id] = name
                 self._after_load(name)
@@ -178,7 +178,7 @@ class Service:
         (one result per product) or none (``search.products``)."""
         searcher = self._searcher(collection)
         fields = self._fields(collection) if filters or sort or facets else {}  # unfiltered: no catalog lookup
-        where = compile_filter(filters, fields) if filters else None
+        where = prepare_filter(filters, fields) if filters else None  # planned by selectivity (search.plans)
         t0 = time.perf_counter()
         page = find(searcher, fields=fields, where=where, sort=sort, facets=facets, group_by=group_by,
                     group_weights=group_weights, k=k, offset=offset, target=target, mode=mode, text=text, item=item_id,

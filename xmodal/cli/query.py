@@ -28,9 +28,9 @@ def _where(text: str | None, fields: dict[str, str]) -> Any:
     if not text:
         return None
     from xmodal.api.schemas import parse_filter_text
-    from xmodal.search.filters import compile_filter
+    from xmodal.search.filters import prepare_filter
 
-    return compile_filter(parse_filter_text(text), fields)
+    return prepare_filter(parse_filter_text(text), fields)
 
 
 def cmd_search(args: argparse.Namespace) -> int:

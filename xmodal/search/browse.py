@@ -39,7 +39,7 @@ from sqlalchemy import and_
 from xmodal.errors import UserError
 from xmodal.search import products
 from xmodal.search.engine import MAX_K, Searcher
-from xmodal.search.filters import COLUMNS, field_value, list_elements
+from xmodal.search.filters import COLUMNS, Filter, field_value, list_elements
 from xmodal.search.results import LEXICAL, SORT_WINDOW, SearchOutcome, SearchResult, Timings
 from xmodal.spaces import ANY, TARGETS
 from xmodal.storage.catalog import Item
@@ -191,7 +191,8 @@ def find(searcher: Searcher, *, fields: dict[str, str], where: Any = None, sort:
 
 
 def _scope(where: Any, target: str, *more: Any) -> Any:
-    conditions = [c for c in (where, *more) if c is not None]
+    """One SQL condition: the filter's (a prepared ``Filter``'s condition), the target and ``more``."""
+    conditions = [c.condition if isinstance(c, Filter) else c for c in (where, *more) if c is not None]
     if target != ANY:
         conditions.append(Item.modality == target)
     return and_(*conditions) if conditions else None

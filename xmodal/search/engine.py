@@ -27,7 +27,9 @@ from xmodal.encoders import Encoder, align, load_encoder, resolve_model
 from xmodal.encoders.align import LoadedAlignment
 from xmodal.errors import UserError
 from xmodal.media.types import MediaLimits
+from xmodal.search.filters import Filter
 from xmodal.search.lexical import HYBRID_FUSION, choose_mode, fuse, lexical_fusion, lexical_results
+from xmodal.search.plans import EMPTY, POST, UNFILTERED, Plan, Planner, hydrate, operating_point
 from xmodal.search.queries import Query, QueryVectors
 from xmodal.search.results import (
     FUSIONS,
@@ -54,7 +56,7 @@ from xmodal.spaces import (
 )
 from xmodal.storage.ann import AnnPart
 from xmodal.storage.calibration import TAIL, Calibration, Relevance, local_tail
-from xmodal.storage.catalog import STATUS_OK, Catalog, Space, check_same_model
+from xmodal.storage.catalog import Catalog, Space, check_same_model
 from xmodal.storage.indexfiles import read_index_dir
 from xmodal.storage.layout import Layout
 from xmodal.storage.shards import Windows, read_windows
@@ -114,6 +116,7 @@ class Searcher(QueryVectors):
         self._windows: dict[tuple[int, str], Windows | None] = {}
         self._has_lexical: bool | None = None
         self._lexical_at: datetime | None = None  # the catalog's last item change when it was looked up
+        self._planner = Planner(settings.filter_exact_max)  # filtered queries: the column view and plans
 
     # loading ---------------------------------------------------------------------------------
 
@@ -193,11 +196,14 @@ class Searcher(QueryVectors):
         _ = self.loaded
         return self._alignment
 
-    def warm_up(self) -> None:
-        """Load the models and the indexes now rather than on the first query."""
+    def warm_up(self, *, filters: bool = False) -> None:
+        """Load the models and the indexes now rather than on the first query (``filters``: and the column
+        view that plans filtered searches, one streamed query over the items)."""
         for name in self._spaces:
             self.encoder_for(name)
             self._loaded(name)
+        if filters:
+            self._planner.refresh(self.catalog, self.collection_id)
 
     def search(self, *, text: str | None = None, image: Path | None = None, audio: Path | None = None,
                item: int | None = None, target: str = "any", k: int = 10) -> list[SearchResult]:
@@ -229,8 +235,9 @@ class Searcher(QueryVectors):
             min_score: float | None = None, mode: str | None = None, window: int | None = None,
             arrange: Callable[[list[SearchResult]], list[SearchResult]] | None = None) -> SearchOutcome:
         """Encode the query, search every route, merge: results ``offset`` to ``offset + k`` and where the
-        time went. ``where``: a SQLAlchemy condition on catalog items (structured filters), applied at
-        hydration. ``recall``: the recall@10 this request wants from approximate indexes (the cheapest
+        time went. ``where``: a filter, prepared (``search.filters.prepare_filter``: searched by a plan
+        chosen by its selectivity, ``search.plans``) or a bare SQLAlchemy condition on catalog items
+        (post-filtered); the condition is applied at hydration either way. ``recall``: the recall@10 this request wants from approximate indexes (the cheapest
         operating point measured at build time that reaches it), instead of the tuned one. ``media``:
         (modality, bytes) of any query modality, as an upload gives it. ``stop``: asked while query media
         decodes; True abandons the query (:class:`Cancelled`). ``fusion``: how the lists of several
@@ -242,6 +249,8 @@ class Searcher(QueryVectors):
         _check_request(target, k, offset, recall, fusion)
         if window is not None and not k + offset <= window <= MAX_K:
             raise UserError(f"the window must hold the page and at most {MAX_K} results, not {window}")
+        flt = where if isinstance(where, Filter) else None  # a prepared filter: planned by its selectivity
+        where = flt.condition if flt is not None else where
         t0 = time.perf_counter()
         named = self._media(image=image, image_bytes=image_bytes, audio=audio, audio_bytes=audio_bytes)
         if media is not None and named is not None:
@@ -274,7 +283,7 @@ class Searcher(QueryVectors):
         timings = Timings(encode_ms=(time.perf_counter() - t0) * 1000)
         cutoff = Cutoff(min_relevance, min_score)
         ann: dict[str, dict[str, Any]] = {}
-        lists = [self._search_route(r, v, want, q.exclude, where, timings, recall, ann, cutoff)
+        lists = [self._search_route(r, v, want, q.exclude, where, timings, recall, ann, cutoff, flt)
                  for r, v in zip(routes, vectors, strict=True)]
         calibrated = all(f"{r.query}->{r.target}" in self._loaded(r.space).calibration for r in routes
                          if r.target in self._loaded(r.space).parts)
@@ -341,12 +350,14 @@ class Searcher(QueryVectors):
         return {name: st.loaded.version for name, st in self._spaces.items() if st.loaded is not None}
 
     def _search_route(self, r: Route, vector: np.ndarray, want: int, exclude: set[int], where: Any, timings: Timings,
-                      recall: float | None, ann: dict[str, dict[str, Any]], cutoff: Cutoff) -> list[SearchResult]:
+                      recall: float | None, ann: dict[str, dict[str, Any]], cutoff: Cutoff,
+                      flt: Filter | None = None) -> list[SearchResult]:
         """Search one route's part: the best ``want`` live items that match ``where``, each with its calibrated
         relevance. Items deleted (or otherwise hidden) since the version was built are left out inside
-        FAISS, so they don't take the places of live results; when many candidates are filtered out the
-        search looks further (x4), until ``want`` are found, the part is exhausted, or what is left falls
-        below the cutoff."""
+        FAISS, so they don't take the places of live results. A filter's plan (``search.plans``) follows
+        its selectivity: no search when nothing matches, exact scores of few matches, an ANN search
+        restricted to them, or post-filtering that looks further (x4) while too many are filtered out,
+        until ``want`` are found, the candidates are exhausted, or what is left falls below the cutoff."""
         loaded = self._loaded(r.space)
         part = loaded.parts.get(r.target)
         if part is None:
@@ -360,38 +371,47 @@ class Searcher(QueryVectors):
         t0 = time.perf_counter()
         hidden = self.catalog.hidden_since(self.collection_id, loaded.hide_since) if loaded.hide_since else []
         excluded = np.asarray(sorted(exclude.union(hidden)), dtype=np.int64)
-        timings.sql_ms += (time.perf_counter() - t0) * 1000
-        ann[f"{r.space}/{r.target}"] = _operating_point(part, recall)
+        t1 = time.perf_counter()
+        timings.sql_ms += (t1 - t0) * 1000
+        plan = (self._planner.plan(self.catalog, self.collection_id, part, flt, r.target, recall) if flt is not None
+                else Plan(UNFILTERED if where is None else POST))  # a bare SQL condition: post-filtered
+        info = ann[f"{r.space}/{r.target}"] = {**operating_point(part, recall), **plan.info(),
+                                               "plan_ms": round((time.perf_counter() - t1) * 1000, 3)}
+        if plan.name == EMPTY:
+            return []
         total = part.ntotal
-        fetch = min(total, max(want + 16, TAIL + 1))  # the local tail is fitted on the best TAIL + 1
+        if plan.selective and calibration is not None:  # the local tail: the query's neighbours in the whole part
+            t0 = time.perf_counter()
+            scores, ids = part.search(query, min(total, TAIL + 1), recall=recall, exclude=excluded)
+            relevance = Relevance(calibration, local_tail(scores[0][ids[0] >= 0], total))
+            timings.ann_ms += (time.perf_counter() - t0) * 1000
+        fetch = plan.first_fetch(min(total, max(want + 16, TAIL + 1)), total, want)  # the local tail: the best TAIL + 1
         results: list[SearchResult] = []
         segmented = MODALITIES[r.target].always_segment and r.target in SPACES[r.space].modalities
         while fetch > 0:
             t0 = time.perf_counter()
-            scores, ids = part.search(query, fetch, recall=recall, exclude=excluded)
+            scores, ids = plan.search(part, query, fetch, recall=recall, exclude=excluded)
             candidates = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
             if relevance is None and calibration is not None:
                 relevance = Relevance(calibration, local_tail(scores[0][ids[0] >= 0], total))
             t1 = time.perf_counter()
             timings.ann_ms += (t1 - t0) * 1000
-            items = self.catalog.items([i for _, i in candidates if i not in exclude], where=where)
+            results, rejected = hydrate(self.catalog, candidates, exclude, where, r, relevance,
+                                        None if segmented else want)  # segmented: every candidate, re-ranked below
             timings.sql_ms += (time.perf_counter() - t1) * 1000
-            results = []
-            for score, item_id in candidates:
-                it = items.get(item_id)
-                if it is None or item_id in exclude or it.status != STATUS_OK:
-                    continue
-                source = {"id": it.source_id, "column": it.source_column or ""} if it.source_id is not None else None
-                results.append(SearchResult(item_id, it.uri, it.modality, score, it.meta or {}, r.space, r.method,
-                                            relevance(score) if relevance else None, source=source))
-                if len(results) == want and not segmented:  # segmented: every candidate, re-ranked below
-                    break
+            if plan.selective and plan.exact_count and rejected:  # the view lags the catalog: SQL decides
+                plan = Plan(POST, fallback=f"{plan.name}: {rejected} candidates no longer match (the column view "
+                                           "lagged the catalog); post-filtered")
+                info.update(plan.info())
+                fetch = plan.first_fetch(min(total, max(want + 16, TAIL + 1)), total, want)
+                continue
             below = bool(cutoff) and bool(candidates) and not cutoff.passes(SearchResult(
                 0, "", r.target, candidates[-1][0], {}, r.space, r.method,
                 relevance(candidates[-1][0]) if relevance else None))
-            if len(results) >= want or fetch >= total or below:
+            limit = plan.matches if plan.selective and plan.matches is not None else total
+            if len(results) >= want or fetch >= limit or below:
                 break
-            fetch = min(total, fetch * 4)  # many filtered out (or hidden after the lookup): look further
+            fetch = min(limit, fetch * 4)  # many filtered out (or hidden after the lookup): look further
         if segmented:
             results = self._by_best_segment(results, query[0], relevance)[:want]
         return results
@@ -452,17 +472,6 @@ class Searcher(QueryVectors):
 
     def close(self) -> None:
         self.catalog.close()
-
-
-def _operating_point(part: AnnPart, recall: float | None) -> dict[str, Any]:
-    """How a part answers: its kind and, for an approximate one, the point used (the tuned one, or the
-    measured one for the requested recall)."""
-    if part.recipe.kind == "flat":
-        return {"kind": "flat"}
-    point = part.point_for(recall) if recall is not None else None
-    return {"kind": part.recipe.kind, "nprobe": point["nprobe"] if point else part.recipe.nprobe,
-            "k_factor": point["k_factor"] if point else part.recipe.k_factor,
-            "probe_recall@10": point["recall@10"] if point else None}
 
 
 def _query_space(r: Route) -> str:

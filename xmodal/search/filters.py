@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -97,6 +98,22 @@ def compile_filter(spec: Any, fields: dict[str, str]) -> ColumnElement[bool]:
         if kind not in FIELD_TYPES:
             raise ValueError(f"field {name!r} has type {kind!r}, not one of {', '.join(FIELD_TYPES)}")
     return _Compiler({**fields, **COLUMNS}).node(spec, "filters", 1)
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A validated filter: its JSON (which the searcher's plan evaluates on its column view of the
+    metadata, ``search.plans``), the field types it was checked against, and its SQL condition (the
+    truth, applied at hydration)."""
+
+    spec: Any
+    fields: dict[str, str]
+    condition: ColumnElement[bool]
+
+
+def prepare_filter(spec: Any, fields: dict[str, str]) -> Filter:
+    """``compile_filter`` keeping the JSON beside the condition, for ``Searcher.run(where=...)``."""
+    return Filter(spec, dict(fields), compile_filter(spec, fields))
 
 
 def apply_filter(query: _Q, spec: Any, fields: dict[str, str]) -> _Q:

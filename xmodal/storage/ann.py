@@ -232,6 +232,7 @@ class AnnPart:
     points: list[dict[str, Any]] = field(default_factory=list)
     trained_n: int = 0  # vectors the IVF-PQ part was trained for (growth adds to it without retraining)
     _resident: int | None = None
+    _flat_ids: IdArray | None = None  # a flat part's ids, sorted (search_among)
 
     @property
     def ntotal(self) -> int:
@@ -283,12 +284,14 @@ class AnnPart:
         return None
 
     def search(self, queries: Any, k: int, *, nprobe: int | None = None, k_factor: int | None = None,
-               recall: float | None = None, exclude: Any = None) -> tuple[FloatArray, IdArray]:
+               recall: float | None = None, exclude: Any = None,
+               among: IdSet | None = None) -> tuple[FloatArray, IdArray]:
         """Top-``k``: ``(scores float32 (q, k), ids int64 (q, k))``, -inf / -1 where missing.
 
         The operating point is the tuned one, or the measured point for ``recall`` (see
         :meth:`point_for`), or explicit ``nprobe`` / ``k_factor``. ``exclude``: ids never returned
         (deleted since the build), filtered inside FAISS so that ``k`` live results still come back.
+        ``among``: only these ids are returned (a filter's matches), also chosen inside FAISS.
         A 1-D query is treated as a single query.
         """
         if k <= 0:
@@ -310,7 +313,7 @@ class AnnPart:
         rerank = self.recipe.reranked and self.store is not None
         # the depth tuning measured (k >= 10) is the least a re-ranked search looks at, also for k=1
         fetch = min(self.ntotal, max(k, MIN_RERANK_K) * k_factor if rerank else k)
-        params, _keep = _params(self.index, nprobe, exclude)
+        params, _keep = _params(self.index, nprobe, exclude, among)
         d, i = self.index.search(x, fetch, params=params) if params is not None else self.index.search(x, fetch)
         if rerank:
             assert self.store is not None
@@ -322,16 +325,92 @@ class AnnPart:
         return scores, ids
 
 
-def _params(index: faiss.Index, nprobe: int, exclude: Any) -> tuple[Any, list[Any]]:
+    def search_among(self, queries: Any, k: int, among: IdSet, *, exclude: Any = None) -> tuple[FloatArray, IdArray]:
+        """Exact top-``k`` over just the ids of ``among`` (less ``exclude``): their exact vectors read from
+        the re-rank store (memory-mapped: only those rows) or a flat index. An approximate part without a
+        store answers by probing every list with the id set as the selector."""
+        q = as_vectors(np.asarray(queries).reshape(-1, self.d), name="queries")
+        ids = among.ids
+        if exclude is not None and len(exclude):
+            ids = ids[~np.isin(ids, np.asarray(exclude, dtype=np.int64))]
+        scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
+        out = np.full((q.shape[0], k), -1, dtype=np.int64)
+        if self.store is not None:
+            rows = self.store.rows(ids)
+            held = rows >= 0
+            ids, rows = ids[held], rows[held]  # an id the part does not hold (added after the build): no candidate
+            order = np.argsort(rows, kind="stable")  # rows in file order: sequential reads of the memory map
+            ids = ids[order]
+            vectors = np.asarray(self.store.vectors[rows[order]], dtype=np.float32)
+        elif self.recipe.kind == "flat":
+            if self._flat_ids is None:
+                mapped: Any = faiss.downcast_index(self.index)  # IndexIDMap2: the ids it holds
+                self._flat_ids = np.sort(faiss.vector_to_array(mapped.id_map))
+            ids = ids[np.isin(ids, self._flat_ids, assume_unique=True)]
+            vectors = self.index.reconstruct_batch(ids) if ids.shape[0] else np.empty((0, self.d), np.float32)
+        else:
+            ivf = ivf_of(self.index)
+            return self.search(q, k, nprobe=int(ivf.nlist) if ivf is not None else None, exclude=exclude, among=among)
+        if not ids.shape[0]:
+            return scores, out
+        all_scores = q @ np.asarray(vectors, dtype=np.float32).T  # (nq, m)
+        width = min(k, ids.shape[0])
+        for n in range(q.shape[0]):
+            top = np.argpartition(-all_scores[n], width - 1)[:width] if width < ids.shape[0] else np.arange(width)
+            top = top[np.argsort(-all_scores[n][top], kind="stable")]
+            scores[n, :width] = all_scores[n][top]
+            out[n, :width] = ids[top]
+        return scores, out
+
+
+@dataclass
+class IdSet:
+    """A set of item ids a search is restricted to (sorted, unique), with the FAISS selector built once:
+    a bitmap over ids (one bit per id up to the largest) where that stays small, else a hashed batch."""
+
+    ids: IdArray
+    _bitmap: npt.NDArray[np.uint8] | None = None
+
+    MAX_BITMAP_BYTES = 64 << 20
+
+    @classmethod
+    def of(cls, ids: npt.ArrayLike) -> IdSet:
+        return cls(np.unique(np.asarray(ids, dtype=np.int64)))
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def selector(self) -> tuple[Any, list[Any]]:
+        """The FAISS selector (and what must stay alive while it is used)."""
+        ids = self.ids
+        top = int(ids[-1]) if ids.shape[0] else 0
+        if ids.shape[0] and int(ids[0]) >= 0 and top // 8 + 1 <= self.MAX_BITMAP_BYTES:
+            if self._bitmap is None:
+                bits = np.zeros(top + 1, dtype=bool)
+                bits[ids] = True
+                self._bitmap = np.packbits(bits, bitorder="little")
+            sel = faiss.IDSelectorBitmap(self._bitmap.shape[0], faiss.swig_ptr(self._bitmap))
+            return sel, [self._bitmap, sel]
+        batch = faiss.IDSelectorBatch(ids.shape[0], faiss.swig_ptr(ids))
+        return batch, [ids, batch]
+
+
+def _params(index: faiss.Index, nprobe: int, exclude: Any, among: IdSet | None = None) -> tuple[Any, list[Any]]:
     """Per-call ``SearchParameters`` (thread-safe: the index is not mutated): ``nprobe`` and an id
-    selector that leaves out ``exclude``. Returns the params (or None) and what must stay alive."""
+    selector that keeps only ``among`` (when given) and leaves out ``exclude``. Returns the params (or
+    None) and what must stay alive."""
     keep: list[Any] = []
-    sel = None
+    sel: Any = None
     excluded = np.unique(np.asarray(exclude if exclude is not None else [], dtype=np.int64))
     if excluded.shape[0]:
         batch = faiss.IDSelectorBatch(excluded.shape[0], faiss.swig_ptr(excluded))
         sel = faiss.IDSelectorNot(batch)
         keep += [excluded, batch, sel]
+    if among is not None:
+        only, held = among.selector()
+        keep += held
+        sel = only if sel is None else faiss.IDSelectorAnd(only, sel)
+        keep.append(sel)
     ivf = ivf_of(index)
     if ivf is not None:
         params: Any = faiss.SearchParametersIVF()
