@@ -39,7 +39,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     searcher = _open_searcher(args)
     try:
-        clip = ("video", searcher._query_file(args.video, "video")) if args.video is not None else None
+        clip = ("video", searcher.query_file(args.video, "video")) if args.video is not None else None
         fields = _fields(searcher) if args.filter or args.sort or args.facet else {}
         page = find(searcher, fields=fields, where=_where(args.filter, fields), sort=args.sort, facets=args.facet,
                     group_by=args.group, group_weights=parse_weights_text(args.group_weights),

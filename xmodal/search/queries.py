@@ -80,7 +80,7 @@ class QueryVectors:
         vec.setflags(write=False)  # shared by every request that repeats the query
         return vec
 
-    def _query_file(self, path: Path, kind: str) -> bytes:
+    def query_file(self, path: Path, kind: str) -> bytes:
         try:
             return read_file(str(path), self.limits)
         except MediaError as exc:
@@ -88,7 +88,7 @@ class QueryVectors:
                             ) from exc
 
     def image_vector(self, path: Path) -> np.ndarray:
-        return self.image_bytes_vector(self._query_file(path, "image"), name=str(path))
+        return self.image_bytes_vector(self.query_file(path, "image"), name=str(path))
 
     def image_bytes_vector(self, data: bytes, *, name: str = "the upload",
                            stop: Callable[[], bool] | None = None) -> np.ndarray:
@@ -103,7 +103,7 @@ class QueryVectors:
         return np.asarray(encoder.embed_images(pixels[None])[0])
 
     def audio_vector(self, path: Path) -> np.ndarray:
-        return self.audio_bytes_vector(self._query_file(path, "audio"), name=str(path))
+        return self.audio_bytes_vector(self.query_file(path, "audio"), name=str(path))
 
     def audio_bytes_vector(self, data: bytes, *, name: str = "the upload",
                            stop: Callable[[], bool] | None = None) -> np.ndarray:
@@ -219,7 +219,7 @@ class QueryVectors:
         modality, value = given[0]
         if isinstance(value, bytes):
             return modality, value, "the upload"
-        return modality, self._query_file(Path(value), modality), str(value)
+        return modality, self.query_file(Path(value), modality), str(value)
 
     def asks_in(self, q: Query, space: str, *, text: str | None, item: int | None) -> bool:
         """Whether the query has a vector in ``space``: a text always, media where it was embedded, an item where
