@@ -104,3 +104,14 @@ def env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("XMODAL_CLIP_PRETRAINED", settings.clip_pretrained)
     monkeypatch.setenv("XMODAL_BATCH_SIZE", "16")
     return settings
+
+
+def module_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A catalog per backend held for a whole module (one collection built once, that its tests only read): a
+    module overrides ``database_url`` with it, ``database_url = pytest.fixture(scope="module",
+    name="database_url")(module_database_url)``; ``pytest_generate_tests`` still runs it on both backends."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('catalog') / 'catalog.sqlite'}"
+    else:
+        assert PG_URL
+        yield from _pg_schema_url(PG_URL)

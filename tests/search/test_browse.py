@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import PG_URL, _pg_schema_url
+from conftest import module_database_url
 from helpers import MEDIA, cli_json, live_app, products, write_csv
 
 from xmodal.cli import EXIT_USER_ERROR, main
@@ -29,14 +29,7 @@ ITEMS_PER_PRODUCT = 2  # an image and a title
 BRANDS = ["Acme", "Tyrell", "Acme", "Wayland", "Acme", "Cyberdyne"]
 
 
-@pytest.fixture(scope="module")
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The suite's catalog per backend (conftest parametrizes it), held for the module: one shop each."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('browse') / 'catalog.sqlite'}"
-    else:
-        assert PG_URL
-        yield from _pg_schema_url(PG_URL)
+database_url = pytest.fixture(scope="module", name="database_url")(module_database_url)  # one shop per backend
 
 
 @pytest.fixture(scope="module")

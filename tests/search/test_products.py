@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import PG_URL, _pg_schema_url
+from conftest import module_database_url
 from helpers import cli_json, live_app, photo, write_csv, write_photos
 
 from xmodal.cli import EXIT_USER_ERROR, main
@@ -28,14 +28,7 @@ MEDIA = {"image": "image", "back": "image", "title": "text"}
 KINDS = ("boot", "bag", "hat", "scarf")
 
 
-@pytest.fixture(scope="module")
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Module-scoped here: one shop per backend for the module (the tests below only read it)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('catalog') / 'catalog.sqlite'}"
-    else:
-        assert PG_URL
-        yield from _pg_schema_url(PG_URL)
+database_url = pytest.fixture(scope="module", name="database_url")(module_database_url)  # one shop per backend
 
 
 def shop_rows(folder: Path) -> list[dict[str, Any]]:

@@ -22,7 +22,8 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,28 +131,29 @@ def decode_video(data: bytes, spec: VideoSpec, limits: VideoLimits,
                  transform: Callable[[Image.Image], np.ndarray] | None = None,
                  stop: Callable[[], bool] | None = None) -> DecodedVideo:
     """Sample, transform and segment ``data`` (see the module docstring); :class:`MediaError` for bad bytes."""
-    try:
+    with _media_errors():
         return _decode(data, spec, limits, transform, stop)
-    except (MediaError, Cancelled):
-        raise
-    except MemoryError:
-        raise MediaError("video too large: out of memory while decoding", ErrorKind.TOO_LARGE) from None
-    except Exception as exc:  # safety net: no other exception may escape for any bytes
-        logger.debug("unexpected error decoding video", exc_info=True)
-        raise MediaError(f"corrupt video: {describe(exc)}") from None
 
 
 def video_frame(data: bytes, at_s: float, limits: VideoLimits) -> Image.Image:
     """The frame shown at ``at_s`` seconds (upright), for a thumbnail: a seek to the key frame before it, then
     frames decoded up to it (at most ``limits.timeout_s`` of decoding; past the end, the last frame). The
     same checks as for indexing: pixels per frame, a container FFmpeg reads, a video stream."""
-    try:
+    with _media_errors():
         return _frame_at(data, max(0.0, at_s), limits)
+
+
+@contextmanager
+def _media_errors() -> Iterator[None]:
+    """Any failure to decode as a :class:`MediaError` (a safety net: no other exception may escape for any
+    bytes); cancelling goes through."""
+    try:
+        yield
     except (MediaError, Cancelled):
         raise
     except MemoryError:
         raise MediaError("video too large: out of memory while decoding", ErrorKind.TOO_LARGE) from None
-    except Exception as exc:  # safety net: no other exception may escape for any bytes
+    except Exception as exc:
         logger.debug("unexpected error decoding video", exc_info=True)
         raise MediaError(f"corrupt video: {describe(exc)}") from None
 
