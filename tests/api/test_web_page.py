@@ -124,6 +124,21 @@ def search_bodies(page: Any) -> list[dict[str, Any]]:
     return bodies
 
 
+def stubbed(page: Any, name: str, modalities: dict[str, int], fields: dict[str, str], result: dict[str, Any]) -> Any:
+    """The page on a stubbed API: one collection ``name`` (its modalities and metadata fields) whose every search
+    and upload answers with ``result`` alone; reloaded, the collection listed."""
+    listing = {"collections": [{"name": name, "items": {"ok": 2}, "modalities": modalities, "metadata_fields": fields,
+                                "index_version": 1, "model": None}]}
+    results = {"collection": name, "target": "any", "k": PAGE_SIZE, "offset": 0, "index_version": 1,
+               "timings_ms": {"total": 1.0}, "results": [result]}
+    page.route("**/v1/collections", lambda r: r.fulfill(json=listing))
+    for path in ("**/v1/search", "**/v1/search?*", "**/v1/search/upload"):
+        page.route(path, lambda r: r.fulfill(json=results))
+    page.reload()
+    page.wait_for_selector(f"#collection option[value={name}]", state="attached")
+    return page
+
+
 def test_search_drop_similar_filter_and_errors(server: str, indexed: tuple[dict[str, str], Path],
                                               open_page: Callable[[str], Any]) -> None:
     _, media = indexed
@@ -299,20 +314,11 @@ def test_api_key_from_the_box_is_sent_and_kept(indexed: tuple[dict[str, str], Pa
 def test_controls_follow_the_collection_and_audio_cards(server: str, open_page: Callable[[str], Any],
                                                         tmp_path: Path) -> None:
     """Modalities and metadata types the test collection lacks (audio, booleans, numbers), from a stubbed API."""
-    listing = {"collections": [{
-        "name": "sounds", "items": {"ok": 2}, "modalities": {"audio": 1, "image": 1},
-        "metadata_fields": {"loud": "boolean", "seconds": "number", "format": "string"},
-        "index_version": 1, "model": None}]}
-    results = {"collection": "sounds", "target": "any", "k": PAGE_SIZE, "offset": 0, "index_version": 1,
-               "timings_ms": {"total": 1.0}, "results": [{
-                   "id": 7, "uri": "/data/<img src=x onerror=alert(1)>bell.wav", "modality": "audio", "score": 0.5, "space": "s",
-                   "method": "ip", "metadata": {}, "media_url": "/v1/items/7/media", "thumbnail_url": None}]}
-    page = open_page(server)
-    page.route("**/v1/collections", lambda r: r.fulfill(json=listing))
-    page.route("**/v1/search", lambda r: r.fulfill(json=results))
-    page.route("**/v1/search/upload", lambda r: r.fulfill(json=results))
-    page.reload()
-    page.wait_for_selector("#collection option[value=sounds]", state="attached")
+    page = stubbed(open_page(server), "sounds", {"audio": 1, "image": 1},
+                   {"loud": "boolean", "seconds": "number", "format": "string"}, {
+                       "id": 7, "uri": "/data/<img src=x onerror=alert(1)>bell.wav", "modality": "audio", "score": 0.5,
+                       "space": "s", "method": "ip", "metadata": {}, "media_url": "/v1/items/7/media",
+                       "thumbnail_url": None})
     assert page.eval_on_selector_all("#target option", "os => os.map(o => o.value)") == ["any", "audio", "image"]
     assert page.get_attribute("#file", "accept") == "image/*,audio/*"
     assert "drop an image or a sound" in page.inner_text("#hint") and "1 sound, 1 image" in page.inner_text("#hint")
@@ -414,20 +420,10 @@ def test_a_video_card_plays_from_its_segment_with_the_segment_marked(server: str
                                                                      open_page: Callable[[str], Any]) -> None:
     """From a stubbed API: a video result's player starts at its matched segment (a media fragment), shows the
     segment's frame as its poster and names the segment; the controls offer videos and video uploads."""
-    listing = {"collections": [{
-        "name": "films", "items": {"ok": 2}, "modalities": {"video": 1, "image": 1}, "metadata_fields": {},
-        "index_version": 1, "model": None}]}
-    results = {"collection": "films", "target": "any", "k": PAGE_SIZE, "offset": 0, "index_version": 1,
-               "timings_ms": {"total": 1.0}, "results": [{
-                   "id": 9, "uri": "/data/match.mp4", "modality": "video", "score": 0.5, "space": "clip",
-                   "method": "ip", "metadata": {"duration_s": 30.0}, "media_url": "/v1/items/9/media",
-                   "thumbnail_url": "/v1/items/9/thumbnail?t=15", "segment": {"start_s": 12.0, "end_s": 18.5}}]}
-    page = open_page(server)
-    page.route("**/v1/collections", lambda r: r.fulfill(json=listing))
-    page.route("**/v1/search?*", lambda r: r.fulfill(json=results))
-    page.route("**/v1/search", lambda r: r.fulfill(json=results))
-    page.reload()
-    page.wait_for_selector("#collection option[value=films]", state="attached")
+    page = stubbed(open_page(server), "films", {"video": 1, "image": 1}, {}, {
+        "id": 9, "uri": "/data/match.mp4", "modality": "video", "score": 0.5, "space": "clip", "method": "ip",
+        "metadata": {"duration_s": 30.0}, "media_url": "/v1/items/9/media",
+        "thumbnail_url": "/v1/items/9/thumbnail?t=15", "segment": {"start_s": 12.0, "end_s": 18.5}})
     assert page.eval_on_selector_all("#target option", "os => os.map(o => o.value)") == ["any", "image", "video"]
     assert page.get_attribute("#file", "accept") == "image/*,video/*"
     assert "drop an image or a video clip" in page.inner_text("#hint") and "1 video" in page.inner_text("#hint")
