@@ -111,7 +111,8 @@ def test_search_by_text_with_target_and_pagination(server: Server) -> None:
     at = ok(c.post("/v1/search", json={"collection": "shop", "text": "a photo", "target": "image", "k": 8,
                                        "recall": 0.5}))
     assert [r["id"] for r in at["results"]] == ids
-    assert at["ann"] == {"clip/image": {"kind": "flat"}}
+    assert list(at["ann"]) == ["clip/image"] and at["ann"]["clip/image"]["kind"] == "flat"
+    assert at["ann"]["clip/image"]["plan"] == "unfiltered"  # no filter: no plan to choose
 
 
 def test_upload_finds_the_image_and_filters_apply(server: Server) -> None:

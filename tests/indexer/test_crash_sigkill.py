@@ -33,7 +33,7 @@ from xmodal.storage.layout import Layout
 
 POINTS = ["after-scan", "after-encode-batch", "before-shard-write", "before-shard-commit", "after-shard-commit",
           "before-index-write", "before-publish"]
-RANDOM_KILLS = 16
+RANDOM_KILLS = 10  # beside the 7 named points: 17 kills (7 + 16 took 238 s of a 640 s suite on two workers)
 SEED = 20261123
 
 

@@ -80,8 +80,12 @@ def test_each_version_is_calibrated_per_pair_and_stats_report_it(mixed: tuple[Se
         catalog.close()
     # every (query, target) pair the spaces table routes to each space: natively, or through the alignment
     assert set(clip["pairs"]) == {"image->image", "text->image", "audio->image", "image->text", "text->text",
-                                  "image->audio"}
-    assert set(clap["pairs"]) == {"audio->audio", "text->audio", "audio->text"}
+                                  "image->audio", "video->image", "video->text"}  # an uploaded clip asks too
+    assert set(clap["pairs"]) == {"audio->audio", "text->audio", "audio->text", "video->audio"}
+    # no video in this collection: a clip's pairs are measured with stand-ins (another part, the space, a prior)
+    assert all(cal[pair]["queries"] != "items" for cal, pair in ((clip["pairs"], "video->image"),
+                                                                   (clip["pairs"], "video->text"),
+                                                                   (clap["pairs"], "video->audio")))
     # text queries are measured with the bank's captions (typed queries are short); the rest with their own part
     assert clip["pairs"]["text->image"]["queries"] == "bank" and clip["pairs"]["text->image"]["targets"] == PHOTOS
     assert clip["pairs"]["image->text"]["queries"] == "items" and clip["pairs"]["image->text"]["targets"] == TEXTS

@@ -387,7 +387,10 @@ def _results(ds: Any, *, stall_s: float | None = None
     finally:
         close = getattr(batches, "close", None)
         if close is not None:
-            close()
+            try:
+                close()
+            except ValueError:  # a stalled pass: the stall thread is still inside Ray's iterator, left to it
+                log.warning("ray engine: the stalled pass's result iterator is still waiting; left behind")
 
 
 def _with_stall_limit(batches: Iterator[Any], stall_s: float) -> Iterator[Any]:
