@@ -172,7 +172,7 @@ def test_sigkill_anywhere_then_rerun_gives_exactly_once(tiny_clip: tuple[str, st
         if round_:
             last_run_s = time.monotonic() - t0
         _check(settings, media)
-    assert kills >= 20, f"only {kills} of {len(plan)} runs were killed (runs finish too fast for the delays)"
+    assert kills >= len(plan) - 3, f"only {kills} of {len(plan)} runs were killed (runs finish too fast for the delays)"
     assert sum(1 for p in media.rglob("*") if p.is_file()) >= 500
 
     # the same files, indexed once without interruption, answer the same
