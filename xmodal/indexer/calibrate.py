@@ -79,7 +79,7 @@ def _best(query: str, target: str, stacked: Stacked, bank: npt.NDArray[np.float3
     best: Calibration | None = None
     for name, source in sources:
         vecs, ids = source()
-        found = measure(vecs, t_vecs, n_targets=n, query_ids=ids, target_ids=None if ids is None else t_ids,
+        found = measure(vecs, t_vecs, n_targets=n, query_ids=ids, target_ids=t_ids,
                         source=name, seed=seed)
         if found is not None and found.pairs >= ENOUGH_PAIRS:
             return found

@@ -35,7 +35,7 @@ from xmodal.storage.layout import Layout
 from xmodal.storage.shards import read_shard
 
 log = logging.getLogger(__name__)
-CALIBRATION_VERSION = 1  # a build with another (or none, before it existed) is calibrated again
+CALIBRATION_VERSION = 2  # a build with another (or none, before it existed) is calibrated again
 
 
 def live_fingerprint(live: list[tuple[int, str, int, int, str]], settings: Settings,
@@ -248,7 +248,8 @@ def _write_and_publish(catalog: Catalog, layout: Layout, collection: str, collec
     catalog.publish_index(
         collection_id, space, version, layout.relative(final), "+".join(kinds), len(live), nbytes, fingerprint,
         {"parts": part_summary, "aligned": manifest["aligned"],
-         "calibration": {k: calibration[k] for k in ("pairs", "seconds")}}, build_s,
+         "calibration": {"pairs": {pair: {k: v for k, v in c.items() if k != "bias"}  # the biases: in the manifest
+                                   for pair, c in calibration["pairs"].items()}, "seconds": calibration["seconds"]}}, build_s,
     )
     log.info("published %s/%s v%d: %d vectors, %s", collection, space, version, len(live), kinds)
     return {"version": version, "kind": "+".join(kinds), "vectors": len(live), "bytes": nbytes,

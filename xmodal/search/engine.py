@@ -55,7 +55,7 @@ from xmodal.spaces import (
     route,
 )
 from xmodal.storage.ann import AnnPart
-from xmodal.storage.calibration import TAIL, Calibration, Relevance, local_tail
+from xmodal.storage.calibration import TAIL, Calibration, Relevance
 from xmodal.storage.catalog import Catalog, Space, check_same_model
 from xmodal.storage.indexfiles import read_index_dir
 from xmodal.storage.layout import Layout
@@ -75,7 +75,7 @@ class _Loaded:
     parts: dict[str, AnnPart]
     hide_since: datetime | None = None  # items that stopped being servable since then are left out in FAISS
     calibration: dict[str, Calibration] = field(default_factory=dict)  # "query->part" (see storage.calibration)
-    reference: dict[str, np.ndarray] = field(default_factory=dict)  # part -> its reference sample's vectors
+    reference: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # part -> its reference sample (ids, vectors)
 
 
 class _SpaceState:
@@ -366,7 +366,7 @@ class Searcher(QueryVectors):
         calibration = loaded.calibration.get(f"{r.query}->{r.target}")
         reference = loaded.reference.get(r.target)
         if calibration is not None and reference is not None:  # this query's own background in the part
-            calibration = calibration.for_query(reference @ query[0])
+            calibration = calibration.for_query(reference[1] @ query[0], reference[0])
         relevance: Relevance | None = None
         t0 = time.perf_counter()
         hidden = self.catalog.hidden_since(self.collection_id, loaded.hide_since) if loaded.hide_since else []
@@ -383,7 +383,7 @@ class Searcher(QueryVectors):
         if plan.selective and calibration is not None:  # the local tail: the query's neighbours in the whole part
             t0 = time.perf_counter()
             scores, ids = part.search(query, min(total, TAIL + 1), recall=recall, exclude=excluded)
-            relevance = Relevance(calibration, local_tail(scores[0][ids[0] >= 0], total))
+            relevance = Relevance.of(calibration, scores[0], ids[0], total)
             timings.ann_ms += (time.perf_counter() - t0) * 1000
         fetch = plan.first_fetch(min(total, max(want + 16, TAIL + 1)), total, want)  # the local tail: the best TAIL + 1
         results: list[SearchResult] = []
@@ -393,7 +393,7 @@ class Searcher(QueryVectors):
             scores, ids = plan.search(part, query, fetch, recall=recall, exclude=excluded)
             candidates = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
             if relevance is None and calibration is not None:
-                relevance = Relevance(calibration, local_tail(scores[0][ids[0] >= 0], total))
+                relevance = Relevance.of(calibration, scores[0], ids[0], total)
             t1 = time.perf_counter()
             timings.ann_ms += (t1 - t0) * 1000
             results, rejected = hydrate(self.catalog, candidates, exclude, where, r, relevance,
@@ -407,7 +407,7 @@ class Searcher(QueryVectors):
                 continue
             below = bool(cutoff) and bool(candidates) and not cutoff.passes(SearchResult(
                 0, "", r.target, candidates[-1][0], {}, r.space, r.method,
-                relevance(candidates[-1][0]) if relevance else None))
+                relevance(*candidates[-1]) if relevance else None))
             limit = plan.matches if plan.selective and plan.matches is not None else total
             if len(results) >= want or fetch >= limit or below:
                 break
@@ -427,7 +427,7 @@ class Searcher(QueryVectors):
             scores = win.vectors @ query
             best = int(np.argmax(scores))
             res.score = float(scores[best])
-            res.relevance = relevance(res.score) if relevance else None
+            res.relevance = relevance(res.score, res.id) if relevance else None
             res.segment = {"start_s": round(float(win.spans[best][0]), 3), "end_s": round(float(win.spans[best][1]), 3),
                            "score": round(res.score, 6), "window": best}
         return sorted(results, key=lambda x: -x.score)
@@ -497,12 +497,15 @@ def _check_request(target: str, k: int, offset: int, recall: float | None = None
         raise UserError(f"k must be at least 1 and k + offset at most {MAX_K}, not k={k}, offset={offset}")
 
 
-def _reference(parts: dict[str, AnnPart], ids: dict[str, list[int]]) -> dict[str, np.ndarray]:
-    """Each part's reference sample, as the part holds the vectors (a part without exact vectors has none)."""
-    out: dict[str, np.ndarray] = {}
+def _reference(parts: dict[str, AnnPart], ids: dict[str, list[int]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each part's reference sample (ids, vectors), as the part holds the vectors (a part without exact
+    vectors has none)."""
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, part_ids in ids.items():
         part = parts.get(name)
-        vectors = [v for v in (part.vector(int(i)) for i in part_ids) if v is not None] if part is not None else []
-        if vectors:
-            out[name] = np.ascontiguousarray(np.stack(vectors), dtype=np.float32)
+        found = [(int(i), v) for i, v in ((i, part.vector(int(i))) for i in part_ids) if v is not None] \
+            if part is not None else []
+        if found:
+            out[name] = (np.asarray([i for i, _ in found], dtype=np.int64),
+                         np.ascontiguousarray(np.stack([v for _, v in found]), dtype=np.float32))
     return out

@@ -204,7 +204,7 @@ def hydrate(catalog: Catalog, candidates: list[tuple[float, int]], exclude: set[
             continue
         source = {"id": it.source_id, "column": it.source_column or ""} if it.source_id is not None else None
         results.append(SearchResult(item_id, it.uri, it.modality, score, it.meta or {}, r.space, r.method,
-                                    relevance(score) if relevance else None, source=source))
+                                    relevance(score, item_id) if relevance else None, source=source))
         if want is not None and len(results) == want:
             break
     return results, rejected
