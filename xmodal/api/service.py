@@ -38,7 +38,7 @@ from xmodal.errors import (
 from xmodal.media.fetch import fetch_bytes, is_remote
 from xmodal.media.image import decode_image_with_info
 from xmodal.media.types import MediaLimits
-from xmodal.media.video import VideoLimits, video_frame
+from xmodal.media.video import Source, VideoLimits, video_frame
 from xmodal.search import products
 from xmodal.search.browse import Page, find
 from xmodal.search.engine import Searcher
@@ -355,35 +355,45 @@ class Service:
                                        retries=s.fetch_retries, max_bytes=s.max_file_bytes)
                 except MediaError as exc:
                     raise NotFoundError(f"the original of item {item_id} can't be fetched: {exc.reason}") from exc
-            else:
-                opened = open_verified(it, self.catalog.source_roots(it.collection_id), max_bytes=s.max_file_bytes)
-                try:
-                    cached = folder / f"{it.id}-{opened.content_hash}-{size}{suffix}.jpg"
-                    if cached.is_file():
-                        return cached
-                    data = opened.read(s.max_file_bytes)
-                finally:
-                    opened.close()
-            digest = hashlib.sha256(data).hexdigest()
-            if not is_remote(it.uri) and digest != it.content_hash:  # changed while size and time stayed
-                raise ConflictError(f"the file of item {item_id} changed since it was indexed: run `xmodal index` "
-                                    "on its source to index it again")
-            cached = folder / f"{it.id}-{digest}-{size}{suffix}.jpg"
-            if cached.is_file():
-                return cached
-            limits = MediaLimits.from_settings(s)
+                return self._thumbnail_of(it, data, hashlib.sha256(data).hexdigest(), folder, suffix, at)
+            opened = open_verified(it, self.catalog.source_roots(it.collection_id), max_bytes=s.max_file_bytes)
             try:
-                if at is None:
-                    image = decode_image_with_info(data, limits, min_side=size).image
-                else:
-                    image = video_frame(data, at, VideoLimits(limits.max_video_seconds, limits.max_video_pixels,
-                                                              min(limits.video_timeout_s, THUMBNAIL_VIDEO_S)))
-            except MediaError as exc:
-                raise NotFoundError(f"the original of item {item_id} can't be read: {exc.reason}") from exc
-            image = image.convert("RGB")
-            image.thumbnail((size, size), Image.Resampling.LANCZOS)
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f".{cached.name}.{uuid.uuid4().hex}.tmp"
-            image.save(tmp, "JPEG", quality=85)
-            os.replace(tmp, cached)
+                cached = folder / f"{it.id}-{opened.content_hash}-{size}{suffix}.jpg"
+                if cached.is_file():
+                    return cached
+                if at is not None:  # a video: hashed in chunks, its frame decoded from the open file as it reads
+                    with opened.reader() as reader:
+                        return self._thumbnail_of(it, reader, opened.sha256(), folder, suffix, at)
+                data = opened.read(s.max_file_bytes)
+            finally:
+                opened.close()
+            return self._thumbnail_of(it, data, hashlib.sha256(data).hexdigest(), folder, suffix, at)
+
+    def _thumbnail_of(self, it: Item, source: Source, digest: str, folder: Path, suffix: str,
+                      at: float | None) -> Path:
+        """The cached thumbnail of ``source`` (the bytes, or a video's open file) whose SHA-256 is ``digest``."""
+        if not is_remote(it.uri) and digest != it.content_hash:  # changed while size and time stayed
+            raise ConflictError(f"the file of item {it.id} changed since it was indexed: run `xmodal index` "
+                                "on its source to index it again")
+        size = self.settings.thumbnail_size
+        cached = folder / f"{it.id}-{digest}-{size}{suffix}.jpg"
+        if cached.is_file():
             return cached
+        limits = MediaLimits.from_settings(self.settings)
+        try:
+            if at is None:
+                if not isinstance(source, bytes):
+                    raise TypeError("an image thumbnail is made from the image's bytes")
+                image = decode_image_with_info(source, limits, min_side=size).image
+            else:
+                image = video_frame(source, at, VideoLimits(limits.max_video_seconds, limits.max_video_pixels,
+                                                            min(limits.video_timeout_s, THUMBNAIL_VIDEO_S)))
+        except MediaError as exc:
+            raise NotFoundError(f"the original of item {it.id} can't be read: {exc.reason}") from exc
+        image = image.convert("RGB")
+        image.thumbnail((size, size), Image.Resampling.LANCZOS)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{cached.name}.{uuid.uuid4().hex}.tmp"
+        image.save(tmp, "JPEG", quality=85)
+        os.replace(tmp, cached)
+        return cached
