@@ -172,10 +172,11 @@ class Service:
                min_relevance: float | None = None, min_score: float | None = None,
                cancel: threading.Event | None = None, mode: str | None = None, sort: list[dict[str, str]] | None = None,
                facets: list[str] | None = None, group_by: str | None = None,
-               group_weights: dict[str, Any] | None = None) -> dict[str, Any]:
+               group_weights: dict[str, Any] | None = None, segments: int = 1) -> dict[str, Any]:
         """A query by text, item, or ``media`` (modality, bytes: an upload), or none (a browse by filters);
         ``mode``: vector, lexical, hybrid; ``sort``, ``facets``, totals: ``search.browse``; ``group_by``: source
-        (one result per product) or none (``search.products``)."""
+        (one result per product) or none (``search.products``); ``segments``: matching windows listed per
+        windowed result (``search.segments``)."""
         searcher = self._searcher(collection)
         fields = self._fields(collection) if filters or sort or facets else {}  # unfiltered: no catalog lookup
         where = prepare_filter(filters, fields) if filters else None  # planned by selectivity (search.plans)
@@ -183,7 +184,7 @@ class Service:
         page = find(searcher, fields=fields, where=where, sort=sort, facets=facets, group_by=group_by,
                     group_weights=group_weights, k=k, offset=offset, target=target, mode=mode, text=text, item=item_id,
                     media=media, recall=recall, fusion=fusion, min_relevance=min_relevance, min_score=min_score,
-                    stop=cancel.is_set if cancel is not None else None)
+                    stop=cancel.is_set if cancel is not None else None, segments=segments)
         total_ms = (time.perf_counter() - t0) * 1000
         self.metrics.stages(page.outcome.timings)
         return self._response(collection, target, k, offset, page, total_ms)
@@ -193,7 +194,7 @@ class Service:
                             filters: dict[str, Any] | None = None, recall: float | None = None,
                             fusion: str = "relevance", min_relevance: float | None = None,
                             min_score: float | None = None, group_by: str | None = None,
-                            group_weights: dict[str, Any] | None = None) -> dict[str, Any]:
+                            group_weights: dict[str, Any] | None = None, segments: int = 1) -> dict[str, Any]:
         """A query by uploaded media: at most ``query_concurrency`` at once (503 beyond), in a worker
         thread, abandoned if the client disconnects (499 in the metrics)."""
         modality = upload_modality(media_type)
@@ -206,13 +207,13 @@ class Service:
             return await until_disconnect(request, lambda cancel: self.search(
                 collection=collection, media=(modality, data), target=target, k=k, offset=offset, filters=filters,
                 recall=recall, fusion=fusion, min_relevance=min_relevance, min_score=min_score, cancel=cancel,
-                group_by=group_by, group_weights=group_weights))
+                group_by=group_by, group_weights=group_weights, segments=segments))
 
     def similar(self, *, item_id: int, collection: str | None = None, target: str = "any", k: int = 12,
                 offset: int = 0, filters: dict[str, Any] | None = None, recall: float | None = None,
                 fusion: str = "relevance", min_relevance: float | None = None,
                 min_score: float | None = None, group_by: str | None = None,
-                group_weights: dict[str, Any] | None = None) -> dict[str, Any]:
+                group_weights: dict[str, Any] | None = None, segments: int = 1) -> dict[str, Any]:
         item = self._item(item_id)
         served = self._by_id.get(item.collection_id)
         if collection is not None and collection != served:
@@ -221,7 +222,7 @@ class Service:
         return self.search(collection=served, item_id=item_id, target=target, k=k, offset=offset, filters=filters,
                            recall=recall,
                            fusion=fusion, min_relevance=min_relevance, min_score=min_score, group_by=group_by,
-                           group_weights=group_weights)
+                           group_weights=group_weights, segments=segments)
 
     def _response(self, collection: str, target: str, k: int, offset: int, page: Page,
                   total_ms: float) -> dict[str, Any]:
