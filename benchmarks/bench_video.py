@@ -9,16 +9,19 @@ ViT-B-32 and a base-size CLAP (RANDOM weights unless named: the compute is the r
 frames and sound windows, decoded once, then go through the two models alone in this process: the ratio
 of the two rates is what decoding, segmenting, pooling, shards and catalog cost on top of the models.
 
-Part 2, memory: a ``--hour-s`` long (one hour) 160x120 file at 4 fps with sound is generated, then
-decoded as an index worker decodes it (frames sampled, transformed, segmented; the sound cut at the
-segments) in a fresh subprocess, which reports its peak RSS; the baseline is the same subprocess on the
-first 10 s of the same stream (imports, transforms and the file's first bytes alike).
+Part 2, memory: a ``--hour-s`` long (one hour) 320x240 file at 4 fps with sound is generated, each frame
+noised so that the file is large (about 1 GB at a high bitrate), then decoded as an index worker decodes
+it (frames sampled, transformed, segmented; the sound cut at the segments) in a fresh subprocess, which
+reports its peak RSS: streamed from the open file (``decode_one`` on the path, as indexing does) and from its
+bytes read whole (what indexing did before it streamed, and what an upload still does), the two giving the
+same inputs (digests compared). The baseline is the same subprocess on a 10 s file of the same kind.
+``--parts memory`` runs this part alone and keeps the other parts' figures from the last report.
 
 Part 3, quality with random weights: for every shot, a still (the shot's image resized, cropped and
 noised) searched with target video: found first, and found first with its segment overlapping the
 shot's time range; and a 2 s excerpt of the shot's sound (WAV) searched with target video.
 
-    python benchmarks/bench_video.py [--videos 8] [--shots 3] [--hour-s 3600] [--real DIR]
+    python benchmarks/bench_video.py [--videos 8] [--shots 3] [--hour-s 3600] [--real DIR] [--parts memory]
 """
 
 from __future__ import annotations
@@ -147,10 +150,12 @@ def speed(settings: Any, media: Path, videos: list[dict[str, Any]]) -> dict[str,
 
 
 _DECODE = """
-import gc, json, sys, threading, time
+import dataclasses, gc, hashlib, json, sys, threading, time
+import numpy as np
 from xmodal.config import Settings
 from xmodal.encoders import load_encoder, resolve_model
-from xmodal.indexer.decode import DecodeConfig, DecodeTask, decode_one, preparations
+from xmodal.indexer.decode import DecodeConfig, DecodeTask, Decoded, _decode_as, decode_one, preparations
+from xmodal.media.read import read_file
 from xmodal.media.types import MediaLimits
 from xmodal.media.video import VideoSpec
 
@@ -174,34 +179,44 @@ def watch():
 watcher = threading.Thread(target=watch)
 watcher.start()
 t0 = time.perf_counter()
-d = decode_one(DecodeTask(1, sys.argv[1], "video", None), config)
+if sys.argv[5] == "stream":  # as indexing decodes a local file: from the open file
+    d = decode_one(DecodeTask(1, sys.argv[1], "video", None), config)
+else:  # the bytes read whole (no byte cap here: the default one would refuse a file over 512 MiB)
+    data = read_file(sys.argv[1], dataclasses.replace(config.limits, max_file_bytes=1 << 40))
+    d = Decoded(1, hashlib.sha256(data).hexdigest(), len(data))
+    d.modality, d.inputs, d.spans, d.meta = _decode_as("video", data, config)
 took = time.perf_counter() - t0
 done.set()
 watcher.join()
 assert d.error is None, d.error
+digest = hashlib.sha256()
+for part in (d.inputs.frames, d.inputs.segment, d.inputs.sound.windows, np.asarray(d.spans)):
+    digest.update(np.ascontiguousarray(part).tobytes())
 print(json.dumps({"peak_rss_mb": max(peak[0], rss_mb()), "rss_before_decode_mb": before, "decode_s": took,
                   "frames": len(d.inputs), "segments": len(d.spans), "sound_windows": len(d.inputs.sound),
-                  "duration_s": d.meta["duration_s"], "bytes": d.size}))
+                  "duration_s": d.meta["duration_s"], "bytes": d.size, "inputs_sha256": digest.hexdigest()}))
 """
 
 
 def write_long(path: Path, seconds: float) -> Path:
-    """A long 160x120 video at 4 fps with a sound track (AAC, 16 kHz), written a chunk at a time."""
+    """A long 320x240 video at 4 fps with a sound track (AAC, 16 kHz), written a frame at a time: a new
+    picture every 10 s, each frame noised (crf 18) so that the file is large, about 66 KB a frame."""
     import av
 
     rng = np.random.default_rng(9)
     out = av.open(str(path), "w")
     video = out.add_stream("libx264", rate=4)
-    video.width, video.height, video.pix_fmt = 160, 120, "yuv420p"
-    video.options = {"preset": "ultrafast"}
+    video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
+    video.options = {"preset": "ultrafast", "crf": "18"}
     audio = out.add_stream("aac", rate=16_000)
     audio.layout = "mono"
     n_frames, at = int(seconds * 4), 0
-    base = rng.integers(0, 256, size=(120, 160, 3), dtype=np.uint8)
+    base = rng.integers(0, 208, size=(240, 320, 3), dtype=np.uint8)
     for n in range(n_frames):
         if n % 40 == 0:  # a new shot every 10 s
-            base = rng.integers(0, 256, size=(120, 160, 3), dtype=np.uint8)
-        frame = av.VideoFrame.from_ndarray(base, format="rgb24")
+            base = rng.integers(0, 208, size=(240, 320, 3), dtype=np.uint8)
+        noised = base + rng.integers(0, 48, size=base.shape, dtype=np.uint8)
+        frame = av.VideoFrame.from_ndarray(noised, format="rgb24")
         frame.pts = n
         for packet in video.encode(frame):
             out.mux(packet)
@@ -228,16 +243,19 @@ def memory(scratch: Path, seconds: float, models: tuple[str, str, str]) -> dict[
     made = time.perf_counter() - t0
     env = {**os.environ, "PYTHONPATH": str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     runs = {}
-    for name, path in (("ten_seconds", short), ("long", long)):
-        done = subprocess.run([sys.executable, "-c", _DECODE, str(path), *models], capture_output=True, text=True,
-                              env=env, timeout=1800, check=False)
+    for name, path, how in (("ten_seconds", short, "stream"), ("long", long, "stream"), ("long_bytes", long, "bytes")):
+        done = subprocess.run([sys.executable, "-c", _DECODE, str(path), *models, how], capture_output=True,
+                              text=True, env=env, timeout=1800, check=False)
         if done.returncode != 0:
             raise RuntimeError(done.stderr[-2000:])
         runs[name] = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"long_seconds": seconds, "generate_s": round(made, 1), **runs,
-            "long_decode_mb": round(runs["long"]["peak_rss_mb"] - runs["long"]["rss_before_decode_mb"], 1),
-            "ten_s_decode_mb": round(runs["ten_seconds"]["peak_rss_mb"] - runs["ten_seconds"]["rss_before_decode_mb"],
-                                     1)}
+    own = {name: round(r["peak_rss_mb"] - r["rss_before_decode_mb"], 1) for name, r in runs.items()}
+    file_mb = runs["long"]["bytes"] / 2**20
+    return {"long_seconds": seconds, "generate_s": round(made, 1), **runs, "file_mb": round(file_mb, 1),
+            "long_decode_mb": own["long"], "long_bytes_decode_mb": own["long_bytes"],
+            "ten_s_decode_mb": own["ten_seconds"],
+            "stream_over_file": round(own["long"] / file_mb, 3), "bytes_over_file": round(own["long_bytes"] / file_mb, 3),
+            "same_inputs": runs["long"]["inputs_sha256"] == runs["long_bytes"]["inputs_sha256"]}
 
 
 def quality(settings: Any, videos: list[dict[str, Any]], scratch: Path) -> dict[str, Any]:
@@ -282,11 +300,11 @@ def quality(settings: Any, videos: list[dict[str, Any]], scratch: Path) -> dict[
             "chance_first": round(1 / len(videos), 3)}
 
 
-def write_note(report: dict[str, Any], argv: list[str]) -> None:
+def write_note(report: dict[str, Any]) -> None:
     s, m, q = report["speed"], report["memory"], report["quality"]
     lines = [
         "# Video: indexing speed, decode memory, still and sound lookups", "",
-        f"Generated by `python benchmarks/bench_video.py {' '.join(argv)}` on {report['when']}.", "",
+        f"Generated by `python benchmarks/bench_video.py {report['argv']}` on {report['when']}.", "",
         f"Machine: {report['machine']}. Models: open_clip ViT-B-32 and a base-size CLAP, RANDOM weights (full "
         f"compute), device {s['device']}, batch size {report['batch_size']}. Media: {report['media']}.", "",
         "## Speed", "",
@@ -309,22 +327,33 @@ def write_note(report: dict[str, Any], argv: list[str]) -> None:
            "was shared; both rates are measured under the same load)." if report.get("load_average") else ""), "",
         "## Memory of one decode worker on a long file", "",
         *([report["remeasured"], ""] if report.get("remeasured") else []),
-        f"A {m['long_seconds'] / 3600:g} h file (160x120, 4 fps, 16 kHz AAC sound; {m['long']['bytes'] / 1e6:.1f} MB) "
-        "decoded as an index worker decodes it (default sampling: 1 frame/s, at most 256 frames kept; its sound "
-        "cut at the segments and turned into CLAP inputs), in a fresh process, against the same process on a "
-        "10 s file of the same kind:", "",
-        "| file | RSS before the decode MB | peak RSS while decoding MB | the decode's own MB | decode s | "
-        "frames kept | segments | sound windows |",
-        "|---|---|---|---|---|---|---|---|",
-        *[f"| {name} | {r['rss_before_decode_mb']:.0f} | {r['peak_rss_mb']:.0f} | "
-          f"{r['peak_rss_mb'] - r['rss_before_decode_mb']:.0f} | {r['decode_s']:.1f} | {r['frames']} | "
-          f"{r['segments']} | {r['sound_windows']} |" for name, r in (("10 s", m["ten_seconds"]), ("long", m["long"]))],
+        f"A {m['long_seconds'] / 3600:g} h file (320x240, 4 fps, every frame noised so that the file is large; 16 kHz "
+        f"AAC sound; **{m['file_mb']:.0f} MiB**) decoded as an index worker decodes it (default sampling: 1 "
+        "frame/s, at most 256 frames kept; its sound cut at the segments and turned into CLAP inputs), in a fresh "
+        "process: streamed from the open file (how indexing reads a local file) and from its bytes read whole "
+        "(how indexing read it before, and how an upload or a fetched URL is still read, within their byte "
+        "limits); a 10 s file of the same kind is the baseline:", "",
+        "| file | read | RSS before the decode MB | peak RSS while decoding MB | the decode's own MB | "
+        "own / file size | decode s | frames kept | segments | sound windows |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *[f"| {name} | {how} | {r['rss_before_decode_mb']:.0f} | {r['peak_rss_mb']:.0f} | "
+          f"{r['peak_rss_mb'] - r['rss_before_decode_mb']:.0f} | "
+          f"{(r['peak_rss_mb'] - r['rss_before_decode_mb']) / (r['bytes'] / 2**20):.3f} | {r['decode_s']:.1f} | "
+          f"{r['frames']} | {r['segments']} | {r['sound_windows']} |"
+          for name, how, r in (("10 s", "streamed", m["ten_seconds"]), ("long", "streamed", m["long"]),
+                               ("long", "bytes, whole", m["long_bytes"]))],
         "",
-        f"What the decode itself adds, long file over 10 s file: **{m['long_decode_mb']:.0f} MB against "
-        f"{m['ten_s_decode_mb']:.0f} MB** (RSS sampled every 10 ms in the worker, after the models that gave the "
-        "transforms were freed; what is left of them is the 'before' column). It holds the file's bytes (read "
-        "whole, as every decoder reads its file), the kept frames and the sound windows; never the decoded "
-        "video.", "",
+        f"What the decode itself adds on the long file: **{m['long_decode_mb']:.0f} MB streamed "
+        f"({m['stream_over_file']:.3f} of the file's size) against {m['long_bytes_decode_mb']:.0f} MB from the "
+        f"bytes ({m['bytes_over_file']:.3f})**; {m['ten_s_decode_mb']:.0f} MB for 10 s. RSS is sampled every 10 ms "
+        "in the worker, after the models that gave the transforms were freed (what is left of them is the "
+        "'before' column). Streamed, the worker holds FFmpeg's read buffer and the demuxer's index, the kept "
+        f"frames (as ViT-B-32 inputs, 3x224x224 float32: {m['long']['frames'] * 3 * 224 * 224 * 4 / 2**20:.0f} MB "
+        "of it) and the sound windows, bounded by the sampling spec whatever the file's size; read whole, the "
+        "file's bytes come on top (and the default `XMODAL_MAX_FILE_BYTES` of 512 MiB would have refused this "
+        "file outright). Both reads gave the same frames, segments and sound windows: "
+        f"{'identical digests' if m['same_inputs'] else 'DIFFERENT digests'} of the model inputs "
+        "(so the same vectors).", "",
         "## Finding videos (random weights)", "",
         f"{q['queries_per_kind']} queries of each kind over {q['candidates']} videos (chance of being first: "
         f"{q['chance_first']}).", "",
@@ -349,7 +378,12 @@ def main() -> None:
     parser.add_argument("--real", type=Path, action="append", default=[], help="a folder of real images and sounds")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--fps", type=float, default=1.0, help="frames sampled per second (XMODAL_VIDEO_FPS)")
+    parser.add_argument("--parts", default="speed,quality,memory",
+                        help="which parts to run, comma-separated; the others keep the last report's figures")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if not parts <= {"speed", "quality", "memory"}:
+        parser.error(f"unknown parts: {', '.join(sorted(parts - {'speed', 'quality', 'memory'}))}")
 
     import torch
 
@@ -363,25 +397,38 @@ def main() -> None:
     clip_model, clip_ckpt = _script("bench_index", HERE).make_clip_checkpoint("ViT-B-32")
     scratch = Path(tempfile.mkdtemp(prefix="xmodal-video-bench-", dir=OUT))
     try:
-        videos = make_videos(scratch, args.videos, args.shots, args.real, helpers)
+        videos = make_videos(scratch, args.videos, args.shots, args.real, helpers) if parts - {"memory"} else []
         settings = Settings(home=scratch / "home", clip_model=clip_model, clip_pretrained=clip_ckpt,
                             audio_model=str(audio_model), batch_size=args.batch_size, video_fps=args.fps)
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")  # noqa: UP017
         report: dict[str, Any] = {
-            "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017
+            "when": now,
             "machine": f"{os.cpu_count()} CPUs, {torch.cuda.device_count()} GPU, Python {platform.python_version()}, "
                        f"torch {torch.__version__}",
             "media": "real files from " + ", ".join(map(str, args.real)) if args.real else
                      "generated photo-like stills and generated sound (no --real folder)",
-            "batch_size": args.batch_size, "fps": args.fps, "load_average": round(os.getloadavg()[0], 2)}
-        report["speed"] = speed(settings, scratch / "media", videos)
-        print(json.dumps(report["speed"], indent=2), file=sys.stderr)
-        report["quality"] = quality(settings.model_copy(update={"audio_model": None}), videos, scratch)
-        print(json.dumps(report["quality"], indent=2), file=sys.stderr)
-        report["memory"] = memory(scratch, args.hour_s, (clip_model, clip_ckpt, str(audio_model)))
-        print(json.dumps(report["memory"], indent=2), file=sys.stderr)
+            "batch_size": args.batch_size, "fps": args.fps, "load_average": round(os.getloadavg()[0], 2),
+            "argv": " ".join(sys.argv[1:])}
+        if parts != {"speed", "quality", "memory"}:  # the parts not run keep the last report's figures
+            last = json.loads((DOCS / "video.json").read_text())
+            report = {**last, "remeasured": f"Measured on {now} by `--parts {args.parts}` (load average "
+                                            f"{report['load_average']}); the other parts are from {last['when']}."}
+        if "speed" in parts:
+            report["speed"] = speed(settings, scratch / "media", videos)
+            print(json.dumps(report["speed"], indent=2), file=sys.stderr)
+        if "quality" in parts:
+            if "speed" not in parts:  # quality searches the collection the speed part indexed
+                from xmodal.indexer.pipeline import index_sources
+
+                index_sources(settings, [scratch / "media"], "bench", progress=False)
+            report["quality"] = quality(settings.model_copy(update={"audio_model": None}), videos, scratch)
+            print(json.dumps(report["quality"], indent=2), file=sys.stderr)
+        if "memory" in parts:
+            report["memory"] = memory(scratch, args.hour_s, (clip_model, clip_ckpt, str(audio_model)))
+            print(json.dumps(report["memory"], indent=2), file=sys.stderr)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    write_note(report, sys.argv[1:])
+    write_note(report)
     print(f"wrote {DOCS / 'video.md'}", file=sys.stderr)
 
 

@@ -87,7 +87,9 @@ class Settings(BaseSettings):
     shard_seconds: float = Field(default=300.0, gt=0, description="flush a shard at least this often")
 
     # media limits
-    max_file_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    max_file_bytes: int = Field(default=512 * 1024 * 1024, ge=1, description="bytes of a file read whole (images, "
+                                "texts, libsndfile audio, fetched media); a local video or container audio is streamed "
+                                "and bounded by the video limits instead")
     max_image_pixels: int = Field(default=100_000_000, ge=1)
     max_text_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     max_audio_seconds: float = Field(default=3600.0, gt=0, le=86_400, description="longer clips are failed")

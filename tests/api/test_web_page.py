@@ -170,7 +170,7 @@ def test_search_drop_similar_filter_and_errors(server: str, indexed: tuple[dict[
     assert page.is_hidden("#hint") and page.is_hidden("#query-preview")
     assert page.locator(".card").count() == PAGE_SIZE  # 25 items, 24 a page
     assert sent[-1] == {"collection": COLLECTION, "text": "red boots", "item_id": None, "target": "any",
-                        "k": PAGE_SIZE, "offset": 0, "filters": None, "min_relevance": None}
+                        "k": PAGE_SIZE, "offset": 0, "filters": None, "segments": 4, "min_relevance": None}
     assert page.locator(".card img").count() + page.locator(".card .text").count() == PAGE_SIZE  # 23 + 1 here
     # one page mixes the kinds and says what it holds; the text holding the query's words comes first (hybrid:
     # words beside vectors), the cards found by vectors alone follow in order of relevance
@@ -423,7 +423,9 @@ def test_a_video_card_plays_from_its_segment_with_the_segment_marked(server: str
     page = stubbed(open_page(server), "films", {"video": 1, "image": 1}, {}, {
         "id": 9, "uri": "/data/match.mp4", "modality": "video", "score": 0.5, "space": "clip", "method": "ip",
         "metadata": {"duration_s": 30.0}, "media_url": "/v1/items/9/media",
-        "thumbnail_url": "/v1/items/9/thumbnail?t=15", "segment": {"start_s": 12.0, "end_s": 18.5}})
+        "thumbnail_url": "/v1/items/9/thumbnail?t=15", "segment": {"start_s": 12.0, "end_s": 18.5},
+        "segments": [{"start_s": 12.0, "end_s": 18.5, "score": 0.5}, {"start_s": 3.0, "end_s": 6.0, "score": 0.4},
+                     {"start_s": 24.0, "end_s": 30.0, "score": 0.3}]})
     assert page.eval_on_selector_all("#target option", "os => os.map(o => o.value)") == ["any", "image", "video"]
     assert page.get_attribute("#file", "accept") == "image/*,video/*"
     assert "drop an image or a video clip" in page.inner_text("#hint") and "1 video" in page.inner_text("#hint")
@@ -435,3 +437,7 @@ def test_a_video_card_plays_from_its_segment_with_the_segment_marked(server: str
     assert page.eval_on_selector(".card video", "v => v.poster").endswith("/v1/items/9/thumbnail?t=15")
     assert page.inner_text(".card .segment") == "0:12–0:18"
     assert "from 0:12 to 0:18" in page.get_attribute(".card video", "aria-label")
+    # its other matching segments: times under the player that seek it
+    assert page.locator(".card .segments button").all_inner_texts() == ["0:03", "0:24"]
+    page.click(".card .segments button >> nth=1")
+    page.wait_for_function("document.querySelector('.card video').currentTime >= 24")

@@ -146,3 +146,69 @@ def test_verify_finds_a_video_collection_consistent_and_a_rerun_embeds_nothing(i
     assert report["ok"] is True and report["problems"] == [], report
     again = index_sources(settings, [media], "v", progress=False)
     assert again.embedded == 0 and again.failed == 0 and again.unchanged == 4 + 1 + 2 + len(VIDEOS) + 2 + 3
+
+
+def test_a_video_result_lists_its_best_segments_on_request(indexed, searcher, tmp_path):
+    """``segments``: the best N windows of each video result, best first, the first being ``segment``; a bad
+    count is refused; the default lists none beside ``segment``."""
+    from xmodal.errors import UserError
+
+    still = _still(tmp_path, 2)
+    outcome = searcher.run(image=still, target="video", k=3, segments=2)
+    assert len(outcome.results) == 3
+    for r in outcome.results:
+        assert r.segments is not None and len(r.segments) == 2 and r.segments[0] == r.segment
+        assert r.segments[0]["score"] >= r.segments[1]["score"] and r.segments[0]["window"] != r.segments[1]["window"]
+        assert r.segment["relevance"] == r.relevance  # the route scores segments: each has its relevance
+    every = searcher.run(image=still, target="video", k=3, segments=20).results[0]
+    assert [s["window"] for s in every.segments][:2] == [s["window"] for s in outcome.results[0].segments]
+    assert sorted(s["window"] for s in every.segments) == [0, 1, 2]  # all three shots, though 20 were asked for
+    spans = [(s["start_s"], s["end_s"]) for s in every.segments]
+    assert spans[0] == pytest.approx(SHOT_2, abs=0.51) and [s["score"] for s in every.segments] == sorted(
+        [s["score"] for s in every.segments], reverse=True)
+    assert searcher.run(image=still, target="video", k=3).results[0].segments is None
+    for bad in (0, 21, True):
+        with pytest.raises(UserError, match="segments must be an integer from 1 to 20"):
+            searcher.run(image=still, target="video", k=3, segments=bad)
+
+
+def test_the_cli_and_http_list_the_same_segments(indexed, capsys, tmp_path):
+    import httpx
+
+    from xmodal.cli import main
+
+    settings, media, _ = indexed
+    still = _still(tmp_path, 1)
+    base_args = ["search", "--home", str(settings.home), "-c", "v", "--target", "video", "-k", "3"]
+    out = cli_json(capsys, [*base_args, "--image", str(still), "--segments", "3"])
+    words = cli_json(capsys, [*base_args, "--text", "a crowd cheering", "--segments", "2"])
+    assert all(len(r["segments"]) == 3 and r["segments"][0] == r["segment"] for r in out["results"])
+    assert main([*base_args, "--image", str(still), "--segments", "3"]) == 0
+    assert capsys.readouterr().out.count("segments: ") == 3
+    for bad in ("0", "21"):
+        with pytest.raises(SystemExit) as exited:
+            main([*base_args, "--image", str(still), "--segments", bad])
+        assert exited.value.code == 2 and "--segments: must be from 1 to 20" in capsys.readouterr().err
+    with live_app(settings.model_copy(update={"audio_model": None}), "v") as (base, _):
+        body = httpx.post(f"{base}/v1/search/upload", data={"collection": "v", "target": "video", "k": "3",
+                                                              "segments": "3"},
+                          files={"file": ("q.png", still.read_bytes(), "image/png")}, timeout=60).json()
+        by_text = httpx.post(f"{base}/v1/search", json={"collection": "v", "text": "a crowd cheering",
+                                                         "target": "video", "k": 3, "segments": 2}, timeout=60).json()
+        top = body["results"][0]["id"]
+        similar = httpx.get(f"{base}/v1/items/{top}/similar", params={"target": "video", "k": 2, "segments": 3},
+                            timeout=60).json()
+        plain = httpx.post(f"{base}/v1/search", json={"collection": "v", "text": "a crowd cheering",
+                                                       "target": "video", "k": 3}, timeout=60).json()
+        refused = [httpx.post(f"{base}/v1/search", json={"collection": "v", "text": "x", "segments": n}, timeout=60)
+                   for n in (0, 21, "2", 1.5)]
+        refused.append(httpx.post(f"{base}/v1/search/upload", data={"collection": "v", "segments": "21"},
+                                  files={"file": ("q.png", still.read_bytes(), "image/png")}, timeout=60))
+        refused.append(httpx.get(f"{base}/v1/items/{top}/similar", params={"segments": 0}, timeout=60))
+    assert [r["segments"] for r in out["results"]] == [r["segments"] for r in body["results"]]
+    assert [r["segments"] for r in words["results"]] == [r["segments"] for r in by_text["results"]]
+    assert all(len(r["segments"]) == 2 for r in by_text["results"])
+    assert all(len(r["segments"]) == 3 and r["segments"][0] == r["segment"] for r in similar["results"])
+    assert all("segments" not in r or r["segments"] is None for r in plain["results"])
+    assert [r.status_code for r in refused] == [422] * 6, [r.text for r in refused]
+    assert "segments" in refused[0].json()["message"]

@@ -3,6 +3,7 @@ the limits, and bad bytes refused with a reason; audio-only containers decoded a
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -94,10 +95,69 @@ def test_the_transform_is_applied_to_each_sample(tmp_path: Path) -> None:
      "not a recognised video container"),
     (lambda p: b"just some notes\n" * 100, "looks like text"),
 ])
-def test_bad_bytes_are_refused_with_a_reason(tmp_path: Path, make, reason: str) -> None:
+@pytest.mark.parametrize("as_file", [False, True], ids=["bytes", "open-file"])
+def test_bad_bytes_are_refused_with_a_reason(tmp_path: Path, make, reason: str, as_file: bool) -> None:
     good = write_video(tmp_path / "good.mp4", SHOTS)
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(make(good))
     with pytest.raises(MediaError, match=reason):
-        decode_video(make(good), SPEC, LIMITS)
+        if as_file:
+            with bad.open("rb") as fh:
+                decode_video(fh, SPEC, LIMITS)
+        else:
+            decode_video(bad.read_bytes(), SPEC, LIMITS)
+
+
+class _Reads(io.RawIOBase):
+    """A file that records every read's size and where it started: what a decoder asked of it."""
+
+    def __init__(self, path: Path) -> None:
+        self.fh = path.open("rb")
+        self.reads: list[tuple[int, int]] = []
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self.fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.fh.tell()
+
+    def read(self, size: int = -1) -> bytes:
+        at = self.fh.tell()
+        data = self.fh.read(size)
+        self.reads.append((at, len(data)))
+        return data
+
+    def close(self) -> None:
+        self.fh.close()
+        super().close()
+
+
+def test_an_open_file_decodes_as_its_bytes_do_read_a_buffer_at_a_time(tmp_path: Path) -> None:
+    """A local file is decoded from the open file, which FFmpeg reads as it goes: the same frames, segments and
+    sound windows as from its bytes, and no read asks for the whole file (each is one buffer, far smaller)."""
+    path = write_video(tmp_path / "long.mp4", [(photo(s), 4.0) for s in range(8)], fps=15, size=(320, 240),
+                       audio=sound(2, 32.0))
+    size = path.stat().st_size
+    data = path.read_bytes()
+    spec = AudioSpec(sample_rate=16_000, window_s=4.0)
+    whole = decode_video(data, SPEC, LIMITS)
+    track = decode_soundtrack(data, spec, whole.spans)
+    file = _Reads(path)
+    with file:
+        streamed = decode_video(file, SPEC, LIMITS)
+        sound_reads = len(file.reads)
+        streamed_track = decode_soundtrack(file, spec, streamed.spans)
+    assert np.array_equal(whole.frames, streamed.frames) and whole.segments == streamed.segments
+    assert len(whole.segments) == 8
+    assert np.array_equal(track.windows, streamed_track.windows) and track.spans == streamed_track.spans
+    assert size > 300_000 and len(file.reads) > sound_reads > 10
+    assert max(n for _, n in file.reads) <= 64 * 1024 < size // 5
 
 
 @pytest.mark.parametrize("name", ["none.mp4", "none.mov"])

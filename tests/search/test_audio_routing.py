@@ -149,6 +149,23 @@ def test_a_long_clip_reports_its_best_matching_window(indexed, searcher, tmp_pat
     assert media.exists()
 
 
+def test_a_long_clip_lists_its_windows_best_first_on_request(indexed, searcher, tmp_path):
+    long = sound(9, 25.0)
+    sf.write(tmp_path / "tail.wav", long[15 * 48_000:], 48_000)  # exactly the last window
+    outcome = searcher.run(audio=tmp_path / "tail.wav", target="audio", k=7, segments=5)
+    hit = next(r for r in outcome.results if r.uri.endswith("long.wav"))
+    assert hit.segments is not None and len(hit.segments) == 3  # all it has, though 5 were asked for
+    assert hit.segments[0] == hit.segment and (hit.segment["start_s"], hit.segment["end_s"]) == (15.0, 25.0)
+    assert sorted((s["start_s"], s["end_s"]) for s in hit.segments) == [(0.0, 10.0), (10.0, 20.0), (15.0, 25.0)]
+    scores = [s["score"] for s in hit.segments]
+    assert scores == sorted(scores, reverse=True) and scores[1] < 0.999
+    assert "segments" in hit.as_dict() and all("relevance" not in s for s in hit.segments)  # pooled calibration
+    assert all(r.segments is None for r in outcome.results if r.segment is None)  # one window: no list either
+    plain = next(r for r in searcher.run(audio=tmp_path / "tail.wav", target="audio", k=7).results
+                 if r.uri.endswith("long.wav"))
+    assert plain.segment == hit.segment and plain.segments is None and "segments" not in plain.as_dict()
+
+
 def test_the_alignment_is_stored_reloaded_and_reported_not_refitted(indexed, capsys):
     settings, media, summary = indexed
     s = Searcher(settings, "av")

@@ -20,7 +20,7 @@ import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 from starlette.responses import FileResponse
@@ -48,6 +48,16 @@ class VerifiedFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def sha256(self) -> str:
+        """The SHA-256 of the bytes, read in chunks from the start (never the whole file in memory)."""
+        return _sha256(self.fd)
+
+    def reader(self) -> BinaryIO:
+        """A buffered file object over the open file, at its start, for a decoder that reads as it goes;
+        closing it leaves the descriptor open (:meth:`close` closes that)."""
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        return open(self.fd, "rb", closefd=False)  # noqa: SIM115 - the caller closes it
 
     def read(self, limit: int) -> bytes:
         """The whole file (at most ``limit`` + 1 bytes are read), from its start."""

@@ -31,6 +31,7 @@ from xmodal.errors import UserError
 from xmodal.search.browse import FACET_VALUES, MAX_FACETS, MAX_SORT_KEYS
 from xmodal.search.filters import MAX_DEPTH, MAX_STRING, MAX_VALUES
 from xmodal.search.results import SORT_WINDOW
+from xmodal.search.segments import MAX_SEGMENTS, SEGMENTS_DOC
 from xmodal.spaces import TARGETS
 from xmodal.storage.catalog import COLLECTION_NAME_RE
 
@@ -268,6 +269,7 @@ class SearchOptions(BaseModel):
     group_weights: GroupWeights | None = None
     sort: list[SortKeyIn] | None = Field(default=None, min_length=1, max_length=MAX_SORT_KEYS, description=SORT_DOC)
     facets: list[FieldName] | None = Field(default=None, min_length=1, max_length=MAX_FACETS, description=FACETS_DOC)
+    segments: int = Field(default=1, ge=1, le=MAX_SEGMENTS, description=SEGMENTS_DOC)
 
 
 def parse_weights_text(raw: str | None) -> dict[str, Any] | None:
@@ -339,7 +341,9 @@ class ResultOut(BaseModel):
     space: str
     method: str
     rrf: float | None = None  # with fusion "rrf": the fused reciprocal-rank value the page is ordered by
-    segment: dict[str, float] | None = None  # a long audio clip's best-matching window (start_s, end_s)
+    segment: dict[str, float] | None = None  # a windowed item's best-matching window (start_s, end_s, score, ...)
+    segments: list[dict[str, float]] | None = Field(default=None, description="with segments > 1: a windowed "
+                                                    "item's best windows, best first (the first is segment)")
     source: dict[str, str] | None = None  # a manifest item: the source's id and the media column
     lexical: float | None = None  # full-text score when its words matched (bm25 on SQLite, ts_rank on PostgreSQL)
     exact: bool = False  # the query equals its source id: first on the page
@@ -362,6 +366,7 @@ class BestItemOut(ProductItemOut):
     space: str
     method: str
     segment: dict[str, float] | None = None  # a windowed item's best-matching window
+    segments: list[dict[str, float]] | None = None  # with segments > 1: its best windows, best first
     lexical: float | None = None
 
 

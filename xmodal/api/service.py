@@ -38,7 +38,7 @@ from xmodal.errors import (
 from xmodal.media.fetch import fetch_bytes, is_remote
 from xmodal.media.image import decode_image_with_info
 from xmodal.media.types import MediaLimits
-from xmodal.media.video import VideoLimits, video_frame
+from xmodal.media.video import Source, VideoLimits, video_frame
 from xmodal.search import products
 from xmodal.search.browse import Page, find
 from xmodal.search.engine import Searcher
@@ -172,10 +172,11 @@ class Service:
                min_relevance: float | None = None, min_score: float | None = None,
                cancel: threading.Event | None = None, mode: str | None = None, sort: list[dict[str, str]] | None = None,
                facets: list[str] | None = None, group_by: str | None = None,
-               group_weights: dict[str, Any] | None = None) -> dict[str, Any]:
+               group_weights: dict[str, Any] | None = None, segments: int = 1) -> dict[str, Any]:
         """A query by text, item, or ``media`` (modality, bytes: an upload), or none (a browse by filters);
         ``mode``: vector, lexical, hybrid; ``sort``, ``facets``, totals: ``search.browse``; ``group_by``: source
-        (one result per product) or none (``search.products``)."""
+        (one result per product) or none (``search.products``); ``segments``: matching windows listed per
+        windowed result (``search.segments``)."""
         searcher = self._searcher(collection)
         fields = self._fields(collection) if filters or sort or facets else {}  # unfiltered: no catalog lookup
         where = prepare_filter(filters, fields) if filters else None  # planned by selectivity (search.plans)
@@ -183,7 +184,7 @@ class Service:
         page = find(searcher, fields=fields, where=where, sort=sort, facets=facets, group_by=group_by,
                     group_weights=group_weights, k=k, offset=offset, target=target, mode=mode, text=text, item=item_id,
                     media=media, recall=recall, fusion=fusion, min_relevance=min_relevance, min_score=min_score,
-                    stop=cancel.is_set if cancel is not None else None)
+                    stop=cancel.is_set if cancel is not None else None, segments=segments)
         total_ms = (time.perf_counter() - t0) * 1000
         self.metrics.stages(page.outcome.timings)
         return self._response(collection, target, k, offset, page, total_ms)
@@ -193,7 +194,7 @@ class Service:
                             filters: dict[str, Any] | None = None, recall: float | None = None,
                             fusion: str = "relevance", min_relevance: float | None = None,
                             min_score: float | None = None, group_by: str | None = None,
-                            group_weights: dict[str, Any] | None = None) -> dict[str, Any]:
+                            group_weights: dict[str, Any] | None = None, segments: int = 1) -> dict[str, Any]:
         """A query by uploaded media: at most ``query_concurrency`` at once (503 beyond), in a worker
         thread, abandoned if the client disconnects (499 in the metrics)."""
         modality = upload_modality(media_type)
@@ -206,13 +207,13 @@ class Service:
             return await until_disconnect(request, lambda cancel: self.search(
                 collection=collection, media=(modality, data), target=target, k=k, offset=offset, filters=filters,
                 recall=recall, fusion=fusion, min_relevance=min_relevance, min_score=min_score, cancel=cancel,
-                group_by=group_by, group_weights=group_weights))
+                group_by=group_by, group_weights=group_weights, segments=segments))
 
     def similar(self, *, item_id: int, collection: str | None = None, target: str = "any", k: int = 12,
                 offset: int = 0, filters: dict[str, Any] | None = None, recall: float | None = None,
                 fusion: str = "relevance", min_relevance: float | None = None,
                 min_score: float | None = None, group_by: str | None = None,
-                group_weights: dict[str, Any] | None = None) -> dict[str, Any]:
+                group_weights: dict[str, Any] | None = None, segments: int = 1) -> dict[str, Any]:
         item = self._item(item_id)
         served = self._by_id.get(item.collection_id)
         if collection is not None and collection != served:
@@ -221,7 +222,7 @@ class Service:
         return self.search(collection=served, item_id=item_id, target=target, k=k, offset=offset, filters=filters,
                            recall=recall,
                            fusion=fusion, min_relevance=min_relevance, min_score=min_score, group_by=group_by,
-                           group_weights=group_weights)
+                           group_weights=group_weights, segments=segments)
 
     def _response(self, collection: str, target: str, k: int, offset: int, page: Page,
                   total_ms: float) -> dict[str, Any]:
@@ -355,35 +356,45 @@ class Service:
                                        retries=s.fetch_retries, max_bytes=s.max_file_bytes)
                 except MediaError as exc:
                     raise NotFoundError(f"the original of item {item_id} can't be fetched: {exc.reason}") from exc
-            else:
-                opened = open_verified(it, self.catalog.source_roots(it.collection_id), max_bytes=s.max_file_bytes)
-                try:
-                    cached = folder / f"{it.id}-{opened.content_hash}-{size}{suffix}.jpg"
-                    if cached.is_file():
-                        return cached
-                    data = opened.read(s.max_file_bytes)
-                finally:
-                    opened.close()
-            digest = hashlib.sha256(data).hexdigest()
-            if not is_remote(it.uri) and digest != it.content_hash:  # changed while size and time stayed
-                raise ConflictError(f"the file of item {item_id} changed since it was indexed: run `xmodal index` "
-                                    "on its source to index it again")
-            cached = folder / f"{it.id}-{digest}-{size}{suffix}.jpg"
-            if cached.is_file():
-                return cached
-            limits = MediaLimits.from_settings(s)
+                return self._thumbnail_of(it, data, hashlib.sha256(data).hexdigest(), folder, suffix, at)
+            opened = open_verified(it, self.catalog.source_roots(it.collection_id), max_bytes=s.max_file_bytes)
             try:
-                if at is None:
-                    image = decode_image_with_info(data, limits, min_side=size).image
-                else:
-                    image = video_frame(data, at, VideoLimits(limits.max_video_seconds, limits.max_video_pixels,
-                                                              min(limits.video_timeout_s, THUMBNAIL_VIDEO_S)))
-            except MediaError as exc:
-                raise NotFoundError(f"the original of item {item_id} can't be read: {exc.reason}") from exc
-            image = image.convert("RGB")
-            image.thumbnail((size, size), Image.Resampling.LANCZOS)
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f".{cached.name}.{uuid.uuid4().hex}.tmp"
-            image.save(tmp, "JPEG", quality=85)
-            os.replace(tmp, cached)
+                cached = folder / f"{it.id}-{opened.content_hash}-{size}{suffix}.jpg"
+                if cached.is_file():
+                    return cached
+                if at is not None:  # a video: hashed in chunks, its frame decoded from the open file as it reads
+                    with opened.reader() as reader:
+                        return self._thumbnail_of(it, reader, opened.sha256(), folder, suffix, at)
+                data = opened.read(s.max_file_bytes)
+            finally:
+                opened.close()
+            return self._thumbnail_of(it, data, hashlib.sha256(data).hexdigest(), folder, suffix, at)
+
+    def _thumbnail_of(self, it: Item, source: Source, digest: str, folder: Path, suffix: str,
+                      at: float | None) -> Path:
+        """The cached thumbnail of ``source`` (the bytes, or a video's open file) whose SHA-256 is ``digest``."""
+        if not is_remote(it.uri) and digest != it.content_hash:  # changed while size and time stayed
+            raise ConflictError(f"the file of item {it.id} changed since it was indexed: run `xmodal index` "
+                                "on its source to index it again")
+        size = self.settings.thumbnail_size
+        cached = folder / f"{it.id}-{digest}-{size}{suffix}.jpg"
+        if cached.is_file():
             return cached
+        limits = MediaLimits.from_settings(self.settings)
+        try:
+            if at is None:
+                if not isinstance(source, bytes):
+                    raise TypeError("an image thumbnail is made from the image's bytes")
+                image = decode_image_with_info(source, limits, min_side=size).image
+            else:
+                image = video_frame(source, at, VideoLimits(limits.max_video_seconds, limits.max_video_pixels,
+                                                            min(limits.video_timeout_s, THUMBNAIL_VIDEO_S)))
+        except MediaError as exc:
+            raise NotFoundError(f"the original of item {it.id} can't be read: {exc.reason}") from exc
+        image = image.convert("RGB")
+        image.thumbnail((size, size), Image.Resampling.LANCZOS)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{cached.name}.{uuid.uuid4().hex}.tmp"
+        image.save(tmp, "JPEG", quality=85)
+        os.replace(tmp, cached)
+        return cached

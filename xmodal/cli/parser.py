@@ -12,6 +12,7 @@ from xmodal.cli.index import cmd_index
 from xmodal.cli.query import cmd_eval, cmd_search
 from xmodal.config import parse_bytes
 from xmodal.search.results import FUSIONS, GROUPS, MODES, SORT_WINDOW
+from xmodal.search.segments import MAX_SEGMENTS
 from xmodal.spaces import ANY, TARGETS
 
 
@@ -64,6 +65,13 @@ def _positive(value: str) -> int:
     n = int(value)
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
+def _segments(value: str) -> int:
+    n = int(value)
+    if not 1 <= n <= MAX_SEGMENTS:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_SEGMENTS}, not {n}")
     return n
 
 
@@ -193,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{SORT_WINDOW} results by relevance, reordered")
     p.add_argument("--facet", action="append", metavar="FIELD",
                    help="count the matching items per value of FIELD (the top values and 'other'); repeatable")
+    p.add_argument("--segments", type=_segments, default=1, metavar="N",
+                   help=f"list each video's (and long sound's) N best-matching segments, best first (1 to "
+                        f"{MAX_SEGMENTS}; default 1: only the best, shown as its time range)")
     _json(p, "the results (with metadata and timings)")
     _model_flags(p, recorded=True)
     p.set_defaults(func=cmd_search)

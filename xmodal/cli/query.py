@@ -45,7 +45,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                     group_by=args.group, group_weights=parse_weights_text(args.group_weights),
                     text=args.text, image=args.image, audio=args.audio, item=args.item, media=clip,
                     target=args.target, k=args.k, offset=args.offset, recall=args.recall, fusion=args.fusion,
-                    min_relevance=args.min_relevance, min_score=args.min_score, mode=args.mode)
+                    min_relevance=args.min_relevance, min_score=args.min_score, mode=args.mode,
+                    segments=args.segments)
     finally:
         searcher.close()
     outcome = page.outcome
@@ -83,6 +84,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         relevance = f"{r.relevance:7.2f}" if r.relevance is not None else f"{'exact' if r.exact else '-':>7}"
         print(f"{rank:>4}  {relevance}  {r.score:7.4f}  {r.id:>8}  {r.modality:<5}  {where:<15}  {r.uri}{seg}  "
               f"{short(r.metadata)}".rstrip())
+        if r.segments:
+            print(f"{'':>6}segments: " + ", ".join(f"{s['start_s']:.1f}-{s['end_s']:.1f} s ({s['score']:.3f})"
+                                                  for s in r.segments))
     _print_counts(page)
     if outcome.mode not in ("vector", "browse"):
         print(f"({outcome.mode}: {outcome.fusion}; a lexical result's score is its full-text score)")

@@ -1,9 +1,17 @@
 """The decode stage, run in worker processes: read, hash, decode, validate, preprocess.
 
 Only plain data crosses the process boundary: paths in, arrays or text and metadata out. Decoders are
-registered by modality (:data:`DECODERS`): each turns bytes into the model's input for that modality,
+registered by modality (:data:`DECODERS`): each turns its input into the model's input for that modality,
 using the preparation its encoder gave (``DecodeConfig.prepare``: an image's transform, a sound's
 window spec), plus the metadata the catalog keeps.
+
+A decoder's input is the file's bytes, read whole within ``max_file_bytes`` (images, texts, sound through
+libsndfile), or, for a local file its registration says is **streamed** (video; audio in a container
+FFmpeg reads: :func:`xmodal.media.video.is_av_container` on its first bytes), the open file, which PyAV
+reads as it decodes: its SHA-256 is read in chunks first, no byte cap applies (the video limits on seconds,
+pixels and decode time do), and a file whose size or modification time changed while it was decoded is
+failed as temporary (the next run takes it again). Fetched media and inline text are bytes whatever the
+modality: a fetch is bounded by ``max_file_bytes``.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import signal
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -23,10 +31,10 @@ from xmodal.encoders.base import ImageTransform
 from xmodal.errors import ErrorKind, MediaError
 from xmodal.media.fetch import Fetcher, FetchError, FetchOptions
 from xmodal.media.image import decode_image_with_info
-from xmodal.media.read import read_file
+from xmodal.media.read import LocalFile, read_file
 from xmodal.media.text import decode_text, text_metadata
 from xmodal.media.types import MediaLimits, looks_like_text, sniff_modality
-from xmodal.media.video import VideoSpec
+from xmodal.media.video import Source, VideoSpec, is_av_container
 from xmodal.spaces import AudioSpec
 
 log = logging.getLogger(__name__)
@@ -143,13 +151,20 @@ class DecodeAs(Exception):  # noqa: N818 - a redirection, not an error
         self.modality = modality
 
 
-Decoder = Callable[[bytes, DecodeConfig], tuple[Any, "list[tuple[float, float]] | None", dict[str, Any]]]
-#: modality -> bytes to (model inputs, window spans or None, metadata); raise MediaError for bad bytes
+Decoder = Callable[[Source, DecodeConfig], tuple[Any, "list[tuple[float, float]] | None", dict[str, Any]]]
+#: modality -> its input (bytes, or an open file where it streams) to (model inputs, window spans or None,
+#: metadata); raise MediaError for bad bytes
 DECODERS: dict[str, Decoder] = {}
+#: modality -> whether a local file that starts with these bytes is streamed to its decoder (an open file)
+STREAMS: dict[str, Callable[[bytes], bool]] = {}
 
 
-def register_decoder(modality: str, decoder: Decoder) -> None:
+def register_decoder(modality: str, decoder: Decoder, streams: Callable[[bytes], bool] | None = None) -> None:
+    """``streams``: given a local file's first 64 bytes, whether the decoder reads it as it goes (it is then
+    handed the open file, else the bytes)."""
     DECODERS[modality] = decoder
+    if streams is not None:
+        STREAMS[modality] = streams
 
 
 def _prep(config: DecodeConfig, modality: str) -> Any:
@@ -159,39 +174,45 @@ def _prep(config: DecodeConfig, modality: str) -> Any:
     return prep
 
 
-def _decode_image(data: bytes, config: DecodeConfig) -> tuple[Any, None, dict[str, Any]]:
+def _whole(source: Source) -> bytes:
+    """The bytes of a decoder's input: only streaming decoders are handed open files (``STREAMS``)."""
+    if not isinstance(source, bytes):
+        raise TypeError("this decoder takes bytes, not an open file")
+    return source
+
+
+def _decode_image(source: Source, config: DecodeConfig) -> tuple[Any, None, dict[str, Any]]:
     prep: ImagePrep = _prep(config, "image")
-    info = decode_image_with_info(data, config.limits, min_side=prep.min_side)
+    info = decode_image_with_info(_whole(source), config.limits, min_side=prep.min_side)
     return prep.transform(info.image), None, {"width": info.width, "height": info.height, "format": info.format}
 
 
-def _decode_text(data: bytes, config: DecodeConfig) -> tuple[Any, None, dict[str, Any]]:
-    text = decode_text(data, config.limits)
+def _decode_text(source: Source, config: DecodeConfig) -> tuple[Any, None, dict[str, Any]]:
+    text = decode_text(_whole(source), config.limits)
     return text, None, text_metadata(text)
 
 
-def _decode_audio(data: bytes, config: DecodeConfig) -> tuple[Any, list[tuple[float, float]], dict[str, Any]]:
+def _decode_audio(source: Source, config: DecodeConfig) -> tuple[Any, list[tuple[float, float]], dict[str, Any]]:
     from xmodal.media.audio import audio_metadata, decode_audio
-    from xmodal.media.video import is_av_container
 
     prep: AudioPrep = _prep(config, "audio")
     spec = dataclasses.replace(prep.spec, max_seconds=config.limits.max_audio_seconds)
-    if is_av_container(data):  # m4a, aac, an mp4 or webm with sound only: FFmpeg through PyAV
+    if not isinstance(source, bytes) or is_av_container(source):  # m4a, aac, an mp4 or webm with sound only
         from xmodal.media.avaudio import decode_audio_av
 
-        audio = decode_audio_av(data, spec, prep.transform)
+        audio = decode_audio_av(source, spec, prep.transform)  # FFmpeg through PyAV, from the file as it reads
     else:
-        audio = decode_audio(data, spec, prep.transform)
+        audio = decode_audio(source, spec, prep.transform)
     return audio.windows, audio.spans, audio_metadata(audio)
 
 
-def _decode_video(data: bytes, config: DecodeConfig) -> tuple[Any, list[tuple[float, float]], dict[str, Any]]:
+def _decode_video(source: Source, config: DecodeConfig) -> tuple[Any, list[tuple[float, float]], dict[str, Any]]:
     from xmodal.media.video import NoVideoStream, VideoLimits, decode_video, video_metadata
 
     prep: ImagePrep = _prep(config, "video")
     lim = config.limits
     try:
-        video = decode_video(data, config.video, VideoLimits(lim.max_video_seconds, lim.max_video_pixels,
+        video = decode_video(source, config.video, VideoLimits(lim.max_video_seconds, lim.max_video_pixels,
                                                              lim.video_timeout_s), prep.transform)
     except NoVideoStream as exc:
         if exc.audio:
@@ -204,7 +225,7 @@ def _decode_video(data: bytes, config: DecodeConfig) -> tuple[Any, list[tuple[fl
 
         spec = dataclasses.replace(sound.spec, max_seconds=max(lim.max_video_seconds, video.duration_s + 1))
         try:
-            inputs.sound = decode_soundtrack(data, spec, video.spans, sound.transform)
+            inputs.sound = decode_soundtrack(source, spec, video.spans, sound.transform)
         except MediaError as exc:
             raise MediaError(f"sound track: {exc.reason}", exc.kind) from None
     return inputs, video.spans, video_metadata(video)
@@ -212,11 +233,11 @@ def _decode_video(data: bytes, config: DecodeConfig) -> tuple[Any, list[tuple[fl
 
 register_decoder("image", _decode_image)
 register_decoder("text", _decode_text)
-register_decoder("audio", _decode_audio)
-register_decoder("video", _decode_video)
+register_decoder("audio", _decode_audio, streams=is_av_container)
+register_decoder("video", _decode_video, streams=lambda head: True)
 
 
-def _decode_as(modality: str, data: bytes, config: DecodeConfig) -> tuple[str, Any, Any, dict[str, Any]]:
+def _decode_as(modality: str, data: Source, config: DecodeConfig) -> tuple[str, Any, Any, dict[str, Any]]:
     """(modality, inputs, spans, metadata) by the modality's decoder, or the one it hands the bytes to."""
     tried: list[str] = []
     while True:
@@ -266,7 +287,14 @@ def decode_one(task: DecodeTask, config: DecodeConfig, *, fetched: bytes | Media
     try:
         if isinstance(fetched, MediaError):
             raise fetched
-        data = fetched if fetched is not None else _read(task, config)
+        if fetched is None and task.text is None and not task.remote and task.modality in STREAMS:
+            with LocalFile(task.path) as file:  # the size cap waits until we know whether it streams
+                if STREAMS[task.modality](file.head()):
+                    _decode_streamed(task, file, config, out)
+                    return out
+                data = file.read_all(config.limits.max_file_bytes)
+        else:
+            data = fetched if fetched is not None else _read(task, config)
         out.size = len(data)
         out.content_hash = hashlib.sha256(data).hexdigest()
         if task.known_hash is not None and out.content_hash == task.known_hash:
@@ -290,3 +318,18 @@ def decode_one(task: DecodeTask, config: DecodeConfig, *, fetched: bytes | Media
         log.warning("unexpected error decoding %s", task.path, exc_info=True)
         out.error = f"internal decode error: {type(exc).__name__}: {exc}"[:500]
     return out
+
+
+def _decode_streamed(task: DecodeTask, file: LocalFile, config: DecodeConfig, out: Decoded) -> None:
+    """A local file its decoder reads as it goes: hashed in chunks, then decoded from the open file (never
+    read whole); one that changed meanwhile is a temporary failure (the vectors might not be of the hash)."""
+    out.content_hash, out.size = file.sha256()
+    if task.known_hash is not None and out.content_hash == task.known_hash:
+        out.unchanged = True
+        return
+    reader: IO[bytes] = file.reader()
+    with reader:
+        decoded = _decode_as(task.modality, reader, config)
+    if file.changed() or out.size != file.size:
+        raise MediaError(f"{TEMPORARY_FAILURE}the file changed while it was read")
+    out.modality, out.inputs, out.spans, out.meta = decoded

@@ -118,11 +118,12 @@ def decode_audio(
     return guarded(_decode, data, spec, transform, stop)
 
 
-Decoder = Callable[[bytes, AudioSpec, "Callable[[np.ndarray], np.ndarray] | None", "Callable[[], bool] | None"],
+#: an audio decoder: its input (bytes; ``avaudio``'s also take an open file), spec, transform, stop
+Decoder = Callable[[Any, AudioSpec, "Callable[[np.ndarray], np.ndarray] | None", "Callable[[], bool] | None"],
                    "DecodedAudio"]
 
 
-def guarded(decode: Decoder, data: bytes, spec: AudioSpec, transform: Callable[[np.ndarray], np.ndarray] | None,
+def guarded(decode: Decoder, data: Any, spec: AudioSpec, transform: Callable[[np.ndarray], np.ndarray] | None,
             stop: Callable[[], bool] | None) -> DecodedAudio:
     """Run an audio decoder so that only :class:`MediaError` (or :class:`Cancelled`, or what ``transform``
     raised) leaves it, whatever the bytes: every audio decoder's one error contract."""

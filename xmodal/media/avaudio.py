@@ -1,5 +1,6 @@
 """Sound in containers libsndfile does not read (``.m4a``, ``.aac``, an ``.mp4`` without pictures, a video's
-track), decoded through PyAV into the same windows as :func:`xmodal.media.audio.decode_audio`.
+track), decoded through PyAV (from bytes, or from an open file read as it goes: ``video.Source``) into the
+same windows as :func:`xmodal.media.audio.decode_audio`.
 
 The first audio stream is decoded frame by frame, resampled by FFmpeg's resampler to mono float32 at the
 spec's rate and cut into windows as it goes (``audio._Windower``), so memory stays at about two windows
@@ -23,14 +24,15 @@ import numpy as np
 
 from xmodal.errors import Cancelled, ErrorKind, MediaError
 from xmodal.media.audio import DecodedAudio, _pair, _seconds, _Windower, guarded
-from xmodal.media.video import describe, open_container
+from xmodal.media.video import Source, describe, open_container
 from xmodal.spaces import AudioSpec
 
 
-def decode_audio_av(data: bytes, spec: AudioSpec, transform: Callable[[np.ndarray], np.ndarray] | None = None,
+def decode_audio_av(source: Source, spec: AudioSpec, transform: Callable[[np.ndarray], np.ndarray] | None = None,
                     stop: Callable[[], bool] | None = None) -> DecodedAudio:
-    """The sound of ``data`` (any container FFmpeg reads) as windows; :class:`MediaError` for bad bytes."""
-    return guarded(_decode, data, spec, transform, stop)
+    """The sound of ``source`` (bytes, or an open file read as it decodes: any container FFmpeg reads) as
+    windows; :class:`MediaError` for bad bytes."""
+    return guarded(_decode, source, spec, transform, stop)
 
 
 @dataclass
@@ -45,18 +47,18 @@ class Soundtrack:
         return len(self.windows)
 
 
-def decode_soundtrack(data: bytes, spec: AudioSpec, segments: list[tuple[float, float]],
+def decode_soundtrack(source: Source, spec: AudioSpec, segments: list[tuple[float, float]],
                       transform: Callable[[np.ndarray], np.ndarray] | None = None,
                       stop: Callable[[], bool] | None = None) -> Soundtrack:
     """The first audio stream of a video, cut at ``segments`` ((start, end) seconds, in order, from 0):
     each segment's samples in windows of at most ``spec.window_s`` (see the module docstring). A silent
     track is kept (it is what the video sounds like); corrupt or endless sound is a :class:`MediaError`."""
 
-    def run(data: bytes, spec: AudioSpec, transform: Callable[[np.ndarray], np.ndarray] | None,
+    def run(source: Source, spec: AudioSpec, transform: Callable[[np.ndarray], np.ndarray] | None,
             stop: Callable[[], bool] | None) -> Any:
-        return _soundtrack(data, spec, segments, transform, stop)
+        return _soundtrack(source, spec, segments, transform, stop)
 
-    return guarded(run, data, spec, transform, stop)  # type: ignore[return-value]
+    return guarded(run, source, spec, transform, stop)  # type: ignore[return-value]
 
 
 def _mono(container: Any, spec: AudioSpec, stop: Callable[[], bool] | None) -> Iterator[np.ndarray]:
@@ -97,9 +99,9 @@ def _mono(container: Any, spec: AudioSpec, stop: Callable[[], bool] | None) -> I
         raise MediaError(f"corrupt audio data after {at} s: {describe(exc)}") from None
 
 
-def _decode(data: bytes, spec: AudioSpec, transform: Callable[[np.ndarray], np.ndarray] | None,
+def _decode(source: Source, spec: AudioSpec, transform: Callable[[np.ndarray], np.ndarray] | None,
             stop: Callable[[], bool] | None) -> DecodedAudio:
-    container = open_container(data, "audio")
+    container = open_container(source, "audio")
     with container:
         if not container.streams.audio:
             raise MediaError("no audio stream", ErrorKind.UNSUPPORTED_MEDIA)
@@ -179,12 +181,12 @@ class _SegmentCutter:
         self.cut = _Windower(self.width, self.rate, self.transform)
 
 
-def _soundtrack(data: bytes, spec: AudioSpec, segments: list[tuple[float, float]],
+def _soundtrack(source: Source, spec: AudioSpec, segments: list[tuple[float, float]],
                 transform: Callable[[np.ndarray], np.ndarray] | None, stop: Callable[[], bool] | None) -> Soundtrack:
     if not segments:
         raise MediaError("no segments to cut the sound track at")
     cutter = _SegmentCutter(spec, segments, transform)
-    container = open_container(data, "video")
+    container = open_container(source, "video")
     with container:
         if not container.streams.audio:
             raise MediaError("no audio stream", ErrorKind.UNSUPPORTED_MEDIA)

@@ -1,4 +1,8 @@
-"""Decode untrusted video bytes (PyAV: FFmpeg's libraries from a wheel) into sampled frames and shots.
+"""Decode untrusted video (PyAV: FFmpeg's libraries from a wheel) into sampled frames and shots.
+
+The input (:data:`Source`) is bytes in memory (an upload, a fetched URL: bounded by their size limits) or an
+open file (a local file, ``media.read.LocalFile.reader``) that FFmpeg reads and seeks as it decodes: an
+hour of 1080p is never held whole, only FFmpeg's read buffer and the demuxer's index.
 
 Frames are sampled at ``VideoSpec.fps`` (the first decoded frame at or after each sample time, by its
 presentation time, so variable frame rates sample the same way), turned upright by the stream's
@@ -8,7 +12,8 @@ dropped and the rate halved (an hour at 1 fps keeps 256 frames 16 s apart), so m
 the spec, not by the video's length. Samples are grouped into **segments** at shot changes: a cut
 where the colour histograms of consecutive samples differ by more than ``cut`` (half the L1 distance of
 16-bin-per-channel histograms, 0 to 1), and a segment never longer than ``max_segment_s``. The same
-bytes give the same frames, segments and arrays: no randomness, no clock in the output.
+bytes give the same frames, segments and arrays, whether read from memory or from a file: no randomness, no
+clock in the output.
 
 Every failure is a :class:`~xmodal.errors.MediaError` with a short reason: not a container FFmpeg
 knows (random bytes, a truncated MP4 without its moov atom), no video stream (:class:`NoVideoStream`:
@@ -25,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any, TypeAlias
 
 import numpy as np
 from PIL import Image
@@ -35,6 +40,10 @@ from xmodal.media.types import looks_like_text
 
 logger = logging.getLogger(__name__)
 
+#: what a decoder reads: the bytes, or an open binary file it may read and seek in (never closed here)
+Source: TypeAlias = "bytes | IO[bytes]"
+_HEAD = 512  # bytes looked at to say why a container does not open
+_MAX_BOXES = 10_000  # top-level MP4 boxes walked looking for the moov atom
 _HIST_BINS = 16
 _HIST_SIDE = 64  # histograms are taken on a copy this small: cheap, and noise averages out
 
@@ -127,20 +136,20 @@ class NoVideoStream(MediaError):
         self.audio = audio
 
 
-def decode_video(data: bytes, spec: VideoSpec, limits: VideoLimits,
+def decode_video(source: Source, spec: VideoSpec, limits: VideoLimits,
                  transform: Callable[[Image.Image], np.ndarray] | None = None,
                  stop: Callable[[], bool] | None = None) -> DecodedVideo:
-    """Sample, transform and segment ``data`` (see the module docstring); :class:`MediaError` for bad bytes."""
+    """Sample, transform and segment ``source`` (see the module docstring); :class:`MediaError` for bad bytes."""
     with _media_errors():
-        return _decode(data, spec, limits, transform, stop)
+        return _decode(source, spec, limits, transform, stop)
 
 
-def video_frame(data: bytes, at_s: float, limits: VideoLimits) -> Image.Image:
+def video_frame(source: Source, at_s: float, limits: VideoLimits) -> Image.Image:
     """The frame shown at ``at_s`` seconds (upright), for a thumbnail: a seek to the key frame before it, then
     frames decoded up to it (at most ``limits.timeout_s`` of decoding; past the end, the last frame). The
     same checks as for indexing: pixels per frame, a container FFmpeg reads, a video stream."""
     with _media_errors():
-        return _frame_at(data, max(0.0, at_s), limits)
+        return _frame_at(source, max(0.0, at_s), limits)
 
 
 @contextmanager
@@ -158,10 +167,10 @@ def _media_errors() -> Iterator[None]:
         raise MediaError(f"corrupt video: {describe(exc)}") from None
 
 
-def _frame_at(data: bytes, at_s: float, limits: VideoLimits) -> Image.Image:
+def _frame_at(source: Source, at_s: float, limits: VideoLimits) -> Image.Image:
     import av
 
-    container = open_container(data, "video")
+    container = open_container(source, "video")
     with container:
         if not container.streams.video:
             raise NoVideoStream(bool(container.streams.audio))
@@ -197,37 +206,65 @@ def video_metadata(video: DecodedVideo) -> dict[str, Any]:
             "windows": len(video.segments)}
 
 
-def is_av_container(data: bytes) -> bool:
-    """Whether ``data`` starts like a container libsndfile can't read and FFmpeg can: ISO BMFF (mp4, m4a,
-    mov), Matroska/WebM, ADTS AAC."""
-    head = data[:12]
+def is_av_container(head: bytes) -> bool:
+    """Whether a file that starts with ``head`` (its first 12 bytes or more) is a container libsndfile can't read
+    and FFmpeg can: ISO BMFF (mp4, m4a, mov), Matroska/WebM, ADTS AAC."""
+    head = head[:12]
     return head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide") or head.startswith(b"\x1a\x45\xdf\xa3") or (
         len(head) >= 2 and head[0] == 0xFF and head[1] & 0xF6 == 0xF0)
 
 
-def open_container(data: bytes, what: str) -> Any:
-    """``av.open`` on the bytes, every failure a :class:`MediaError` that says why."""
+def open_container(source: Source, what: str) -> Any:
+    """``av.open`` on the bytes or from the start of the open file, every failure a :class:`MediaError` that
+    says why (looking at the first bytes, and for an MP4 at its top-level boxes: never reading it whole)."""
     import av
 
-    if not data:
+    file = io.BytesIO(source) if isinstance(source, bytes | bytearray | memoryview) else source
+    file.seek(0)
+    head = file.read(_HEAD)
+    if not head:
         raise MediaError("empty file (0 bytes)", ErrorKind.UNSUPPORTED_MEDIA)
+    file.seek(0)
     try:
-        return av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+        return av.open(file, mode="r", metadata_errors="ignore")
     except av.FFmpegError as exc:
-        if looks_like_text(data[:512]):
+        if looks_like_text(head):
             raise MediaError(f"not a {what} file: the content looks like text", ErrorKind.UNSUPPORTED_MEDIA) from None
-        if b"moov" not in data and data[4:8] == b"ftyp":
+        if head[4:8] == b"ftyp" and not _has_moov(file):
             raise MediaError("truncated: the MP4 has no moov atom (the file was cut short)",
                              ErrorKind.UNSUPPORTED_MEDIA) from None
-        raise MediaError(f"not a recognised {what} container ({describe(exc)}; starts with {data[:8].hex(' ')})",
+        raise MediaError(f"not a recognised {what} container ({describe(exc)}; starts with {head[:8].hex(' ')})",
                          ErrorKind.UNSUPPORTED_MEDIA) from None
 
 
-def _decode(data: bytes, spec: VideoSpec, limits: VideoLimits,
+def _has_moov(file: IO[bytes]) -> bool:
+    """Whether an MP4's top-level boxes (walked by their sizes, seeking past each) include a whole ``moov``:
+    a file cut short loses it when it comes last, or holds a box that runs past the end."""
+    end = file.seek(0, io.SEEK_END)
+    at = 0
+    for _ in range(_MAX_BOXES):
+        if at + 8 > end:
+            return False
+        file.seek(at)
+        header = file.read(16)
+        size, kind = int.from_bytes(header[:4], "big"), header[4:8]
+        if size == 1 and len(header) == 16:  # a 64-bit size follows the type
+            size = int.from_bytes(header[8:16], "big")
+        elif size == 0:  # the box runs to the end of the file
+            size = end - at
+        if size < 8 or at + size > end:
+            return False
+        if kind == b"moov":
+            return True
+        at += size
+    return False
+
+
+def _decode(source: Source, spec: VideoSpec, limits: VideoLimits,
             transform: Callable[[Image.Image], np.ndarray] | None, stop: Callable[[], bool] | None) -> DecodedVideo:
     import av
 
-    container = open_container(data, "video")
+    container = open_container(source, "video")
     with container:
         if not container.streams.video:
             raise NoVideoStream(bool(container.streams.audio))

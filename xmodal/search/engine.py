@@ -11,6 +11,7 @@ hydration, so a deletion is visible at once, before the next build removes the v
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from xmodal.encoders import Encoder, align, load_encoder, resolve_model
 from xmodal.encoders.align import LoadedAlignment
 from xmodal.errors import UserError
 from xmodal.media.types import MediaLimits
+from xmodal.search import segments as segs
 from xmodal.search.filters import Filter
 from xmodal.search.lexical import HYBRID_FUSION, choose_mode, fuse, lexical_fusion, lexical_results
 from xmodal.search.plans import EMPTY, POST, UNFILTERED, Plan, Planner, hydrate, operating_point
@@ -233,7 +235,8 @@ class Searcher(QueryVectors):
             where: Any = None, recall: float | None = None, stop: Callable[[], bool] | None = None,
             fusion: str = "relevance", min_relevance: float | None = None,
             min_score: float | None = None, mode: str | None = None, window: int | None = None,
-            arrange: Callable[[list[SearchResult]], list[SearchResult]] | None = None) -> SearchOutcome:
+            arrange: Callable[[list[SearchResult]], list[SearchResult]] | None = None,
+            segments: int = 1) -> SearchOutcome:
         """Encode the query, search every route, merge: results ``offset`` to ``offset + k`` and where the
         time went. ``where``: a filter, prepared (``search.filters.prepare_filter``: searched by a plan
         chosen by its selectivity, ``search.plans``) or a bare SQLAlchemy condition on catalog items
@@ -245,8 +248,10 @@ class Searcher(QueryVectors):
         dropped; a page left empty says ``no_good_match``. ``mode``: vector, lexical or hybrid (default:
         hybrid for a text on a collection with words in the full-text index, else vector; ``search.lexical``).
         ``window``: search the best ``window`` (at least ``k + offset``) and cut the page from them, after
-        ``arrange`` reordered them (a sort: ``search.browse``); the outcome says how many there were."""
+        ``arrange`` reordered them (a sort: ``search.browse``); the outcome says how many there were.
+        ``segments``: how many matching windows a windowed result lists (``search.segments``)."""
         _check_request(target, k, offset, recall, fusion)
+        segs.check_segments(segments)
         if window is not None and not k + offset <= window <= MAX_K:
             raise UserError(f"the window must hold the page and at most {MAX_K} results, not {window}")
         flt = where if isinstance(where, Filter) else None  # a prepared filter: planned by its selectivity
@@ -283,7 +288,7 @@ class Searcher(QueryVectors):
         timings = Timings(encode_ms=(time.perf_counter() - t0) * 1000)
         cutoff = Cutoff(min_relevance, min_score)
         ann: dict[str, dict[str, Any]] = {}
-        lists = [self._search_route(r, v, want, q.exclude, where, timings, recall, ann, cutoff, flt)
+        lists = [self._search_route(r, v, want, q.exclude, where, timings, recall, ann, cutoff, flt, segments)
                  for r, v in zip(routes, vectors, strict=True)]
         calibrated = all(f"{r.query}->{r.target}" in self._loaded(r.space).calibration for r in routes
                          if r.target in self._loaded(r.space).parts)
@@ -301,7 +306,7 @@ class Searcher(QueryVectors):
             used = HYBRID_FUSION + (f"; target lists merged by {used}" if used else "")
         considered = arrange(results[:want]) if arrange is not None else results[:want]
         page = considered[offset:offset + k]
-        self._add_segments(page, q, text=text, item=item)
+        self._add_segments(page, q, text=text, item=item, n=segments)
         return SearchOutcome(page, timings, self._loaded(self.primary).version if self.primary in self._spaces
                              else 0, {r.space: self._loaded(r.space).version for r in routes},
                              [{"target": r.target, "space": r.space, "method": r.method} for r in routes], used,
@@ -351,7 +356,7 @@ class Searcher(QueryVectors):
 
     def _search_route(self, r: Route, vector: np.ndarray, want: int, exclude: set[int], where: Any, timings: Timings,
                       recall: float | None, ann: dict[str, dict[str, Any]], cutoff: Cutoff,
-                      flt: Filter | None = None) -> list[SearchResult]:
+                      flt: Filter | None = None, segments: int = 1) -> list[SearchResult]:
         """Search one route's part: the best ``want`` live items that match ``where``, each with its calibrated
         relevance. Items deleted (or otherwise hidden) since the version was built are left out inside
         FAISS, so they don't take the places of live results. A filter's plan (``search.plans``) follows
@@ -413,29 +418,28 @@ class Searcher(QueryVectors):
                 break
             fetch = min(limit, fetch * 4)  # many filtered out (or hidden after the lookup): look further
         if segmented:
-            results = self._by_best_segment(results, query[0], relevance)[:want]
+            results = self._by_best_segment(results, query[0], relevance, segments)[:want]
         return results
 
-    def _by_best_segment(self, results: list[SearchResult], query: np.ndarray,
-                         relevance: Relevance | None) -> list[SearchResult]:
+    def _by_best_segment(self, results: list[SearchResult], query: np.ndarray, relevance: Relevance | None,
+                         n: int = 1) -> list[SearchResult]:
         """Candidates made of segments (videos) scored by their best segment rather than by their pool, and
-        re-ordered: a still from one shot matches that shot, however many other shots dilute the pool."""
+        re-ordered: a still from one shot matches that shot, however many other shots dilute the pool. Each
+        names its best ``n`` segments (``search.segments``)."""
         for res in results:
             win = self._item_windows(res.id, res.space)
             if win is None or not len(win.vectors):
                 continue
-            scores = win.vectors @ query
-            best = int(np.argmax(scores))
-            res.score = float(scores[best])
-            res.relevance = relevance(res.score, res.id) if relevance else None
-            res.segment = {"start_s": round(float(win.spans[best][0]), 3), "end_s": round(float(win.spans[best][1]), 3),
-                           "score": round(res.score, 6), "window": best}
+            item_relevance = functools.partial(relevance, item=res.id) if relevance else None  # its bias, where measured
+            res.score = segs.attach(res, win.vectors @ query, win.spans, n, item_relevance)
+            res.relevance = item_relevance(res.score) if item_relevance else None
         return sorted(results, key=lambda x: -x.score)
 
     # windowed items (long audio, video): the best window -----------------------------------------------
 
-    def _add_segments(self, results: list[SearchResult], q: Query, *, text: str | None, item: int | None) -> None:
-        """For results pooled from several windows: the window that matches the query best, scored in the
+    def _add_segments(self, results: list[SearchResult], q: Query, *, text: str | None, item: int | None,
+                      n: int = 1) -> None:
+        """For results pooled from several windows: the ``n`` windows that match the query best, scored in the
         result's space (window vectors are native to the item's modality; carried through the alignment
         when the result came from the space it aligns into)."""
         for r in results:
@@ -454,9 +458,7 @@ class Searcher(QueryVectors):
                 scores = self._alignment.apply(win.vectors) @ self._vector(q, r.space, text=text, item=item)
             else:
                 continue
-            best = int(np.argmax(scores))
-            r.segment = {"start_s": round(float(win.spans[best][0]), 3), "end_s": round(float(win.spans[best][1]), 3),
-                         "score": round(float(scores[best]), 6), "window": best}
+            segs.attach(r, scores, win.spans, n)
 
     def _item_windows(self, item_id: int, space: str) -> Windows | None:
         where = self.catalog.vector_location(item_id, space)

@@ -255,6 +255,7 @@ class _Product:
         best: dict[str, Any] = {"id": b.id, "modality": b.modality, "column": (b.source or {}).get("column"),
                 "score": round(b.score, 6), "relevance": b.relevance, "space": b.space, "method": b.method,
                 "segment": b.segment, "lexical": round(b.lexical, 6) if b.lexical is not None else None,
+                "segments": b.segments,
                 **item_links(b.id, b.modality, b.segment)}
         if row:
             items = [{"id": int(it.id), "modality": it.modality, "column": it.source_column,

@@ -33,6 +33,7 @@ class SearchResult:
     relevance: float | None = None  # calibrated; None for an index version built before calibration
     rrf: float | None = None  # with fusion "rrf": the fused reciprocal-rank value the page is ordered by
     segment: dict[str, float] | None = None  # a windowed item's best-matching window
+    segments: list[dict[str, float]] | None = None  # on request: its best windows, best first (search.segments)
     source: dict[str, str] | None = None  # a manifest item: {"id": the source's key, "column": its media column}
     lexical: float | None = None  # its full-text score (bm25 on SQLite, ts_rank on PostgreSQL), when words matched
     exact: bool = False  # the query equals its source id (a SKU): first on the page
@@ -44,6 +45,8 @@ class SearchResult:
             out["rrf"] = round(self.rrf, 6)
         if self.segment is not None:
             out["segment"] = self.segment
+        if self.segments is not None:
+            out["segments"] = self.segments
         if self.source is not None:
             out["source"] = self.source
         if self.lexical is not None:

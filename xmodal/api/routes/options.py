@@ -15,9 +15,11 @@ from xmodal.api.schemas import (
     MAX_FILTER_TEXT,
     MAX_K,
     MAX_OFFSET,
+    MAX_SEGMENTS,
     MIN_RELEVANCE_DOC,
     MIN_SCORE_DOC,
     RECALL_DOC,
+    SEGMENTS_DOC,
     Fusion,
     GroupBy,
     PlainInt,
@@ -30,8 +32,8 @@ from xmodal.api.schemas import (
 
 
 class PageOptions:
-    """``target``, ``k``, ``offset``, ``filters`` (JSON text), ``recall``, ``fusion``, the cutoffs and the grouping
-    (``group_weights`` as JSON text), as a
+    """``target``, ``k``, ``offset``, ``filters`` (JSON text), ``recall``, ``fusion``, the cutoffs, the grouping
+    (``group_weights`` as JSON text) and ``segments``, as a
     FastAPI dependency (``Annotated[PageOptions, Depends()]``); :meth:`search_args` for the service."""
 
     def __init__(
@@ -48,11 +50,12 @@ class PageOptions:
         group_by: Annotated[GroupBy | None, Query(description=GROUP_BY_DOC)] = None,
         group_weights: Annotated[str | None, Query(max_length=MAX_FILTER_TEXT,
                                                    description=f"{GROUP_WEIGHTS_DOC}; as JSON text")] = None,
+        segments: Annotated[PlainInt, Query(ge=1, le=MAX_SEGMENTS, description=SEGMENTS_DOC)] = 1,
     ) -> None:
         self.args: dict[str, Any] = {"target": target, "k": k, "offset": offset, "filters": parse_filter_text(filters),
                                      "recall": recall, "fusion": fusion, "min_relevance": min_relevance,
                                      "min_score": min_score, "group_by": group_by,
-                                     "group_weights": parse_weights_text(group_weights)}
+                                     "group_weights": parse_weights_text(group_weights), "segments": segments}
 
     def search_args(self) -> dict[str, Any]:
         return dict(self.args)

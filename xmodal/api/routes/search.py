@@ -12,9 +12,11 @@ from xmodal.api.schemas import (
     MAX_FILTER_TEXT,
     MAX_K,
     MAX_OFFSET,
+    MAX_SEGMENTS,
     MIN_RELEVANCE_DOC,
     MIN_SCORE_DOC,
     RECALL_DOC,
+    SEGMENTS_DOC,
     CollectionName,
     Fusion,
     GroupBy,
@@ -47,7 +49,8 @@ def router(settings: Settings, *, errors: tuple[int, ...]) -> APIRouter:
                               offset=q.offset, filters=q.filters, recall=q.recall, fusion=q.fusion,
                               min_relevance=q.min_relevance, min_score=q.min_score, mode=q.mode,
                               group_by=q.group_by, group_weights=q.group_weights,
-                              sort=[key.model_dump() for key in q.sort or []], facets=q.facets)
+                              sort=[key.model_dump() for key in q.sort or []], facets=q.facets,
+                              segments=q.segments)
 
     @r.post("/search/upload", response_model=SearchResponse,
             responses=responses(*errors, 404, 415, 422, 503),
@@ -75,11 +78,12 @@ def router(settings: Settings, *, errors: tuple[int, ...]) -> APIRouter:
         group_by: Annotated[GroupBy | None, Form(description=GROUP_BY_DOC)] = None,
         group_weights: Annotated[str | None, Form(max_length=MAX_FILTER_TEXT,
                                                   description=f"{GROUP_WEIGHTS_DOC}; as JSON text")] = None,
+        segments: Annotated[PlainInt, Form(ge=1, le=MAX_SEGMENTS, description=SEGMENTS_DOC)] = 1,
     ) -> dict[str, Any]:
         return await service.search_upload(request=request, collection=collection, data=await file.read(),
                                            media_type=file.content_type or "", target=target, k=k, offset=offset,
                                            filters=parse_filter_text(filters), recall=recall, fusion=fusion,
                                            min_relevance=min_relevance, min_score=min_score, group_by=group_by,
-                                           group_weights=parse_weights_text(group_weights))
+                                           group_weights=parse_weights_text(group_weights), segments=segments)
 
     return r

@@ -5,6 +5,7 @@ import { facetNames, renderSort, showFacets, sortSpec } from "./facets.js";
 
 const K = 24;             // results a page
 const MAX_OFFSET = 900;   // the API's bound on offset
+const SEGMENTS = 4;       // matching segments asked for each video (and long sound): the best, then times to jump to
 const KEY_STORE = "xmodal.apikey";
 const MODALITY_LABELS = { image: "images", text: "text", audio: "audio", video: "videos" };
 const COUNTED = { image: ["image", "images"], text: ["text", "texts"], audio: ["sound", "sounds"],
@@ -331,7 +332,7 @@ async function run(query, offset) {
       const asked = query.kind === "text" ? { text: query.text, item_id: null } : {};
       body = await api("/v1/search", {
         method: "POST", signal, headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ collection: col, ...asked, target, k: K, offset, filters,
+        body: JSON.stringify({ collection: col, ...asked, target, k: K, offset, filters, segments: SEGMENTS,
           ...(query.kind === "text" ? { min_relevance: strong ? STRONG : null } : {}),
           ...(sort ? { sort } : {}), ...(facets ? { facets } : {}) }),
       });
@@ -342,11 +343,13 @@ async function run(query, offset) {
       form.append("target", target);
       form.append("k", String(K));
       form.append("offset", String(offset));
+      form.append("segments", String(SEGMENTS));
       if (filters) form.append("filters", JSON.stringify(filters));
       if (strong) form.append("min_relevance", String(STRONG));
       body = await api("/v1/search/upload", { method: "POST", body: form, signal });
     } else {
-      const params = new URLSearchParams({ collection: col, target, k: String(K), offset: String(offset) });
+      const params = new URLSearchParams({ collection: col, target, k: String(K), offset: String(offset),
+        segments: String(SEGMENTS) });
       if (strong) params.set("min_relevance", String(STRONG));
       body = await api(`/v1/items/${encodeURIComponent(query.id)}/similar?${params}`, { signal });
     }

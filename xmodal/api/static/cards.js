@@ -67,7 +67,8 @@ function clock(seconds) {
 }
 
 // a video result: a player on the file that starts at the matched segment (a media fragment, #t=start,end,
-// and a seek once the metadata is in), its thumbnail frame as the poster, the segment named beside it
+// and a seek once the metadata is in), its thumbnail frame as the poster, the segment named beside it; its
+// other matching segments (result.segments after the first) as times under it that seek the player
 function videoPlayer(result, name) {
   const seg = result.segment;
   const video = el("video", { controls: true, preload: "metadata", width: 320, height: 240,
@@ -81,10 +82,16 @@ function videoPlayer(result, name) {
     else fetchObjectUrl(result.thumbnail_url).then((url) => { video.poster = url; }).catch(() => {});
   }
   if (seg) video.addEventListener("loadedmetadata", () => { video.currentTime = seg.start_s; }, { once: true });
+  const others = Array.isArray(result.segments) ? result.segments.slice(1) : [];
+  const jumps = others.length ? el("div", { className: "segments" }, "also at ", ...others.map((s) =>
+    el("button", { type: "button", className: "link seek", textContent: clock(s.start_s),
+      title: `another matching part: ${s.start_s} s to ${s.end_s} s`,
+      attrs: { "aria-label": `play ${name} from ${clock(s.start_s)}` },
+      onclick: () => { video.currentTime = s.start_s; video.play().catch(() => {}); } }))) : null;
   return el("div", { className: "video" }, video, seg
     ? el("span", { className: "segment", textContent: `${clock(seg.start_s)}–${clock(seg.end_s)}`,
       title: `the matching part: ${seg.start_s} s to ${seg.end_s} s` })
-    : null);
+    : null, jumps);
 }
 
 export function card(result) {
