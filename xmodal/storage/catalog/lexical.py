@@ -4,7 +4,12 @@ brand matches beside the vectors.
 What an item's row holds (two columns):
 
 - ``fields``: a manifest item's source id and every string (or list of strings) of its manifest metadata
-  (title, brand, category, tags ...); the same for every item of a product;
+  (title, brand, category, tags ..., a short text media column too: the manifest reader copies it into the
+  row's metadata); the same for every item of a product. A collection may choose the columns instead
+  (``xmodal index --lexical title,brand``, kept in the collection's ``settings`` as ``lexical_fields``): then
+  only those columns' strings, and whole numbers (an EAN typed as an int), beside the source id, which is
+  always there. Changing the choice writes every item's row again in that transaction
+  (:meth:`LexicalQueries.set_lexical_fields`); no vector changes;
 - ``body``: a text item's text (the whole text as decoded, at most :data:`MAX_BODY_CHARS`), or, when the
   text is not at hand (a catalog indexed before this index existed, the Ray engine), its title and snippet.
 
@@ -23,6 +28,9 @@ Where it lives, by dialect:
 - PostgreSQL: a table ``item_lexical(item_id, collection_id, fields, body, terms)`` where ``terms`` is a
   generated ``tsvector`` (the ``simple`` configuration: no stemming; fields weight A, body D) under a GIN
   index; scored by ``ts_rank`` (weights {0.5, 0.5, 0.5, 1}, normalised by log length).
+
+The choice governs ``fields`` only: a text item (a text media column's own item) is always found by its
+``body``, whichever columns are chosen.
 
 The rows are written by :func:`refresh_words` inside the catalog's own transactions (shard commits, outcomes,
 metadata-only updates) and removed with deletes, so what a search finds is what the catalog says at once.
@@ -57,7 +65,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from xmodal.storage.catalog.engine import CatalogBase, chunks
-from xmodal.storage.catalog.tables import STATUS_DELETED, STATUS_OK, Item
+from xmodal.storage.catalog.tables import STATUS_DELETED, STATUS_OK, Collection, Item
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +92,7 @@ _SOURCE_DDL = {
     "sqlite": "CREATE INDEX IF NOT EXISTS ix_items_source_nocase ON items (collection_id, source_id COLLATE NOCASE)",
     "postgresql": "CREATE INDEX IF NOT EXISTS ix_items_source_lower ON items (collection_id, lower(source_id))",
 }
+FIELDS_SETTING = "lexical_fields"  # the collection setting: the manifest columns chosen (absent: every string)
 PG_WEIGHTS = "{0.5, 0.5, 0.5, 1.0}"  # D, C, B, A: fields (A) count twice the body (D), as on SQLite
 
 
@@ -110,16 +119,32 @@ def query_terms(value: str) -> list[str]:
     return list(out)
 
 
-def field_text(source_id: str | None, source_meta: Mapping[str, Any] | None) -> str:
-    """The tokenised ``fields`` column: the source id and the manifest's string values (lists of strings too)."""
+def field_text(source_id: str | None, source_meta: Mapping[str, Any] | None,
+               chosen: Sequence[str] | None = None) -> str:
+    """The tokenised ``fields`` column: the source id and the manifest's string values (lists of strings too),
+    of every column, or of the ``chosen`` ones only (their whole numbers too)."""
     words: list[str] = []
     if source_id:
         words += tokens(source_id)
-    for value in (source_meta or {}).values():
+    meta = source_meta or {}
+    for key in (meta if chosen is None else [c for c in chosen if c in meta]):
+        value = meta[key]
         for v in value if isinstance(value, list) else [value]:
             if isinstance(v, str):
                 words += tokens(v)
+            elif chosen is not None and isinstance(v, int) and not isinstance(v, bool):
+                words += tokens(str(v))
     return " ".join(words)
+
+
+def chosen_fields(s: Session, collection_ids: Iterable[int]) -> dict[int, list[str] | None]:
+    """Each collection's chosen columns (None: every string column, the default)."""
+    out: dict[int, list[str] | None] = {}
+    for chunk in chunks(sorted(set(collection_ids))):
+        for cid, settings in s.execute(select(Collection.id, Collection.settings).where(Collection.id.in_(chunk))):
+            fields = (settings or {}).get(FIELDS_SETTING)
+            out[int(cid)] = [str(f) for f in fields] if isinstance(fields, list) else None
+    return out
 
 
 def body_text(value: str) -> str:
@@ -138,7 +163,7 @@ def fallback_body(modality: str, meta: Mapping[str, Any] | None) -> str:
 
 def refresh_words(s: Session, item_ids: Iterable[int], bodies: Mapping[int, str | None] | None = None) -> None:
     """Rewrite the rows of these items from the ``items`` table as this transaction sees it: fields from the
-    source id and manifest metadata; the body from ``bodies`` (a text's whole text), else the row's own,
+    source id and manifest metadata (the collection's chosen columns, when it chose); the body from ``bodies`` (a text's whole text), else the row's own,
     else the title and snippet. A deleted item's row goes."""
     bodies = bodies or {}
     dialect = s.get_bind().dialect.name
@@ -147,15 +172,16 @@ def refresh_words(s: Session, item_ids: Iterable[int], bodies: Mapping[int, str 
             continue
         old = {int(i): str(b) for i, b in s.execute(_rows_body(dialect, chunk))}
         _delete(s, dialect, chunk)
+        items = list(s.execute(select(Item.id, Item.collection_id, Item.status, Item.modality, Item.source_id,
+                                      Item.source_meta, Item.meta).where(Item.id.in_(chunk))))
+        choice = chosen_fields(s, {int(row.collection_id) for row in items})
         rows = []
-        for item_id, collection_id, status, modality, source_id, source_meta, meta in s.execute(
-                select(Item.id, Item.collection_id, Item.status, Item.modality, Item.source_id, Item.source_meta,
-                       Item.meta).where(Item.id.in_(chunk))):
+        for item_id, collection_id, status, modality, source_id, source_meta, meta in items:
             if status == STATUS_DELETED:
                 continue
             given = bodies.get(int(item_id))
             body = body_text(given) if given else old.get(int(item_id)) or fallback_body(modality, meta)
-            fields = field_text(source_id, source_meta)
+            fields = field_text(source_id, source_meta, choice.get(int(collection_id)))
             if fields or body:
                 rows.append((int(item_id), int(collection_id), fields, body))
         _insert(s, dialect, rows)
@@ -226,6 +252,35 @@ class LexicalQueries(CatalogBase):
         if create:
             ensure(self.engine)
         self.lexical = exists(self.engine)  # False: a catalog made before it, not yet opened by `xmodal index`
+
+    def lexical_fields(self, collection_id: int) -> list[str] | None:
+        """The manifest columns the collection chose for its items' words (None: every string column)."""
+        with self.Session() as s:
+            return chosen_fields(s, [collection_id]).get(collection_id)
+
+    def set_lexical_fields(self, collection_id: int, fields: Sequence[str] | None) -> bool:
+        """Choose the manifest columns whose words every item of a product carries (None: every string column,
+        the default). When the choice changes, every item of the collection gets its words again in the
+        same transaction (bodies kept, no vector touched). Whether it changed."""
+        wanted = None if fields is None else list(dict.fromkeys(fields))
+        with self.Session.begin() as s:
+            row = s.get(Collection, collection_id, with_for_update=True)
+            if row is None:
+                raise ValueError(f"no collection with id {collection_id}")
+            settings = dict(row.settings or {})
+            if settings.get(FIELDS_SETTING) == wanted:
+                return False
+            if wanted is None:
+                settings.pop(FIELDS_SETTING, None)
+            else:
+                settings[FIELDS_SETTING] = wanted
+            row.settings = settings or None
+            s.flush()
+            if self.lexical:
+                refresh_words(s, [int(i) for i in s.scalars(select(Item.id).where(
+                    Item.collection_id == collection_id, Item.status != STATUS_DELETED))])
+        log.info("catalog: lexical fields of collection %d now %s", collection_id, wanted or "every string column")
+        return True
 
     def has_lexical(self, collection_id: int) -> bool:
         """Whether any item of the collection has words in the index."""

@@ -56,6 +56,8 @@ class Collection(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # what a run chose for the whole collection and later runs keep: {"lexical_fields": [...]} (see .lexical)
+    settings: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class Space(Base):
