@@ -41,6 +41,7 @@ index`` run), filled from the items as they are (:func:`ensure`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -49,7 +50,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Engine,
+    Integer,
+    String,
+    bindparam,
     column,
     delete,
     false,
@@ -292,39 +297,38 @@ class LexicalQueries(CatalogBase):
             return s.execute(q.limit(1)).first() is not None
 
     def lexical_search(self, collection_id: int, terms: Sequence[str], *, limit: int, where: Any = None,
-                       modality: str | None = None) -> list[tuple[Item, float]]:
+                       modality: str | None = None, bound: int | None = None) -> list[tuple[Item, float]]:
         """The ``ok`` items of the collection whose words hold the ``terms``, at most ``limit``: those with
         all of them first, then those with any, each group best score first (ties by id); ``where`` (a
         compiled filter) and ``modality`` narrow them. The index ranks its best candidates on its own (a
-        common word's thousands of matches are scored inside it), their ids are then narrowed, and only the
-        page's items are read."""
+        common word's thousands of matches are scored inside it; with ``bound``, only the newest ``bound``
+        of them: :func:`best`), their ids are then narrowed, and only the page's items are read."""
         if not terms or not self.lexical:
             return []
         chosen: list[tuple[int, float]] = []
         with self.Session() as s:
             for every in ((True, False) if len(terms) > 1 else (False,)):
                 chosen += self._best_ok(s, terms, every, collection_id, limit - len(chosen), where, modality,
-                                        {i for i, _ in chosen})
+                                        {i for i, _ in chosen}, bound)
                 if len(chosen) >= limit:
                     break
-            items = {int(it.id): it for it in s.scalars(select(Item).where(Item.id.in_([i for i, _ in chosen])))}
+            items = {int(it.id): it for it in s.scalars(_ITEMS, {"ids": [i for i, _ in chosen]})}
         return [(items[i], v) for i, v in chosen]
 
     def _best_ok(self, s: Any, terms: Sequence[str], every: bool, collection_id: int, limit: int, where: Any,
-                 modality: str | None, skip: set[int]) -> list[tuple[int, float]]:
+                 modality: str | None, skip: set[int], bound: int | None = None) -> list[tuple[int, float]]:
         """(id, score) of the best ``limit`` rows that hold all (``every``) or any of ``terms`` whose items
         are ok and pass the filters, ``skip`` left out; looks further (x4) when too many drop out."""
         fetch = max(4 * (limit + len(skip)), 64)
         while True:
-            top = [(int(i), float(v)) for i, v in s.execute(best(self.backend, terms, every, collection_id, fetch))
-                   if int(i) not in skip]
-            q = select(Item.id).where(Item.id.in_([i for i, _ in top]), Item.collection_id == collection_id,
-                                      Item.status == STATUS_OK)
+            top = [(int(i), float(v)) for i, v in s.execute(*best(self.backend, terms, every, collection_id, fetch,
+                                                                  bound)) if int(i) not in skip]
+            q = _OK_AMONG
             if where is not None:
                 q = q.where(where)
             if modality is not None:
                 q = q.where(Item.modality == modality)
-            kept = {int(i) for i in s.scalars(q)}
+            kept = {int(i) for i in s.scalars(q, {"ids": [i for i, _ in top], "cid": collection_id})}
             chosen = sorted(((i, v) for i, v in top if i in kept), key=lambda p: (-p[1], p[0]))[:limit]
             if len(chosen) >= limit or len(top) + len(skip) < fetch:
                 return chosen
@@ -336,14 +340,13 @@ class LexicalQueries(CatalogBase):
         value = value.strip()
         if not value:
             return []
-        q = (select(Item).where(Item.collection_id == collection_id, Item.status == STATUS_OK,
-                                self._same_source(value)).order_by(Item.id))
+        q = _of_source(self.backend)
         if where is not None:
             q = q.where(where)
         if modality is not None:
             q = q.where(Item.modality == modality)
         with self.Session() as s:
-            return list(s.scalars(q))
+            return list(s.scalars(q, {"cid": collection_id, "value": value, "lower": value.lower()}))
 
 
     def _same_source(self, value: str) -> Any:
@@ -366,18 +369,56 @@ class LexicalQueries(CatalogBase):
         return or_(*found) if found else false()
 
 
-def best(dialect: str, terms: Sequence[str], every: bool, collection_id: int, n: int) -> Any:
-    """(item id, score: higher is better) of the ``n`` best rows holding all (``every``) or any of ``terms``
-    (:func:`query_terms`), from the index alone (on SQLite of every collection: the caller checks it)."""
+@functools.cache
+def _of_source(dialect: str) -> Any:
+    """The ``ok`` items whose source id is ``:value`` (case-insensitive), built once (see :func:`best`)."""
+    value = bindparam("value", type_=String)
+    same = (Item.source_id.collate("NOCASE") == value if dialect == "sqlite"
+            else or_(func.lower(Item.source_id) == bindparam("lower", type_=String), Item.source_id == value))
+    return (select(Item).where(Item.collection_id == bindparam("cid"), Item.status == STATUS_OK, same)
+            .order_by(Item.id))
+
+
+def best(dialect: str, terms: Sequence[str], every: bool, collection_id: int, n: int,
+         bound: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """(statement, its parameters): (item id, score: higher is better) of the ``n`` best rows holding all
+    (``every``) or any of ``terms`` (:func:`query_terms`), from the index alone (on SQLite of every
+    collection: the caller checks it). ``bound``: score only the newest ``bound`` such rows (highest ids),
+    not every one: a common word's thousands of matches cost a score each (bm25, ts_rank), the newest few
+    hundred a fixed amount."""
+    words = _fts_words(terms, every) if dialect == "sqlite" else (" & " if every else " | ").join(terms)
+    params = {"words": words, "n": n, "cid": collection_id, **({"skip": bound - 1} if bound is not None else {})}
+    return _best_statement(dialect, bound is not None), params
+
+
+@functools.cache
+def _best_statement(dialect: str, bounded: bool) -> Any:
+    """:func:`best`'s statement, built once (a query's values are bound parameters): building one costs
+    more Python than the SQL of a rare word takes to run."""
+    words, n, skip = bindparam("words", type_=String), bindparam("n", type_=Integer), bindparam("skip", type_=Integer)
     if dialect == "sqlite":
         whole: Any = literal_column(TABLE)
         score = -func.bm25(whole, 2.0, 1.0)
-        return (select(fts.c.rowid, score).where(whole.op("MATCH")(_fts_words(terms, every))).order_by(score.desc())
-                .limit(n))
-    query = _tsquery(terms, every)
+        match = whole.op("MATCH")(words)
+        q = select(fts.c.rowid, score).where(match)
+        if bounded:  # FTS5 takes a rowid range as a constraint of its own scan
+            q = q.where(fts.c.rowid >= func.coalesce(select(fts.c.rowid).where(match).order_by(fts.c.rowid.desc())
+                                                      .offset(skip).limit(1).scalar_subquery(), 0))
+        return q.order_by(score.desc()).limit(n)
+    query = func.to_tsquery("simple", words)
     rank = func.ts_rank(literal_column(f"'{PG_WEIGHTS}'::float4[]"), pg.c.terms, query, 1)
-    return (select(pg.c.item_id, rank).where(pg.c.terms.op("@@")(query), pg.c.collection_id == collection_id)
-            .order_by(rank.desc()).limit(n))
+    found = [pg.c.terms.op("@@")(query), pg.c.collection_id == bindparam("cid", type_=BigInteger)]
+    q = select(pg.c.item_id, rank).where(*found)
+    if bounded:
+        q = q.where(pg.c.item_id >= func.coalesce(select(pg.c.item_id).where(*found).order_by(pg.c.item_id.desc())
+                                                  .offset(skip).limit(1).scalar_subquery(), 0))
+    return q.order_by(rank.desc()).limit(n)
+
+
+# the other statements of a lexical search, built once: the candidates' ids narrowed; items by id
+_OK_AMONG = select(Item.id).where(Item.id.in_(bindparam("ids", expanding=True)),
+                                  Item.collection_id == bindparam("cid"), Item.status == STATUS_OK)
+_ITEMS = select(Item).where(Item.id.in_(bindparam("ids", expanding=True)))
 
 
 def _fts_words(terms: Sequence[str], every: bool) -> str:
