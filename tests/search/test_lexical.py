@@ -254,3 +254,25 @@ def test_a_long_lived_searcher_turns_hybrid_on_when_a_run_brings_the_first_words
         assert outcome.results[0].id == target
     finally:
         searcher.close()
+
+
+@pytest.mark.backends
+def test_a_hybrid_query_scores_only_the_newest_matches_of_a_common_word(shop, monkeypatch) -> None:
+    """The hybrid lexical list is bounded (search.lexical.HYBRID_BOUND): a brand on 60 of the 300 items is
+    scored over its newest 10 rows only; lexical mode still ranks every match; a SKU is found either way."""
+    settings, _, rows = shop
+    acme = sorted(i for i, r in enumerate(rows) if r["brand"] == "Acme")
+    catalog = Catalog(settings.resolved_database_url, create=False)
+    try:
+        cid = catalog.collection_id("shop")
+        every = catalog.lexical_search(cid, ["acme"], limit=100)
+        bounded = catalog.lexical_search(cid, ["acme"], limit=100, bound=10)
+    finally:
+        catalog.close()
+    assert len(every) == 2 * len(acme) and {it.source_id for it, _ in every} == {f"SKU-{i:06d}" for i in acme}
+    newest = sorted((it.id for it, _ in every), reverse=True)[:10]
+    assert sorted(it.id for it, _ in bounded) == sorted(newest)
+    monkeypatch.setattr("xmodal.search.engine.HYBRID_BOUND", 10)
+    hybrid = [r for r in run(settings, "Acme", k=40, mode="hybrid") if r.lexical is not None]
+    assert hybrid and {r.id for r in hybrid} <= set(newest)
+    assert sources(run(settings, "SKU-000123", k=2, mode="hybrid")) == ["SKU-000123"] * 2

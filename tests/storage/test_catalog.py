@@ -486,6 +486,7 @@ def test_a_catalog_from_before_manifests_gains_their_columns_and_keeps_its_rows(
         if engine.dialect.name == "sqlite":
             conn.exec_driver_sql("DROP INDEX ix_items_source_id")
         conn.exec_driver_sql("DROP INDEX ix_items_collection_updated")
+        conn.exec_driver_sql("DROP INDEX ix_items_collection_hidden")  # the partial index of hidden_since
         conn.exec_driver_sql("DROP TABLE item_lexical")  # the full-text index came later still
         conn.exec_driver_sql("DROP INDEX IF EXISTS ix_items_source_nocase")
         conn.exec_driver_sql("DROP INDEX IF EXISTS ix_items_source_lower")
@@ -501,6 +502,7 @@ def test_a_catalog_from_before_manifests_gains_their_columns_and_keeps_its_rows(
             c["name"] for c in inspector.get_columns("items")}
         assert any(ix["column_names"] == ["source_id"] for ix in inspector.get_indexes("items"))
         assert any(ix["column_names"] == ["collection_id", "updated_at"] for ix in inspector.get_indexes("items"))
+        assert "ix_items_collection_hidden" in {ix["name"] for ix in inspector.get_indexes("items")}
         assert inspector.has_table("item_lexical") and catalog.lexical
         assert catalog.item_states(cid)["/m/a.jpg"].id == ids["/m/a.jpg"]
         new = catalog.add_source_items(cid, [("manifest:P1#image", "https://x/p1.jpg", "image", "P1", "image")])

@@ -113,6 +113,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
                       f"over {c['pairs']:,} pairs ({c['queries']} as queries, {c['targets']:,} candidates)")
         else:
             print("    calibration: none (built before calibration: the next `xmodal index` adds it)")
+    lexical = stats["lexical"]
+    if lexical["indexed"]:
+        fields = lexical["fields"]
+        print("  lexical fields: " + (", ".join(["id", *fields]) if fields is not None
+                                      else "id, every string column (default)") + "; text items by their text")
     print(f"  device: {device_words(stats['device'])}")
     failed = stats["failed"]
     if failed["count"]:

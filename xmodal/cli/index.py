@@ -25,6 +25,13 @@ def _media_columns(values: list[str]) -> dict[str, str | None]:
     return out
 
 
+def _fields(chosen: list[str] | None) -> str:
+    """The lexical fields of a collection, in words."""
+    if chosen is None:
+        return "id, every string column (default)"
+    return ", ".join(["id", *chosen])
+
+
 def _unchanged(s: Any) -> str:
     """The summary's unchanged count, saying how many of them stay failed (so it agrees with the totals)."""
     return f"unchanged {s.unchanged}" + (f" ({s.still_failed} still failed)" if s.still_failed else "")
@@ -43,11 +50,14 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise UserError("give folders or files to index, or --manifest FILE (not both)")
     media = _media_columns(args.media) if args.media else None
     column_types = dict(_pair(v, "--column-type") for v in args.column_type or [])
+    lexical = args.lexical.split(",") if args.lexical is not None else None
+    if lexical is not None and not args.manifest:
+        raise UserError("--lexical chooses a manifest's columns: give it with --manifest FILE")
     if args.manifest and args.dry_run:
         from xmodal.indexer.pipeline import plan_manifest
 
         plan = plan_manifest(settings, args.manifest, args.collection, media=media, column_types=column_types,
-                             retry_failed=args.retry_failed)
+                             retry_failed=args.retry_failed, lexical=lexical)
         if args.json:
             dump(plan)
             return 0
@@ -62,6 +72,8 @@ def cmd_index(args: argparse.Namespace) -> int:
             print(f"  problem: {problem}")
         if plan["held"]:
             print(f"  {plan['held']} deletes would be held back: some rows could not be read far enough to know their id")
+        print(f"lexical fields: {_fields(plan['lexical_fields'])}"
+              + (" (every item's words would be written again)" if plan["would_refill_words"] else ""))
         print("the index would be rebuilt" if plan["would_rebuild_index"] else "the index would stay as it is")
         return 0
     if args.dry_run:
@@ -85,7 +97,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
             summary = index_manifest(settings, args.manifest, args.collection, media=media,
                                      column_types=column_types, progress=not args.no_progress,
-                                     retry_failed=args.retry_failed, engine=args.engine, ray_address=args.ray_address)
+                                     retry_failed=args.retry_failed, engine=args.engine, ray_address=args.ray_address,
+                                     lexical=lexical)
         else:
             summary = index_sources(settings, args.sources, args.collection, progress=not args.no_progress,
                                     retry_failed=args.retry_failed, engine=args.engine, ray_address=args.ray_address)
@@ -107,6 +120,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         print(f"{s.collection}: {m['entries']} entries from {m['rows']} manifest rows | inserted {m['inserted']} | "
               f"updated {m['updated']} | metadata {m['metadata_updated']} | deleted {m['deleted']} | ok {s.ok} | "
               f"failed {s.failed} | {_unchanged(s)} | rows skipped {m['skipped_rows']}")
+        print(f"lexical fields: {_fields(m.get('lexical_fields'))}"
+              + (" (every item's words written again)" if m.get("words_refilled") else ""))
     else:
         print(f"{s.collection}: {s.scanned} files scanned, {s.new} new | ok {s.ok} | failed {s.failed} | "
               f"{_unchanged(s)} | deleted {s.deleted}")

@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--column-type", action="append", metavar="COL=TYPE",
                    help="type of a metadata column: str, int, float, bool or list (e.g. --column-type sku=str; "
                         "title, category, brand are str, price float and tags list unless told otherwise)")
+    p.add_argument("--lexical", metavar="COL,COL",
+                   help="the manifest columns whose words a keyword search finds, beside the id (e.g. "
+                        "title,brand,description); kept for later runs, and a new choice rewrites the words "
+                        "(no re-embedding); '*': every string column, the default")
     _collection(p, "the collection to create or update")
     _model_flags(p)
     p.add_argument("--batch-size", type=_positive, metavar="N",

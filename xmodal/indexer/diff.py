@@ -266,14 +266,17 @@ def plan_sources(settings: Settings, sources: Iterable[Path], collection: str, *
 
 def plan_manifest(settings: Settings, manifest: Path, collection: str, *, media: dict[str, str | None] | None = None,
                   column_types: dict[str, str] | None = None, retry_failed: bool = False,
-                  limit: int = 20) -> dict[str, Any]:
+                  limit: int = 20, lexical: list[str] | None = None) -> dict[str, Any]:
     """What ``xmodal index --manifest`` would do (``--dry-run``): the run's own decisions, read only.
     ``updated`` entries have new media (fetched and embedded again), ``metadata_updated`` only new
-    metadata (written in place, the vector kept)."""
+    metadata (written in place, the vector kept); ``lexical_fields`` the columns the words would come from
+    (None: every string column), ``would_refill_words`` whether a new ``lexical`` choice rewrites them."""
     reader = read_manifest(manifest, media=media, column_types=column_types)
+    fields = reader.lexical_fields(lexical) if lexical is not None else None
     catalog, cid = _read_only(settings, collection)
     try:
         models = RunModels(settings, collection, catalog.spaces(cid) if catalog and cid else [])
+        recorded = catalog.lexical_fields(cid) if catalog is not None and cid is not None else None
         plan, _ = decide_manifest(catalog, cid, models, reader, retry_failed=retry_failed,
                                   follow_external=settings.follow_external_symlinks)
     finally:
@@ -290,6 +293,8 @@ def plan_manifest(settings: Settings, manifest: Path, collection: str, *, media:
         "problems": [str(p) for p in report.problems[:limit]],
         "examples": {**_examples(plan, limit), **({"deleted": plan.deleted[:limit]} if plan.deleted else {})},
         "plan": plan.summary(),
+        "lexical_fields": fields if lexical is not None else recorded,
+        "would_refill_words": lexical is not None and cid is not None and fields != recorded,
     }
     out["would_rebuild_index"] = bool(plan.work or plan.deletes)
     return out

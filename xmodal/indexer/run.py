@@ -312,15 +312,23 @@ def fault_from_env() -> Callable[[str], None] | None:
 def index_manifest(settings: Settings, manifest: Path, collection: str, *,
                    media: dict[str, str | None] | None = None, column_types: dict[str, str] | None = None,
                    progress: bool = True, retry_failed: bool = False, crash_at: Callable[[str], None] | None = None,
-                   engine: str = "local", ray_address: str | None = None) -> RunSummary:
+                   engine: str = "local", ray_address: str | None = None,
+                   lexical: Sequence[str] | None = None) -> RunSummary:
     """Index the entries of a manifest (CSV, TSV, JSONL, Parquet; see ``indexer.manifest``) into a
-    collection: its manifest items become exactly the manifest's entries."""
+    collection: its manifest items become exactly the manifest's entries. ``lexical``: the columns whose
+    words every item of a product carries (``["*"]``: every string column), kept by the collection for later
+    runs (None keeps the recorded choice); a new choice writes the collection's words again, first."""
     reader = read_manifest(manifest, media=media, column_types=column_types, progress=progress)  # fails fast
+    fields = reader.lexical_fields(lexical) if lexical is not None else None  # an unknown column fails here
     with collection_lock(settings.home, collection, settings.resolved_database_url):
         run = IndexRun(settings, collection, progress=progress, crash_at=crash_at, engine=engine,
                        ray_address=ray_address)
         try:
-            return run.run([], retry_failed=retry_failed, manifest=reader)
+            refilled = lexical is not None and run.catalog.set_lexical_fields(run.collection_id, fields)
+            summary = run.run([], retry_failed=retry_failed, manifest=reader)
+            summary.manifest["lexical_fields"] = run.catalog.lexical_fields(run.collection_id)
+            summary.manifest["words_refilled"] = refilled
+            return summary
         finally:
             run.catalog.close()
 

@@ -30,7 +30,14 @@ from xmodal.errors import UserError
 from xmodal.media.types import MediaLimits
 from xmodal.search import segments as segs
 from xmodal.search.filters import Filter
-from xmodal.search.lexical import HYBRID_FUSION, choose_mode, fuse, lexical_fusion, lexical_results
+from xmodal.search.lexical import (
+    HYBRID_BOUND,
+    HYBRID_FUSION,
+    choose_mode,
+    fuse,
+    lexical_fusion,
+    lexical_results,
+)
 from xmodal.search.plans import EMPTY, POST, UNFILTERED, Plan, Planner, hydrate, operating_point
 from xmodal.search.queries import Query, QueryVectors
 from xmodal.search.results import (
@@ -267,7 +274,7 @@ class Searcher(QueryVectors):
                                      arrange=arrange)
         want = max(k + offset, window or 0)
         words = _WORDS.submit(lexical_results, self.catalog, self.collection_id, cast(str, text), want=want,
-                              where=where, target=target) if mode == HYBRID else None  # beside the vector search
+                              where=where, target=target, bound=HYBRID_BOUND) if mode == HYBRID else None
         q = self._query(text=text, media=named or ((*media, "the upload") if media is not None else None), item=item,
                         stop=stop)
         routes = self.routes(q.modality, target)

@@ -8,7 +8,10 @@
   list (targets merged as the request says) and the lexical list, each ``k + offset`` long, fused by
   reciprocal rank, ``rrf = sum 1/(60 + rank)`` (:data:`HYBRID_FUSION`). A result found by both says
   ``method: "hybrid"`` and keeps its vector score, relevance and space; one found by words only is a
-  lexical result as above.
+  lexical result as above. The hybrid lexical list scores at most :data:`HYBRID_BOUND` matches of each
+  step (all words, then any), the newest: a rare word (a SKU, a model number, a small brand) is scored
+  over every match as in ``lexical`` mode, a common one ("red", a large brand) over its newest matches,
+  so its cost stays fixed as the catalog grows (measured: docs/benchmarks/lexical.md).
 
 In the lexical and hybrid modes a query equal to a manifest row's source id (a SKU; case-insensitive,
 surrounding spaces ignored) puts that row's items first (``exact: true``), by id. Filters (``where``) and
@@ -25,6 +28,8 @@ from xmodal.spaces import ANY
 from xmodal.storage.catalog import Catalog, Item
 from xmodal.storage.catalog.lexical import query_terms
 
+#: a hybrid query's lexical list scores at most this many matches of its words, the newest (highest ids)
+HYBRID_BOUND = 500
 HYBRID_FUSION = f"rrf(k={RRF_K}) of the vector and lexical lists, exact source id first"
 
 
@@ -47,14 +52,15 @@ def lexical_fusion(backend: str) -> str:
 
 
 def lexical_results(catalog: Catalog, collection_id: int, text: str, *, want: int, where: Any,
-                    target: str) -> list[SearchResult]:
-    """The exact source-id match first, then the best ``want`` items by their words (without repeating it)."""
+                    target: str, bound: int | None = None) -> list[SearchResult]:
+    """The exact source-id match first, then the best ``want`` items by their words (without repeating it);
+    ``bound``: scored among the newest ``bound`` matches of each step (:data:`HYBRID_BOUND`)."""
     modality = None if target == ANY else target
     exact = [_result(it, None, exact=True) for it in catalog.items_of_source(collection_id, text, where=where,
                                                                              modality=modality)]
     seen = {r.id for r in exact}
     found = catalog.lexical_search(collection_id, query_terms(text), limit=want + len(seen), where=where,
-                                   modality=modality)
+                                   modality=modality, bound=bound)
     return exact + [_result(it, score) for it, score in found if it.id not in seen][:want]
 
 

@@ -56,4 +56,5 @@ def collection_stats(catalog: Catalog, collection: str) -> dict[str, Any]:
         "failed": failed_summary(catalog, cid),
         "spaces": spaces,
         "index": indexes,
+        "lexical": {"fields": catalog.lexical_fields(cid), "indexed": catalog.has_lexical(cid)},
     }

@@ -35,6 +35,8 @@ from xmodal.spaces import MODALITIES as _MODALITIES
 
 MODALITIES: frozenset[str] = frozenset(_MODALITIES)  # what a --media column may be (the spaces table's)
 DEFAULT_MEDIA: Mapping[str, str | None] = {"uri": None}
+#: ``--lexical *``: every string column gives words (the default)
+ALL_WORDS = "*"
 #: a text media value up to this long is also one of the row's fields (every item of the row carries it)
 ROW_TEXT_MAX_CHARS = 256
 
@@ -71,11 +73,12 @@ class ManifestReader(_RowReader):
         self.report = ReadReport()
         self._first_seen: dict[str, int] = {}  # id -> line (or row) of the row that gave its entries
         self._check_file()
+        self.header: list[str] | None = None  # the checked column names (JSONL has none)
         if self.format in ("csv", "tsv"):
             with self._open_text() as (_, text):
-                self._check_header(self._csv_header(self._csv_reader(text)), what="header")
+                self.header = self._check_header(self._csv_header(self._csv_reader(text)), what="header")
         elif self.format == "parquet":
-            self._check_header(self._parquet_names(), what="schema")
+            self.header = self._check_header(self._parquet_names(), what="schema")
 
     # --- arguments and file -----------------------------------------------------------------
 
@@ -121,6 +124,43 @@ class ManifestReader(_RowReader):
             raise ManifestError("not a regular file", path=self._name)
         if not os.access(self.path, os.R_OK):
             raise ManifestError("cannot read: permission denied", path=self._name)
+
+    # --- lexical fields -------------------------------------------------------------------------
+
+    def word_columns(self) -> list[str]:
+        """The columns that can give a product's words: metadata columns and text media columns (``id`` is
+        always in the words). CSV, TSV, Parquet: from the header; JSONL: the keys of its lines (one pass)."""
+        names = self.header
+        if names is None:
+            names = []
+            seen: set[str] = set()
+            for _, _, values, _ in self._jsonl_rows():
+                for key in values:
+                    name = _column_name(key)
+                    if name not in seen:
+                        seen.add(name)
+                        names.append(name)
+            self.report = ReadReport()
+        return sorted({n for n in names if n and n != ID_COLUMN and self.media.get(n, "text") == "text"})
+
+    def lexical_fields(self, names: Collection[str]) -> list[str] | None:
+        """The columns ``--lexical`` chose, checked against :meth:`word_columns` (``*``: every string column,
+        the default: None). An unknown name raises :class:`ManifestError` naming the known ones."""
+        wanted = list(dict.fromkeys(_column_name(n) for n in names if _column_name(n)))
+        if not wanted:
+            raise ManifestError("--lexical names no column (give COL,COL,... or * for every string column)",
+                                path=self._name)
+        if ALL_WORDS in wanted:
+            if len(wanted) > 1:
+                raise ManifestError(f"--lexical {ALL_WORDS} stands alone (every string column)", path=self._name)
+            return None
+        known = self.word_columns()
+        unknown = [n for n in wanted if n != ID_COLUMN and n not in known]
+        if unknown:
+            raise ManifestError(
+                f"--lexical: no column {_show(unknown)} that gives words; known columns: "
+                f"{_show(known) if known else 'none'} (the id is always in)", path=self._name)
+        return [n for n in wanted if n != ID_COLUMN]
 
     # --- iteration ----------------------------------------------------------------------------
 

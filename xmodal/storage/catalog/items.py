@@ -170,7 +170,7 @@ class ItemQueries(CatalogBase):
     def hidden_since(self, collection_id: int, since: datetime) -> list[int]:
         """Ids of the collection's items that stopped being servable (deleted, failed, pending) at or
         after ``since``: what an index version built before then may still hold."""
-        q = select(Item.id).where(
+        q = select(Item.id).where(  # `status != 'ok'` as written: the partial index ix_items_collection_hidden
             Item.collection_id == collection_id, Item.status != STATUS_OK, Item.updated_at >= since,
         )
         with self.Session() as s:

@@ -4,7 +4,12 @@ brand matches beside the vectors.
 What an item's row holds (two columns):
 
 - ``fields``: a manifest item's source id and every string (or list of strings) of its manifest metadata
-  (title, brand, category, tags ...); the same for every item of a product;
+  (title, brand, category, tags ..., a short text media column too: the manifest reader copies it into the
+  row's metadata); the same for every item of a product. A collection may choose the columns instead
+  (``xmodal index --lexical title,brand``, kept in the collection's ``settings`` as ``lexical_fields``): then
+  only those columns' strings, and whole numbers (an EAN typed as an int), beside the source id, which is
+  always there. Changing the choice writes every item's row again in that transaction
+  (:meth:`LexicalQueries.set_lexical_fields`); no vector changes;
 - ``body``: a text item's text (the whole text as decoded, at most :data:`MAX_BODY_CHARS`), or, when the
   text is not at hand (a catalog indexed before this index existed, the Ray engine), its title and snippet.
 
@@ -24,6 +29,9 @@ Where it lives, by dialect:
   generated ``tsvector`` (the ``simple`` configuration: no stemming; fields weight A, body D) under a GIN
   index; scored by ``ts_rank`` (weights {0.5, 0.5, 0.5, 1}, normalised by log length).
 
+The choice governs ``fields`` only: a text item (a text media column's own item) is always found by its
+``body``, whichever columns are chosen.
+
 The rows are written by :func:`refresh_words` inside the catalog's own transactions (shard commits, outcomes,
 metadata-only updates) and removed with deletes, so what a search finds is what the catalog says at once.
 A row whose item is not ``ok`` stays until the item is deleted; searches join ``items`` and keep ``ok``
@@ -33,6 +41,7 @@ index`` run), filled from the items as they are (:func:`ensure`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -41,7 +50,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Engine,
+    Integer,
+    String,
+    bindparam,
     column,
     delete,
     false,
@@ -57,7 +70,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from xmodal.storage.catalog.engine import CatalogBase, chunks
-from xmodal.storage.catalog.tables import STATUS_DELETED, STATUS_OK, Item
+from xmodal.storage.catalog.tables import STATUS_DELETED, STATUS_OK, Collection, Item
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +97,7 @@ _SOURCE_DDL = {
     "sqlite": "CREATE INDEX IF NOT EXISTS ix_items_source_nocase ON items (collection_id, source_id COLLATE NOCASE)",
     "postgresql": "CREATE INDEX IF NOT EXISTS ix_items_source_lower ON items (collection_id, lower(source_id))",
 }
+FIELDS_SETTING = "lexical_fields"  # the collection setting: the manifest columns chosen (absent: every string)
 PG_WEIGHTS = "{0.5, 0.5, 0.5, 1.0}"  # D, C, B, A: fields (A) count twice the body (D), as on SQLite
 
 
@@ -110,16 +124,32 @@ def query_terms(value: str) -> list[str]:
     return list(out)
 
 
-def field_text(source_id: str | None, source_meta: Mapping[str, Any] | None) -> str:
-    """The tokenised ``fields`` column: the source id and the manifest's string values (lists of strings too)."""
+def field_text(source_id: str | None, source_meta: Mapping[str, Any] | None,
+               chosen: Sequence[str] | None = None) -> str:
+    """The tokenised ``fields`` column: the source id and the manifest's string values (lists of strings too),
+    of every column, or of the ``chosen`` ones only (their whole numbers too)."""
     words: list[str] = []
     if source_id:
         words += tokens(source_id)
-    for value in (source_meta or {}).values():
+    meta = source_meta or {}
+    for key in (meta if chosen is None else [c for c in chosen if c in meta]):
+        value = meta[key]
         for v in value if isinstance(value, list) else [value]:
             if isinstance(v, str):
                 words += tokens(v)
+            elif chosen is not None and isinstance(v, int) and not isinstance(v, bool):
+                words += tokens(str(v))
     return " ".join(words)
+
+
+def chosen_fields(s: Session, collection_ids: Iterable[int]) -> dict[int, list[str] | None]:
+    """Each collection's chosen columns (None: every string column, the default)."""
+    out: dict[int, list[str] | None] = {}
+    for chunk in chunks(sorted(set(collection_ids))):
+        for cid, settings in s.execute(select(Collection.id, Collection.settings).where(Collection.id.in_(chunk))):
+            fields = (settings or {}).get(FIELDS_SETTING)
+            out[int(cid)] = [str(f) for f in fields] if isinstance(fields, list) else None
+    return out
 
 
 def body_text(value: str) -> str:
@@ -138,7 +168,7 @@ def fallback_body(modality: str, meta: Mapping[str, Any] | None) -> str:
 
 def refresh_words(s: Session, item_ids: Iterable[int], bodies: Mapping[int, str | None] | None = None) -> None:
     """Rewrite the rows of these items from the ``items`` table as this transaction sees it: fields from the
-    source id and manifest metadata; the body from ``bodies`` (a text's whole text), else the row's own,
+    source id and manifest metadata (the collection's chosen columns, when it chose); the body from ``bodies`` (a text's whole text), else the row's own,
     else the title and snippet. A deleted item's row goes."""
     bodies = bodies or {}
     dialect = s.get_bind().dialect.name
@@ -147,15 +177,16 @@ def refresh_words(s: Session, item_ids: Iterable[int], bodies: Mapping[int, str 
             continue
         old = {int(i): str(b) for i, b in s.execute(_rows_body(dialect, chunk))}
         _delete(s, dialect, chunk)
+        items = list(s.execute(select(Item.id, Item.collection_id, Item.status, Item.modality, Item.source_id,
+                                      Item.source_meta, Item.meta).where(Item.id.in_(chunk))))
+        choice = chosen_fields(s, {int(row.collection_id) for row in items})
         rows = []
-        for item_id, collection_id, status, modality, source_id, source_meta, meta in s.execute(
-                select(Item.id, Item.collection_id, Item.status, Item.modality, Item.source_id, Item.source_meta,
-                       Item.meta).where(Item.id.in_(chunk))):
+        for item_id, collection_id, status, modality, source_id, source_meta, meta in items:
             if status == STATUS_DELETED:
                 continue
             given = bodies.get(int(item_id))
             body = body_text(given) if given else old.get(int(item_id)) or fallback_body(modality, meta)
-            fields = field_text(source_id, source_meta)
+            fields = field_text(source_id, source_meta, choice.get(int(collection_id)))
             if fields or body:
                 rows.append((int(item_id), int(collection_id), fields, body))
         _insert(s, dialect, rows)
@@ -227,6 +258,35 @@ class LexicalQueries(CatalogBase):
             ensure(self.engine)
         self.lexical = exists(self.engine)  # False: a catalog made before it, not yet opened by `xmodal index`
 
+    def lexical_fields(self, collection_id: int) -> list[str] | None:
+        """The manifest columns the collection chose for its items' words (None: every string column)."""
+        with self.Session() as s:
+            return chosen_fields(s, [collection_id]).get(collection_id)
+
+    def set_lexical_fields(self, collection_id: int, fields: Sequence[str] | None) -> bool:
+        """Choose the manifest columns whose words every item of a product carries (None: every string column,
+        the default). When the choice changes, every item of the collection gets its words again in the
+        same transaction (bodies kept, no vector touched). Whether it changed."""
+        wanted = None if fields is None else list(dict.fromkeys(fields))
+        with self.Session.begin() as s:
+            row = s.get(Collection, collection_id, with_for_update=True)
+            if row is None:
+                raise ValueError(f"no collection with id {collection_id}")
+            settings = dict(row.settings or {})
+            if settings.get(FIELDS_SETTING) == wanted:
+                return False
+            if wanted is None:
+                settings.pop(FIELDS_SETTING, None)
+            else:
+                settings[FIELDS_SETTING] = wanted
+            row.settings = settings or None
+            s.flush()
+            if self.lexical:
+                refresh_words(s, [int(i) for i in s.scalars(select(Item.id).where(
+                    Item.collection_id == collection_id, Item.status != STATUS_DELETED))])
+        log.info("catalog: lexical fields of collection %d now %s", collection_id, wanted or "every string column")
+        return True
+
     def has_lexical(self, collection_id: int) -> bool:
         """Whether any item of the collection has words in the index."""
         if not self.lexical:
@@ -237,39 +297,38 @@ class LexicalQueries(CatalogBase):
             return s.execute(q.limit(1)).first() is not None
 
     def lexical_search(self, collection_id: int, terms: Sequence[str], *, limit: int, where: Any = None,
-                       modality: str | None = None) -> list[tuple[Item, float]]:
+                       modality: str | None = None, bound: int | None = None) -> list[tuple[Item, float]]:
         """The ``ok`` items of the collection whose words hold the ``terms``, at most ``limit``: those with
         all of them first, then those with any, each group best score first (ties by id); ``where`` (a
         compiled filter) and ``modality`` narrow them. The index ranks its best candidates on its own (a
-        common word's thousands of matches are scored inside it), their ids are then narrowed, and only the
-        page's items are read."""
+        common word's thousands of matches are scored inside it; with ``bound``, only the newest ``bound``
+        of them: :func:`best`), their ids are then narrowed, and only the page's items are read."""
         if not terms or not self.lexical:
             return []
         chosen: list[tuple[int, float]] = []
         with self.Session() as s:
             for every in ((True, False) if len(terms) > 1 else (False,)):
                 chosen += self._best_ok(s, terms, every, collection_id, limit - len(chosen), where, modality,
-                                        {i for i, _ in chosen})
+                                        {i for i, _ in chosen}, bound)
                 if len(chosen) >= limit:
                     break
-            items = {int(it.id): it for it in s.scalars(select(Item).where(Item.id.in_([i for i, _ in chosen])))}
+            items = {int(it.id): it for it in s.scalars(_ITEMS, {"ids": [i for i, _ in chosen]})}
         return [(items[i], v) for i, v in chosen]
 
     def _best_ok(self, s: Any, terms: Sequence[str], every: bool, collection_id: int, limit: int, where: Any,
-                 modality: str | None, skip: set[int]) -> list[tuple[int, float]]:
+                 modality: str | None, skip: set[int], bound: int | None = None) -> list[tuple[int, float]]:
         """(id, score) of the best ``limit`` rows that hold all (``every``) or any of ``terms`` whose items
         are ok and pass the filters, ``skip`` left out; looks further (x4) when too many drop out."""
         fetch = max(4 * (limit + len(skip)), 64)
         while True:
-            top = [(int(i), float(v)) for i, v in s.execute(best(self.backend, terms, every, collection_id, fetch))
-                   if int(i) not in skip]
-            q = select(Item.id).where(Item.id.in_([i for i, _ in top]), Item.collection_id == collection_id,
-                                      Item.status == STATUS_OK)
+            top = [(int(i), float(v)) for i, v in s.execute(*best(self.backend, terms, every, collection_id, fetch,
+                                                                  bound)) if int(i) not in skip]
+            q = _OK_AMONG
             if where is not None:
                 q = q.where(where)
             if modality is not None:
                 q = q.where(Item.modality == modality)
-            kept = {int(i) for i in s.scalars(q)}
+            kept = {int(i) for i in s.scalars(q, {"ids": [i for i, _ in top], "cid": collection_id})}
             chosen = sorted(((i, v) for i, v in top if i in kept), key=lambda p: (-p[1], p[0]))[:limit]
             if len(chosen) >= limit or len(top) + len(skip) < fetch:
                 return chosen
@@ -281,14 +340,13 @@ class LexicalQueries(CatalogBase):
         value = value.strip()
         if not value:
             return []
-        q = (select(Item).where(Item.collection_id == collection_id, Item.status == STATUS_OK,
-                                self._same_source(value)).order_by(Item.id))
+        q = _of_source(self.backend)
         if where is not None:
             q = q.where(where)
         if modality is not None:
             q = q.where(Item.modality == modality)
         with self.Session() as s:
-            return list(s.scalars(q))
+            return list(s.scalars(q, {"cid": collection_id, "value": value, "lower": value.lower()}))
 
 
     def _same_source(self, value: str) -> Any:
@@ -311,18 +369,56 @@ class LexicalQueries(CatalogBase):
         return or_(*found) if found else false()
 
 
-def best(dialect: str, terms: Sequence[str], every: bool, collection_id: int, n: int) -> Any:
-    """(item id, score: higher is better) of the ``n`` best rows holding all (``every``) or any of ``terms``
-    (:func:`query_terms`), from the index alone (on SQLite of every collection: the caller checks it)."""
+@functools.cache
+def _of_source(dialect: str) -> Any:
+    """The ``ok`` items whose source id is ``:value`` (case-insensitive), built once (see :func:`best`)."""
+    value = bindparam("value", type_=String)
+    same = (Item.source_id.collate("NOCASE") == value if dialect == "sqlite"
+            else or_(func.lower(Item.source_id) == bindparam("lower", type_=String), Item.source_id == value))
+    return (select(Item).where(Item.collection_id == bindparam("cid"), Item.status == STATUS_OK, same)
+            .order_by(Item.id))
+
+
+def best(dialect: str, terms: Sequence[str], every: bool, collection_id: int, n: int,
+         bound: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """(statement, its parameters): (item id, score: higher is better) of the ``n`` best rows holding all
+    (``every``) or any of ``terms`` (:func:`query_terms`), from the index alone (on SQLite of every
+    collection: the caller checks it). ``bound``: score only the newest ``bound`` such rows (highest ids),
+    not every one: a common word's thousands of matches cost a score each (bm25, ts_rank), the newest few
+    hundred a fixed amount."""
+    words = _fts_words(terms, every) if dialect == "sqlite" else (" & " if every else " | ").join(terms)
+    params = {"words": words, "n": n, "cid": collection_id, **({"skip": bound - 1} if bound is not None else {})}
+    return _best_statement(dialect, bound is not None), params
+
+
+@functools.cache
+def _best_statement(dialect: str, bounded: bool) -> Any:
+    """:func:`best`'s statement, built once (a query's values are bound parameters): building one costs
+    more Python than the SQL of a rare word takes to run."""
+    words, n, skip = bindparam("words", type_=String), bindparam("n", type_=Integer), bindparam("skip", type_=Integer)
     if dialect == "sqlite":
         whole: Any = literal_column(TABLE)
         score = -func.bm25(whole, 2.0, 1.0)
-        return (select(fts.c.rowid, score).where(whole.op("MATCH")(_fts_words(terms, every))).order_by(score.desc())
-                .limit(n))
-    query = _tsquery(terms, every)
+        match = whole.op("MATCH")(words)
+        q = select(fts.c.rowid, score).where(match)
+        if bounded:  # FTS5 takes a rowid range as a constraint of its own scan
+            q = q.where(fts.c.rowid >= func.coalesce(select(fts.c.rowid).where(match).order_by(fts.c.rowid.desc())
+                                                      .offset(skip).limit(1).scalar_subquery(), 0))
+        return q.order_by(score.desc()).limit(n)
+    query = func.to_tsquery("simple", words)
     rank = func.ts_rank(literal_column(f"'{PG_WEIGHTS}'::float4[]"), pg.c.terms, query, 1)
-    return (select(pg.c.item_id, rank).where(pg.c.terms.op("@@")(query), pg.c.collection_id == collection_id)
-            .order_by(rank.desc()).limit(n))
+    found = [pg.c.terms.op("@@")(query), pg.c.collection_id == bindparam("cid", type_=BigInteger)]
+    q = select(pg.c.item_id, rank).where(*found)
+    if bounded:
+        q = q.where(pg.c.item_id >= func.coalesce(select(pg.c.item_id).where(*found).order_by(pg.c.item_id.desc())
+                                                  .offset(skip).limit(1).scalar_subquery(), 0))
+    return q.order_by(rank.desc()).limit(n)
+
+
+# the other statements of a lexical search, built once: the candidates' ids narrowed; items by id
+_OK_AMONG = select(Item.id).where(Item.id.in_(bindparam("ids", expanding=True)),
+                                  Item.collection_id == bindparam("cid"), Item.status == STATUS_OK)
+_ITEMS = select(Item).where(Item.id.in_(bindparam("ids", expanding=True)))
 
 
 def _fts_words(terms: Sequence[str], every: bool) -> str:

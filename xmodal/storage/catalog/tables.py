@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -56,6 +57,8 @@ class Collection(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # what a run chose for the whole collection and later runs keep: {"lexical_fields": [...]} (see .lexical)
+    settings: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class Space(Base):
@@ -76,7 +79,11 @@ class Item(Base):
     __tablename__ = "items"
     __table_args__ = (
         UniqueConstraint("collection_id", "uri_key"),
-        Index("ix_items_collection_updated", "collection_id", "updated_at"),  # hidden_since, per request
+        Index("ix_items_collection_updated", "collection_id", "updated_at"),  # last_change, per request
+        # hidden_since, per vector search: a partial index of the items that are not ok (few), so a run that
+        # touched every item (all updated since the version's build began) costs no scan of them
+        Index("ix_items_collection_hidden", "collection_id", "updated_at",
+              sqlite_where=text("status != 'ok'"), postgresql_where=text("status != 'ok'")),
         {"sqlite_autoincrement": True},
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
