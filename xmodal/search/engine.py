@@ -302,7 +302,8 @@ class Searcher(QueryVectors):
         if min_relevance is not None and not calibrated:
             raise UserError(f"collection {self.collection!r} has an index built before relevance was calibrated: "
                             "run `xmodal index` on it once (or cut on the raw score with min_score)")
-        merged = by_rank(lists) if fusion == "rrf" or not calibrated else by_relevance(lists)
+        merged = by_rank(lists) if fusion == "rrf" or not calibrated else lists[0] if len(lists) == 1 \
+            else by_relevance(lists)  # one list keeps its order: by raw score
         results = [r for r in merged if cutoff.passes(r)]
         used = None if len(lists) <= 1 else f"rrf(k={RRF_K})" if fusion == "rrf" else (
             "relevance" if calibrated else f"rrf(k={RRF_K}): not calibrated (rebuild with `xmodal index`)")

@@ -8,8 +8,9 @@
   look further. ``k`` and ``offset`` count products. An item without a source id (a folder's) is a product
   of its own.
 - **An item's value** is what its page is ordered by: ``rrf`` when lists were fused by reciprocal rank
-  (hybrid, ``fusion: "rrf"``, uncalibrated targets), else the calibrated ``relevance``, else the raw
-  ``score`` (one uncalibrated list; lexical: the full-text score). :data:`BASES` names them.
+  (hybrid, ``fusion: "rrf"``, uncalibrated targets), else the calibrated ``relevance`` (target lists merged by
+  it), else the raw ``score`` (one list, one target: in raw-score order, as relevance is not quite, an item's
+  bias taken off; lexical: the full-text score). :data:`BASES` names them.
 - **Fusion.** Best item (default): a product's ``score`` is its best candidate's value. ``group_weights``
   (``{"image": 0.7, "title": 0.3}``, keyed by source column or modality): each candidate counts under its
   column when that is weighted, else under its modality (so ``image`` covers the columns ``front`` and
@@ -209,8 +210,9 @@ def _group(results: list[SearchResult], own: str | None) -> dict[tuple[str, int]
 def _basis(outcome: SearchOutcome) -> str:
     if outcome.fusion is not None and "rrf" in outcome.fusion:
         return "rrf"
-    if outcome.mode != LEXICAL and outcome.results and all(r.relevance is not None for r in outcome.results):
-        return "relevance"
+    if outcome.fusion is not None and "relevance" in outcome.fusion and outcome.mode != LEXICAL and outcome.results \
+            and all(r.relevance is not None for r in outcome.results):
+        return "relevance"  # lists merged by relevance; one list is in raw-score order, and so are its products
     return "score"
 
 
