@@ -388,6 +388,7 @@ def test_a_file_that_kills_its_decoder_is_recorded_failed_alone(av_settings, ray
 
     monkeypatch.setattr(run_module, "preparations", crashing)
     monkeypatch.setattr(ray_engine, "STALL_SECONDS", 20.0)  # a pass that left a block out ends sooner
+    monkeypatch.setattr(ray_engine, "START_SECONDS", 300.0)  # but its actors may take long to start (a busy CI)
     ray.cloudpickle.register_pickle_by_value(helpers)  # Ray's workers cannot import the tests' helpers
     try:
         summary = index_sources(av_settings, [media], "c", progress=False, engine="ray", ray_address=ray_head)
@@ -482,3 +483,24 @@ def test_payloads_stay_on_the_workers():
     light = ray_engine._without_payload(d)
     assert light.inputs is None and light.spans is None and light.meta == {"width": 8}
     assert light.modality == "image"
+
+
+def test_a_slow_start_is_not_taken_for_a_stall_but_a_stall_after_results_ends_the_pass():
+    """The stall limit that ends a pass whose crashed block Ray Data waits on forever counts between results;
+    before the first, the actors load their models, and a busy machine may take longer than any gap."""
+    def pass_results() -> Iterator[int]:
+        time.sleep(1.0)  # the actors start: longer than the stall limit
+        yield 1
+        yield 2
+        time.sleep(30)  # a block left out: Ray's iterator waits on it
+        yield 3
+
+    t0 = time.monotonic()
+    assert list(ray_engine._with_stall_limit(pass_results(), 0.3, 10.0)) == [1, 2]
+    assert time.monotonic() - t0 < 10  # ended by the stall after the results, not by the start allowance
+
+    def never() -> Iterator[int]:
+        time.sleep(30)
+        yield 1
+
+    assert list(ray_engine._with_stall_limit(never(), 0.3, 1.0)) == []  # nothing at all: the start limit ends it

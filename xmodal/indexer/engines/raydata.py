@@ -88,6 +88,7 @@ PASSES = ((DECODE_BLOCK_ROWS, False), (DECODE_BLOCK_ROWS, True), (1, True))
 CRASHED = "the decoder crashed on this file"  # the local engine's reason
 RELEASE_SECONDS = 60.0  # for a failed pass's actors to give their resources back
 STALL_SECONDS = 180.0  # a pass that leaves crashed blocks out ends when no result comes for this long
+START_SECONDS = 900.0  # ... or, before its first result (its actors load their models), for this long
 CONNECT_SECONDS = 10.0  # to reach a Ray head's port before ray.init tries (it retries for minutes)
 
 # Row transport. Every Ray Data row is ``item_id`` (int64) and ``payload``: one pickled Python object
@@ -274,7 +275,7 @@ def _run_pass(ray: Any, job: EmbedJob, tasks: list[DecodeTask], plan: PoolPlan, 
                                    "batch_size": settings.batch_size},
             max_task_retries=CRASH_RETRIES,
         )
-        results = _results(ds, stall_s=STALL_SECONDS if skip_crashed else None)
+        results = _results(ds, stall_s=(STALL_SECONDS, START_SECONDS) if skip_crashed else None)
         try:
             _deliver(job, {t.item_id for t in tasks}, results, delivered)
         finally:
@@ -373,14 +374,14 @@ def _spaces_by_modality(job: EmbedJob, item_id: int) -> dict[str, tuple[str, ...
     return {m: s for m, s in out.items() if s}
 
 
-def _results(ds: Any, *, stall_s: float | None = None
+def _results(ds: Any, *, stall_s: tuple[float, float] | None = None
              ) -> Generator[list[tuple[Decoded, dict[str, tuple[np.ndarray, Windows | None]]]], None, None]:
     """The encoded batches as they finish (one output block of an actor call each); closing it closes
-    Ray's iterator, which shuts the pass's executor down. ``stall_s``: when no batch comes for that long,
-    the pass ends there (Ray Data 2.60 can wait forever for the output of a block it left out after its
-    worker died); what was not delivered goes to the next pass."""
+    Ray's iterator, which shuts the pass's executor down. ``stall_s``: (between results, before the first):
+    when no batch comes for that long, the pass ends there (Ray Data 2.60 can wait forever for the output
+    of a block it left out after its worker died); what was not delivered goes to the next pass."""
     batches = iter(ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1))
-    source: Iterator[Any] = batches if stall_s is None else _with_stall_limit(batches, stall_s)
+    source: Iterator[Any] = batches if stall_s is None else _with_stall_limit(batches, *stall_s)
     try:
         for batch in source:
             yield [pickle.loads(p) for p in batch.column("payload").to_pylist()]
@@ -393,8 +394,11 @@ def _results(ds: Any, *, stall_s: float | None = None
                 log.warning("ray engine: the stalled pass's result iterator is still waiting; left behind")
 
 
-def _with_stall_limit(batches: Iterator[Any], stall_s: float) -> Iterator[Any]:
-    """``batches``, pulled by a daemon thread, ending when none comes for ``stall_s`` seconds."""
+def _with_stall_limit(batches: Iterator[Any], stall_s: float, start_s: float) -> Iterator[Any]:
+    """``batches``, pulled by a daemon thread, ending when none comes for ``stall_s`` seconds, or for
+    ``start_s`` before the first: a pass's actors load their models first, which a busy machine can make
+    take longer than any gap between results (a stall limit alone took a slow start for crashed blocks and
+    failed every file as crashed)."""
     out: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=2)
 
     def pull() -> None:
@@ -406,12 +410,16 @@ def _with_stall_limit(batches: Iterator[Any], stall_s: float) -> Iterator[Any]:
             out.put(("error", exc))
 
     threading.Thread(target=pull, name="xmodal-ray-results", daemon=True).start()
+    started = False
     while True:
+        wait = stall_s if started else max(stall_s, start_s)
         try:
-            kind, value = out.get(timeout=stall_s)
+            kind, value = out.get(timeout=wait)
         except queue.Empty:
-            log.warning("ray engine: no result for %.0fs after a block was left out; ending the pass", stall_s)
+            log.warning("ray engine: no result for %.0fs %s; ending the pass", wait,
+                        "after a block was left out" if started else "from its start")
             return
+        started = True
         if kind == "end":
             return
         if kind == "error":
