@@ -237,6 +237,7 @@ def measure(queries: npt.NDArray[np.float32], targets: npt.NDArray[np.float32], 
     if values.size < 2:
         return None
     z = np.where(keep, np.arctanh(np.clip(scores.astype(np.float64), -_EDGE, _EDGE)), np.nan)
+    zv = z[keep]  # every pair's, for the pair's mean and spread (Fisher's scale taken once)
     z = z[keep.sum(axis=1) >= 2]  # a query's median needs two of its scores
     residual = z - np.nanmedian(z, axis=1, keepdims=True) if len(z) else np.zeros((0, 0))
     spread = residual[np.isfinite(residual)]
@@ -246,7 +247,6 @@ def measure(queries: npt.NDArray[np.float32], targets: npt.NDArray[np.float32], 
         lean = np.nanmedian(residual, axis=0)  # each item's, over the queries
         lean = np.where(np.isfinite(lean), lean, 0.0)
         bias = {int(i): round(float(b), 5) for i, b in zip(target_ids[t_rows], lean, strict=True)}
-    zv = np.arctanh(np.clip(values.astype(np.float64), -_EDGE, _EDGE))
     return Calibration(round(float(zv.mean()), 6), round(max(float(zv.std()), 1e-6), 6), int(values.size),
                        int(n_targets), source, round(float(values.mean()), 6), round(float(values.std()), 6),
                        round(max(query_std, 0.0), 6), bias)
