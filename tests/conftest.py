@@ -2,17 +2,55 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import _pytest.assertion.rewrite
 import pytest
 from helpers import load_script
 
 from xmodal.config import Settings
 
 PG_URL = os.environ.get("XMODAL_TEST_DATABASE_URL")
+
+
+def _one_rewrite_at_a_time() -> None:
+    """pytest rewrites a module of a plugin's package (anyio's, which a live server imports lazily) on its
+    first import, by ``ast.parse`` and ``compile``; CPython 3.11's AST constructor keeps its recursion depth in
+    state shared between threads, so two threads rewriting at once may fail with "SystemError: AST
+    constructor recursion depth mismatch" (gh-106905; CI met it in a server thread as a 500). One rewrite
+    at a time, in whichever thread."""
+    rewrite = _pytest.assertion.rewrite._rewrite_test
+    lock = threading.RLock()
+
+    @functools.wraps(rewrite)
+    def locked(*args, **kwargs):  # type: ignore[no-untyped-def]
+        with lock:
+            return rewrite(*args, **kwargs)
+
+    _pytest.assertion.rewrite._rewrite_test = locked  # type: ignore[assignment]
+
+
+_one_rewrite_at_a_time()
+
+#: The test files that take longest (scripts/test.sh --durations=0), longest first. The workers take a whole
+#: file each (--dist loadfile), in collection order (--no-loadscope-reorder); these come first so that the
+#: workers finish together instead of one starting a five-minute file when the other is nearly done.
+LONGEST_FIRST = ("indexer/test_ray_engine.py", "indexer/test_crash_sigkill.py", "test_cli_e2e.py",
+                 "indexer/test_pipeline.py", "test_quickstart.py", "indexer/test_build.py", "test_cli_index_output.py",
+                 "indexer/test_manifest_index.py", "api/test_web_page.py", "search/test_lexical.py",
+                 "api/test_audio_http.py", "api/test_schemathesis.py", "indexer/test_audio_pipeline.py",
+                 "api/test_manifest_http.py", "api/test_http.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    here = Path(__file__).parent
+    items.sort(key=lambda item: rank.get(item.path.relative_to(here).as_posix(), len(rank)))  # stable: files stay whole
 
 
 @pytest.fixture(autouse=True)
