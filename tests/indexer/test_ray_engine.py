@@ -503,4 +503,27 @@ def test_a_slow_start_is_not_taken_for_a_stall_but_a_stall_after_results_ends_th
         time.sleep(30)
         yield 1
 
-    assert list(ray_engine._with_stall_limit(never(), 0.3, 1.0)) == []  # nothing at all: the start limit ends it
+    with pytest.raises(RuntimeError, match="stay pending"):  # nothing at all: the cluster's fault, not the files'
+        list(ray_engine._with_stall_limit(never(), 0.3, 1.0))
+
+
+class _Cluster:
+    """What ``_wait_for_resources`` asks of Ray: the resources free now (an aborted pass's actor holds some)."""
+
+    def __init__(self, cpus: float, gpus: float = 0.0) -> None:
+        self.free = {"CPU": cpus, "GPU": gpus}
+
+    def available_resources(self) -> dict[str, float]:
+        return dict(self.free)
+
+
+def test_a_pass_whose_predecessor_keeps_its_cpus_runs_one_actor_on_what_is_free():
+    plan = ray_engine.plan_pool([{"CPU": 2.0}], "cpu")  # one actor of 1.5 CPUs, decode tasks of 0.25
+    assert (plan.size, plan.num_cpus) == (1, 1.5)
+    assert ray_engine._wait_for_resources(_Cluster(2.0), plan, 31, timeout=0.2) == plan  # given back: as planned
+    smaller = ray_engine._wait_for_resources(_Cluster(0.5), plan, 31, timeout=0.2)  # the old actor holds 1.5
+    assert (smaller.size, smaller.num_cpus, smaller.decode_cpus) == (1, 0.25, 0.25)
+    with pytest.raises(RuntimeError, match="31 file"):  # no room even for a decode task: pending, not failed
+        ray_engine._wait_for_resources(_Cluster(0.25), plan, 31, timeout=0.2)
+    gpu = ray_engine.plan_pool([{"CPU": 8.0, "GPU": 1.0}], "auto")
+    assert ray_engine._wait_for_resources(_Cluster(8.0, 0.0), gpu, 3, timeout=0.2) == gpu  # a GPU can't shrink

@@ -224,7 +224,7 @@ def _embed(ray: Any, job: EmbedJob) -> str:
         if i:
             log.warning("ray engine: a Ray worker died; %d file(s) again%s", len(left),
                         ", one per block" if block_rows == 1 else ", leaving out blocks whose worker dies")
-            _wait_for_resources(ray, plan)
+            plan = _wait_for_resources(ray, plan, len(left))
         delivered: set[int] = set()
         try:
             _run_pass(ray, job, left, plan, records, block_rows, skip_crashed, delivered)
@@ -283,18 +283,29 @@ def _run_pass(ray: Any, job: EmbedJob, tasks: list[DecodeTask], plan: PoolPlan, 
             del ds
 
 
-def _wait_for_resources(ray: Any, plan: PoolPlan, timeout: float = RELEASE_SECONDS) -> None:
-    """Before another pass: wait until a failed pass's actors have given their CPUs (GPUs) back, or the
-    next pass's actor pool could wait forever for a place on a small cluster."""
+def _wait_for_resources(ray: Any, plan: PoolPlan, pending: int, timeout: float = RELEASE_SECONDS) -> PoolPlan:
+    """Before another pass: wait until a failed pass's actors have given their CPUs (GPUs) back, and return
+    the plan for that pass. When they are still held after ``timeout`` (an actor of the aborted pass can
+    outlive it: seen on a busy 2-CPU cluster, for minutes), a pool of CPU actors shrinks to one actor that
+    takes what is free, or else the next pass's actor would wait forever for a place it never gets."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         free = ray.available_resources()
         if (free.get("CPU", 0.0) >= plan.num_cpus + plan.decode_cpus
                 and free.get("GPU", 0.0) >= plan.num_gpus):
-            return
+            return plan
         time.sleep(0.2)
-    log.warning("ray engine: the cluster has not released the failed pass's resources after %.0fs; going on",
-                timeout)
+    cpus = ray.available_resources().get("CPU", 0.0)
+    if plan.num_gpus or cpus >= plan.num_cpus + plan.decode_cpus:
+        log.warning("ray engine: the cluster has not released the failed pass's resources after %.0fs; going on",
+                    timeout)
+        return plan
+    if cpus <= plan.decode_cpus:
+        raise RuntimeError(f"the Ray cluster has not given back the CPUs of a failed pass after {timeout:.0f}s "
+                           f"({cpus:g} free): the {pending} file(s) left stay pending and the next run redoes them")
+    log.warning("ray engine: the cluster has not released the failed pass's resources after %.0fs; the next pass "
+                "runs one encoder actor on the %g CPUs free", timeout, cpus)
+    return dataclasses.replace(plan, size=1, num_cpus=cpus - plan.decode_cpus)
 
 
 def _worker_died(ray: Any, exc: BaseException) -> bool:
@@ -416,8 +427,11 @@ def _with_stall_limit(batches: Iterator[Any], stall_s: float, start_s: float) ->
         try:
             kind, value = out.get(timeout=wait)
         except queue.Empty:
-            log.warning("ray engine: no result for %.0fs %s; ending the pass", wait,
-                        "after a block was left out" if started else "from its start")
+            if not started:  # nothing ran at all: the cluster's, not the files' fault
+                raise RuntimeError(f"the Ray cluster gave no result for {wait:.0f}s from the pass's start (its "
+                                   "encoder actors never started?): the files stay pending and the next run "
+                                   "redoes them") from None
+            log.warning("ray engine: no result for %.0fs after a block was left out; ending the pass", wait)
             return
         started = True
         if kind == "end":
