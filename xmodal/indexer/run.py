@@ -292,19 +292,28 @@ def fault_from_env() -> Callable[[str], None] | None:
     """The fault hook a crash test sets on a subprocess: ``XMODAL_FAULT_AT=point`` (or ``point@n``)
     SIGKILLs this process the first (n-th) time the run reaches ``point``: after-scan,
     after-encode-batch, before-shard-write, before-shard-commit, after-shard-commit, before-index-write,
-    before-publish."""
+    before-publish. ``point+s`` SIGKILLs it ``s`` seconds after it first reaches ``point``, wherever the run
+    is then (a random moment of its work, not one of these points)."""
     spec = os.environ.get(FAULT_ENV, "").strip()
     if not spec:
         return None
-    point, _, nth = spec.partition("@")
+    point, _, delay = spec.partition("+")
+    point, _, nth = point.partition("@")
     left = [int(nth) if nth.isdigit() else 1]
+
+    def kill() -> None:
+        log.warning("%s=%s: killing this run now", FAULT_ENV, spec)
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def hook(at: str) -> None:
         if at == point:
             left[0] -= 1
-            if left[0] <= 0:
-                log.warning("%s=%s: killing this run now", FAULT_ENV, spec)
-                os.kill(os.getpid(), signal.SIGKILL)
+            if left[0] == 0 and delay:
+                timer = threading.Timer(float(delay), kill)
+                timer.daemon = True
+                timer.start()
+            elif left[0] <= 0 and not delay:
+                kill()
 
     return hook
 
