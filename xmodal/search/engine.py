@@ -73,8 +73,10 @@ from xmodal.storage.shards import Windows, read_windows
 log = logging.getLogger(__name__)
 
 MAX_K = 1000
-# hybrid: the lexical list's SQL runs while the query is encoded and the vectors searched (both release the GIL)
-_WORDS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="xmodal-lexical")
+# work beside a query's main search (both release the GIL): a hybrid query's lexical list, in SQL, while the
+# query is encoded and the vectors searched; a selective filter's local tail (the query's best in the whole
+# part) while the filter's matches are searched
+_BESIDE = ThreadPoolExecutor(max_workers=4, thread_name_prefix="xmodal-beside")
 
 
 @dataclass
@@ -273,7 +275,7 @@ class Searcher(QueryVectors):
             return self._lexical_run(cast(str, text), target=target, k=k, offset=offset, where=where, window=window,
                                      arrange=arrange)
         want = max(k + offset, window or 0)
-        words = _WORDS.submit(lexical_results, self.catalog, self.collection_id, cast(str, text), want=want,
+        words = _BESIDE.submit(lexical_results, self.catalog, self.collection_id, cast(str, text), want=want,
                               where=where, target=target, bound=HYBRID_BOUND) if mode == HYBRID else None
         q = self._query(text=text, media=named or ((*media, "the upload") if media is not None else None), item=item,
                         stop=stop)
@@ -393,17 +395,18 @@ class Searcher(QueryVectors):
         if plan.name == EMPTY:
             return []
         total = part.ntotal
-        if plan.selective and calibration is not None:  # the local tail: the query's neighbours in the whole part
-            t0 = time.perf_counter()
-            scores, ids = part.search(query, min(total, TAIL + 1), recall=recall, exclude=excluded)
-            relevance = Relevance.of(calibration, scores[0], ids[0], total)
-            timings.ann_ms += (time.perf_counter() - t0) * 1000
+        tail = None  # the local tail: the query's neighbours in the whole part, searched beside the matches
+        if plan.selective and calibration is not None:
+            tail = _BESIDE.submit(part.search, query, min(total, TAIL + 1), recall=recall, exclude=excluded)
         fetch = plan.first_fetch(min(total, max(want + 16, TAIL + 1)), total, want)  # the local tail: the best TAIL + 1
         results: list[SearchResult] = []
         segmented = MODALITIES[r.target].always_segment and r.target in SPACES[r.space].modalities
         while fetch > 0:
             t0 = time.perf_counter()
             scores, ids = plan.search(part, query, fetch, recall=recall, exclude=excluded)
+            if tail is not None and calibration is not None:
+                tail_scores, tail_ids = tail.result()
+                relevance, tail = Relevance.of(calibration, tail_scores[0], tail_ids[0], total), None
             candidates = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
             if relevance is None and calibration is not None:
                 relevance = Relevance.of(calibration, scores[0], ids[0], total)
