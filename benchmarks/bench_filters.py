@@ -17,8 +17,9 @@ The same filters as a bare SQL condition (what the searcher did before: post-fil
 further x4) are timed on a few queries for comparison. The first filtered query builds the column view
 (one streamed query over the items): its time is reported.
 
-``--plans-only`` is for sizes whose full build does not fit the machine (on the shared 2-core machine
-the full path took 10 minutes at 100,000 products, most of it the build and tuning): the same vectors
+``--plans-only`` is for sizes whose full build does not fit the machine (on the 2-core machine, idle, the
+full path took 2m41s at 100,000 products and 19m53s at 1,000,000; shared with other work, 10 minutes at
+100,000): the same vectors
 and metadata, no catalog and no searcher; ``build_index``, the column view filled from the same rows,
 and per query the plans' FAISS work (the local-tail search and the plan's own search) against the
 unfiltered search of the same depth, with recall@10 over what hydration would keep.
@@ -335,32 +336,27 @@ def markdown(full: dict[str, Any] | None, plans: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
-NOTES = """## What it says (the runs above; the shared 2-core machine, four other sessions on it)
+NOTES = """## What it says (the runs above: the 2-core machine, idle for the full path)
 
-- Recall@10 against the exact filtered ranking is at least 0.95 at every selectivity in both runs, and
-  every filtered query returned min(k, matching) items that match (asserted per query by the full path).
-- Full path at 100,000 products (the run of 2026-12-01, after the catalog's `hidden_since` lookup got a
-  partial index: it had walked every item a run touched, on every vector search): every selectivity
-  but 5% is within 1.5x (0.5% 1.31x, 0.05% 1.26x, one match 0.95x, brand + price 1.23x; the run of
-  2026-11-30 measured 1.68x, 1.57x, 1.01x and 0.86x); 5% (5,000 matches, an ANN search restricted to
-  them at nprobe 72, 4.5x the tuned 16) is 1.71x p50 and 1.61x p95. "none" is an empty page without
-  an ANN call. Before plans (the same filter as a bare SQL condition, post-filtered), one match or none
-  took 150 to 200 times the unfiltered query at 100,000 products, and grows with the catalog.
-- Targets missed: the 1.5x target is not met at every selectivity (5% on the full path; more at a
-  million in the plans-only run). Every selective plan also runs the
-  unfiltered search of the best 33 (the local tail that calibrated relevance is fitted on, kept as it
-  was so relevance and cutoffs read the same under any plan): that alone is 1x, and the plan's own work
-  comes on top. At a million vectors the plan's work is mostly exact vectors read from the memory-mapped
-  re-rank store (2 GB here, not all in the page cache beside the other sessions): 5,000 matches scored
-  exactly cost about 2x an unfiltered query on top of the tail's 1x; a restricted search at
-  nprobe = nlist, the alternative, read every code and cost more (3.9x, measured before the exact rule for it). Post-filtering at 50%
-  measured 2.3x at a million in the plans-only run (more lists and 25% more candidates would explain
-  about 1.3x; not isolated). What would close the gap: the local tail from the PQ scores (no exact reads),
-  or the re-rank store in RAM (`rerank="ram"`, which the index recipe chooses when a memory budget holds it).
-- Timings on this machine move with the other sessions' load: run to run, the same row moved by up to
-  0.5x; the ratios are interleaved per query to share that noise.
-- 1,000,000 products through the full path did not fit: the 100,000-product build took 2.5 to 10 minutes
-  here depending on the load, most of it the IVF-PQ build and tuning. The 1M rows are the plans-only run.
+- Recall@10 against the exact filtered ranking is at least 0.95 at every selectivity in every run (0.998 or
+  more at a million), and every filtered query returned min(k, matching) items that match (asserted per
+  query by the full path).
+- Full path at 1,000,000 products (2026-12-01, 19m53s in all: catalog 248 s, build and publish 143 s, the
+  rest the queries and the "before" rows): 50%, 0.05%, one match and none are within 1.5x at p50 and p95
+  (0.94x, 1.19x / 1.50x, 0.80x / 1.09x, 0.30x). **Missed:** 5% (an ANN search restricted to 50,000
+  matches at nprobe 144) 1.72x p50 and 13.3x p95; 0.5% (5,000 matches scored exactly) 1.72x and 9.5x;
+  brand + price (6,636, exact) 1.69x and 4.3x. Before plans, one match or none took about 5,000 times the
+  unfiltered query at a million (150 to 500 times at 100,000): plans are what keep selective filters usable.
+- The same command at 100,000 products, idle machine, the same day (2m41s in all): 50% 1.07x, 5% 1.78x,
+  0.5% 1.38x, 0.05% 1.14x, one match 0.98x, none 0.48x, brand + price 1.30x at p50, unfiltered 5.7 ms.
+- Why the misses: every selective plan also needs the query's local tail (its best 33 in the whole part,
+  which calibrated relevance is fitted on), an unfiltered search of 1x; it now runs in a thread beside the
+  plan's own search, which did not bring these rows down because the plan's own work is the larger part:
+  exact vectors read at random rows from the memory-mapped re-rank store (2 GB at a million; the p95
+  outliers are reads that miss the page cache), or at 5% a restricted search over 4.5x the tuned lists.
+  What would close the gap: the re-rank store in RAM (`rerank="ram"`, which the index recipe chooses when a
+  memory budget holds it), or exact scores from the PQ codes before reading any vector.
+- The plans-only run (below) measured the FAISS side alone at a million, before the full path fitted.
 """
 
 
