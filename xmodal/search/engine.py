@@ -397,16 +397,15 @@ class Searcher(QueryVectors):
         total = part.ntotal
         tail = None  # the local tail: the query's neighbours in the whole part, searched beside the matches
         if plan.selective and calibration is not None:
-            tail = _BESIDE.submit(part.search, query, min(total, TAIL + 1), recall=recall, exclude=excluded)
+            tail = _BESIDE.submit(_local_relevance, part, query, calibration, recall, excluded)
         fetch = plan.first_fetch(min(total, max(want + 16, TAIL + 1)), total, want)  # the local tail: the best TAIL + 1
         results: list[SearchResult] = []
         segmented = MODALITIES[r.target].always_segment and r.target in SPACES[r.space].modalities
         while fetch > 0:
             t0 = time.perf_counter()
             scores, ids = plan.search(part, query, fetch, recall=recall, exclude=excluded)
-            if tail is not None and calibration is not None:
-                tail_scores, tail_ids = tail.result()
-                relevance, tail = Relevance.of(calibration, tail_scores[0], tail_ids[0], total), None
+            if tail is not None:
+                relevance, tail = tail.result(), None
             candidates = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
             if relevance is None and calibration is not None:
                 relevance = Relevance.of(calibration, scores[0], ids[0], total)
@@ -522,3 +521,10 @@ def _reference(parts: dict[str, AnnPart], ids: dict[str, list[int]]) -> dict[str
             out[name] = (np.asarray([i for i, _ in found], dtype=np.int64),
                          np.ascontiguousarray(np.stack([v for _, v in found]), dtype=np.float32))
     return out
+
+
+def _local_relevance(part: AnnPart, query: np.ndarray, calibration: Calibration, recall: float | None,
+                     excluded: np.ndarray) -> Relevance:
+    """A query's relevance in a part with its local tail: its best ``TAIL + 1`` in the whole part."""
+    scores, ids = part.search(query, min(part.ntotal, TAIL + 1), recall=recall, exclude=excluded)
+    return Relevance.of(calibration, scores[0], ids[0], part.ntotal)
