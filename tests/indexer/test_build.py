@@ -555,11 +555,15 @@ def test_search_among_an_id_set_is_exact_and_restricted_search_keeps_to_it(
     q = noisy_copies(x, 5, seed=3)
     rng = np.random.default_rng(4)
     rows = rng.choice(x.shape[0], 300, replace=False)
-    among = IdSet.of(ids[rows])
+    among = IdSet.of(np.append(ids[rows], ids.max() + 1000))  # and one added after the build: no row
     left_out = ids[rows[:3]]
     truth = exact_ids(x[rows[3:]], ids[rows[3:]], q, 10)
     _, found = built.part.search_among(q, 10, among, exclude=left_out)
     assert np.array_equal(found, truth)
+    # the matches' rows are found once per store (a filter repeats): again, with and without ids left out
+    _, whole = built.part.search_among(q, 10, among)
+    assert np.array_equal(whole, exact_ids(x[rows], ids[rows], q, 10))
+    assert np.array_equal(built.part.search_among(q, 10, among, exclude=left_out)[1], truth)
     ivf = ivf_of(built.part.index)
     _, restricted = built.part.search(q, 10, nprobe=ivf.nlist, among=among, exclude=left_out)
     assert np.isin(restricted, ids[rows[3:]]).all()

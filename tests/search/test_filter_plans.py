@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 
 from xmodal.config import Settings
 from xmodal.indexer.pipeline import index_manifest
-from xmodal.search import plans
+from xmodal.search import engine, plans
 from xmodal.search.engine import Searcher
 from xmodal.search.filters import metadata_fields, prepare_filter
 from xmodal.storage.ann import AnnPart
@@ -69,6 +69,8 @@ def _exact_ranking(searcher: Searcher, query: str, spec: dict[str, Any]) -> list
 def test_filters_are_planned_by_selectivity(shop: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """One collection per backend (the build is most of the time): every plan, then a lagging view."""
     each_selectivity_takes_its_plan_and_finds_the_exact_filtered_top(shop, monkeypatch)
+    monkeypatch.undo()
+    a_query_again_with_another_filter_or_page_reuses_its_local_tail(shop, monkeypatch)
     monkeypatch.undo()
     a_view_behind_the_catalog_never_returns_an_item_that_no_longer_matches(shop)
 
@@ -127,6 +129,44 @@ def each_selectivity_takes_its_plan_and_finds_the_exact_filtered_top(shop: Setti
         assert all(r.relevance is not None for r in planned.results)
     finally:
         searcher.close()
+
+
+def a_query_again_with_another_filter_or_page_reuses_its_local_tail(shop: Settings,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A facet click or page 2 repeats the query: its local tail (the unfiltered search every selective plan
+    needs for relevance) is kept, and the results and relevance are what a searcher without it finds."""
+    tails: list[int] = []
+    real = engine._local_relevance
+
+    def counted(*args: Any) -> Any:
+        tails.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(engine, "_local_relevance", counted)
+    few, five = {"field": "category", "op": "in", "value": ["half-pct", "one"]}, {"field": "category", "op": "eq",
+                                                                                  "value": "five"}
+    fresh, again = Searcher(shop, "shop"), Searcher(shop, "shop")
+    try:
+        alone = fresh.run(text=QUERIES[2], target="text", k=K, where=_filter(fresh, few), mode="vector")
+        assert alone.ann["clip/text"]["plan"] == "exact" and len(tails) == 1  # a first filtered query: its tail
+        again.run(text=QUERIES[2], target="text", k=K, mode="vector")  # the shopper's query, then a facet click
+        clicked = again.run(text=QUERIES[2], target="text", k=K, where=_filter(again, few), mode="vector")
+        assert len(tails) == 1  # the unfiltered first round was the tail
+        assert (alone.ann["clip/text"]["local_tail"], clicked.ann["clip/text"]["local_tail"]) == ("searched", "kept")
+        assert [(r.id, r.relevance) for r in clicked.results] == [(r.id, r.relevance) for r in alone.results]
+        first = fresh.run(text=QUERIES[0], target="text", k=5, where=_filter(fresh, five), mode="vector")
+        assert first.ann["clip/text"]["plan"] in ("exact", "ann-restricted") and len(tails) == 2
+        page2 = fresh.run(text=QUERIES[0], target="text", k=5, offset=5, where=_filter(fresh, five), mode="vector")
+        assert len(tails) == 2  # page 2: the same tail
+        whole = again.run(text=QUERIES[0], target="text", k=10, where=_filter(again, five), mode="vector")
+        assert len(tails) == 3  # another searcher: its own
+        assert [(r.id, r.relevance) for r in first.results + page2.results] == \
+            [(r.id, r.relevance) for r in whole.results]
+        other = fresh.run(text=QUERIES[1], target="text", k=K, where=_filter(fresh, few), mode="vector")
+        assert len(tails) == 4 and other.results  # another query: another tail
+    finally:
+        fresh.close()
+        again.close()
 
 
 def a_view_behind_the_catalog_never_returns_an_item_that_no_longer_matches(shop: Settings) -> None:

@@ -19,12 +19,16 @@ The searcher counts the filter's matches in the part's modality on its column vi
   as above,
   filtered at hydration; it looks further (x4) while too many are filtered out.
 
+A selective plan's relevance keeps the query's local tail in the whole part (an unfiltered search beside the
+plan's own); :class:`Tails` keeps the recent ones, so a facet click or the next page does not search it again.
+
 Every plan hydrates through SQL with the filter's condition (the truth). A selective plan whose
 candidates SQL rejects (the view lagging the catalog) falls back to post-filtering for that request.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import threading
@@ -46,6 +50,7 @@ RAISE = 0.5  # nprobe / selectivity ** RAISE: the filtered top 10 are the unfilt
 #              the lists that hold a deeper top grow more slowly than its depth (recall measured there too)
 POST_SHARE = 0.5  # at least this share of the part matching: post-filter (a first round of 2x candidates)
 CACHE = 64  # matching-id sets kept per searcher (filters repeat: a shop's category pages)
+TAILS = 256  # queries' local tails kept per searcher (a query repeats with another filter, sort or page)
 
 UNFILTERED, EMPTY, EXACT, RESTRICTED, POST = "unfiltered", "empty", "exact", "ann-restricted", "post-filter"
 
@@ -153,6 +158,43 @@ class Planner:
             return Plan(POST)
         among, exact = found
         return choose(part, among, exact, recall, self.exact_max)
+
+
+class Tails:
+    """Queries' local tails (their relevance in a part: ``Relevance.of`` the best ``TAIL + 1`` of the whole part),
+    kept for the requests that repeat a query with another filter, sort or page (a shop's facet click, page 2):
+    every selective plan needs the tail, an unfiltered search of the whole part beside its own. The key holds
+    all it depends on (route, index version, recall asked, the query vector and the ids left out), so a kept
+    tail is the one the search would find again."""
+
+    def __init__(self, size: int = TAILS) -> None:
+        self.size = size
+        self._kept: OrderedDict[tuple[Any, ...], Relevance] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(route: str, version: int, recall: float | None, query: FloatArray, excluded: IdArray) -> tuple[Any, ...]:
+        digest = hashlib.blake2b(query.tobytes(), digest_size=16)
+        digest.update(excluded.tobytes())
+        return route, version, recall, digest.digest()
+
+    def get(self, key: tuple[Any, ...]) -> Relevance | None:
+        with self._lock:
+            found = self._kept.get(key)
+            if found is not None:
+                self._kept.move_to_end(key)
+            return found
+
+    def clear(self) -> None:
+        with self._lock:
+            self._kept.clear()
+
+    def put(self, key: tuple[Any, ...], relevance: Relevance) -> None:
+        with self._lock:
+            self._kept[key] = relevance
+            self._kept.move_to_end(key)
+            while len(self._kept) > self.size:
+                self._kept.popitem(last=False)
 
 
 def choose(part: AnnPart, among: IdSet, exact: bool, recall: float | None, exact_max: int) -> Plan:
