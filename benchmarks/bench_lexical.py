@@ -12,6 +12,10 @@ the vectors' values mean nothing, their cost is a small model's; no download her
   its size per item (SQLite: the FTS5 shadow tables by ``dbstat``; PostgreSQL: the table and its indexes).
 
     python benchmarks/bench_lexical.py [--products 100000] [--queries 300] [--database-url URL] [--quick]
+                                       [--scratch DIR]
+
+``--scratch DIR`` keeps the built catalog there: a later run with the same DIR (and products) measures the
+queries again without indexing anew, and reports the build figures the first run wrote (``DIR/built.json``).
 
 Writes docs/benchmarks/lexical.{json,md} (``--quick``: benchmarks/out/lexical-quick/).
 """
@@ -97,42 +101,31 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--database-url", help="a catalog URL (PostgreSQL); default: SQLite in the scratch dir")
     parser.add_argument("--quick", action="store_true", help="2,000 products, 60 queries, into benchmarks/out")
+    parser.add_argument("--scratch", type=Path, help="keep the built catalog here, and reuse it when it is there")
     args = parser.parse_args()
     if args.quick:
         args.products, args.queries = 2000, 60
-    from sqlalchemy import text
-
     from xmodal.config import Settings
-    from xmodal.indexer.pipeline import index_manifest
     from xmodal.search.engine import Searcher
-    from xmodal.storage.catalog import Catalog
 
     rng = random.Random(15)
-    scratch = Path(tempfile.mkdtemp(prefix="bench-lexical-"))
-    model, ckpt = load_module(ROOT / "scripts" / "make_tiny_clip.py").make_clip(scratch / "clip")
+    scratch = args.scratch or Path(tempfile.mkdtemp(prefix="bench-lexical-"))
+    built_file = scratch / "built.json"
+    built = json.loads(built_file.read_text()) if built_file.exists() else None
+    if built is not None and built["products"] != args.products:
+        parser.error(f"{scratch} holds {built['products']} products, not {args.products}")
     url = args.database_url or f"sqlite:///{scratch / 'catalog.sqlite'}"
-    settings = Settings(home=scratch / "home", database_url=url, clip_model=str(model), clip_pretrained=str(ckpt))
-    manifest = scratch / "products.csv"
-    write_manifest(manifest, args.products, rng)
+    if built is None:
+        scratch.mkdir(parents=True, exist_ok=True)
+        model, ckpt = load_module(ROOT / "scripts" / "make_tiny_clip.py").make_clip(scratch / "clip")
+        built = {"products": args.products, "model": str(model), "ckpt": str(ckpt), **build(args.products, rng,
+                                                                                             scratch, url, model, ckpt)}
+        built_file.write_text(json.dumps(built, indent=1) + "\n")
+    settings = Settings(home=scratch / "home", database_url=url, clip_model=built["model"],
+                        clip_pretrained=built["ckpt"])
+    index_s, rebuild_s, items, size = built["index_s"], built["rebuild_s"], built["items"], built["size"]
 
-    t0 = time.perf_counter()
-    summary = index_manifest(settings, manifest, "shop", media={"title": "text"}, progress=False)
-    index_s = time.perf_counter() - t0
-    print(f"indexed {args.products} products in {index_s:.1f} s ({summary.embedded} embedded)", flush=True)
-
-    catalog = Catalog(settings.resolved_database_url)
-    size = index_size(catalog)
-    with catalog.engine.begin() as conn:
-        conn.execute(text("DROP TABLE item_lexical"))
-    catalog.close()
-    t0 = time.perf_counter()
-    catalog = Catalog(settings.resolved_database_url)  # creates and fills it, as for an older catalog
-    rebuild_s = time.perf_counter() - t0
-    items = catalog.counts(catalog.collection_id("shop"))["status"].get("ok", 0)
-    catalog.close()
-    print(f"full-text index rebuilt over {items} items in {rebuild_s:.1f} s; {size}", flush=True)
-
-    qs = queries(args.products, args.queries, rng)
+    qs = queries(args.products, args.queries, random.Random(16))  # the same queries over a kept build
     searcher = Searcher(settings, "shop")
     searcher.warm_up()
     latency: dict[str, list[float]] = {"vector": [], "hybrid": [], "lexical": []}
@@ -176,6 +169,35 @@ def main() -> None:
     name = "lexical" if report["catalog"] == "sqlite" else "lexical-postgres"
     (dest / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
     (dest / f"{name}.md").write_text(markdown(report, " ".join(sys.argv)))
+
+
+def build(n: int, rng: random.Random, scratch: Path, url: str, model: Path, ckpt: Path) -> dict[str, Any]:
+    """The shop through ``index_manifest``, then its full-text index dropped and rebuilt (timed)."""
+    from sqlalchemy import text
+
+    from xmodal.config import Settings
+    from xmodal.indexer.pipeline import index_manifest
+    from xmodal.storage.catalog import Catalog
+
+    settings = Settings(home=scratch / "home", database_url=url, clip_model=str(model), clip_pretrained=str(ckpt))
+    manifest = scratch / "products.csv"
+    write_manifest(manifest, n, rng)
+    t0 = time.perf_counter()
+    summary = index_manifest(settings, manifest, "shop", media={"title": "text"}, progress=False)
+    index_s = time.perf_counter() - t0
+    print(f"indexed {n} products in {index_s:.1f} s ({summary.embedded} embedded)", flush=True)
+    catalog = Catalog(settings.resolved_database_url)
+    size = index_size(catalog)
+    with catalog.engine.begin() as conn:
+        conn.execute(text("DROP TABLE item_lexical"))
+    catalog.close()
+    t0 = time.perf_counter()
+    catalog = Catalog(settings.resolved_database_url)  # creates and fills it, as for an older catalog
+    rebuild_s = time.perf_counter() - t0
+    items = catalog.counts(catalog.collection_id("shop"))["status"].get("ok", 0)
+    catalog.close()
+    print(f"full-text index rebuilt over {items} items in {rebuild_s:.1f} s; {size}", flush=True)
+    return {"index_s": index_s, "rebuild_s": rebuild_s, "items": items, "size": size}
 
 
 def markdown(r: dict[str, Any], command: str) -> str:

@@ -17,6 +17,7 @@ from xmodal.cli import EXIT_USER_ERROR, main
 from xmodal.config import Settings
 from xmodal.errors import UserError
 from xmodal.indexer.pipeline import index_manifest, index_sources
+from xmodal.search import engine
 from xmodal.search.engine import Searcher
 from xmodal.storage.catalog import Catalog
 from xmodal.storage.catalog.lexical import TABLE, query_terms, tokens
@@ -78,6 +79,30 @@ def test_a_sku_query_finds_its_product_first(shop) -> None:
     # a SKU's parts match too, and the whole SKU ranks its product first even without the exact match
     assert sources(run(settings, "000123", k=3, mode="lexical"))[:2] == ["SKU-000123"] * 2
     assert sources(run(settings, "sku000123", k=3, mode="lexical"))[:2] == ["SKU-000123"] * 2
+
+
+def test_a_hybrid_query_gives_the_same_page_whether_its_text_is_encoded_first_or_kept(shop, monkeypatch) -> None:
+    """A text to encode has its lexical list searched in a thread beside the encoder; a text encoded before
+    (its vector kept) has it searched after the vector search, in turn: the page is the same either way."""
+    settings, _, _ = shop
+    beside: list[str] = []
+    real = engine._BESIDE.submit
+
+    def counted(fn: Any, *args: Any, **kw: Any) -> Any:
+        beside.append(fn.__name__)
+        return real(fn, *args, **kw)
+
+    monkeypatch.setattr(engine._BESIDE, "submit", counted)
+    searcher = Searcher(settings, "shop")
+    try:
+        pages = []
+        for _ in range(2):
+            outcome = searcher.run(text="tan leather Tyrell", k=12, mode="hybrid")
+            pages.append([(r.id, r.method, r.rrf, r.lexical) for r in outcome.results])
+        assert beside == ["lexical_results"]  # the first only: its text had to be encoded
+        assert pages[0] == pages[1] and "lexical" in {m for _, m, _, _ in pages[0]}
+    finally:
+        searcher.close()
 
 
 @pytest.mark.backends
@@ -258,21 +283,30 @@ def test_a_long_lived_searcher_turns_hybrid_on_when_a_run_brings_the_first_words
 
 @pytest.mark.backends
 def test_a_hybrid_query_scores_only_the_newest_matches_of_a_common_word(shop, monkeypatch) -> None:
-    """The hybrid lexical list is bounded (search.lexical.HYBRID_BOUND): a brand on 60 of the 300 items is
-    scored over its newest 10 rows only; lexical mode still ranks every match; a SKU is found either way."""
+    """The hybrid lexical list is bounded (search.lexical.HYBRID_BOUND): a brand on 60 of the 300 items
+    lists its newest 10 rows only (on SQLite newest first and unscored: bm25 would count every match of the
+    word first); a word with fewer matches than the bound is scored over all of them; lexical mode still
+    ranks every match; a SKU is found either way."""
     settings, _, rows = shop
     acme = sorted(i for i, r in enumerate(rows) if r["brand"] == "Acme")
     catalog = Catalog(settings.resolved_database_url, create=False)
     try:
         cid = catalog.collection_id("shop")
-        every = catalog.lexical_search(cid, ["acme"], limit=100)
+        every = catalog.lexical_search(cid, ["acme"], limit=200)
         bounded = catalog.lexical_search(cid, ["acme"], limit=100, bound=10)
+        loose = catalog.lexical_search(cid, ["acme"], limit=200, bound=1000)  # fewer matches than the bound
     finally:
         catalog.close()
     assert len(every) == 2 * len(acme) and {it.source_id for it, _ in every} == {f"SKU-{i:06d}" for i in acme}
+    assert all(score is not None for _, score in every)
+    assert [(it.id, score) for it, score in loose] == [(it.id, score) for it, score in every]
     newest = sorted((it.id for it, _ in every), reverse=True)[:10]
     assert sorted(it.id for it, _ in bounded) == sorted(newest)
+    if catalog.backend == "sqlite":
+        assert [(it.id, score) for it, score in bounded] == [(i, None) for i in newest]
+    else:  # ts_rank has no count of every match to make first: the newest are scored
+        assert all(score is not None for _, score in bounded)
     monkeypatch.setattr("xmodal.search.engine.HYBRID_BOUND", 10)
-    hybrid = [r for r in run(settings, "Acme", k=40, mode="hybrid") if r.lexical is not None]
+    hybrid = [r for r in run(settings, "Acme", k=40, mode="hybrid") if r.method in ("lexical", "hybrid")]
     assert hybrid and {r.id for r in hybrid} <= set(newest)
     assert sources(run(settings, "SKU-000123", k=2, mode="hybrid")) == ["SKU-000123"] * 2

@@ -345,7 +345,8 @@ class ResultOut(BaseModel):
     segments: list[dict[str, float]] | None = Field(default=None, description="with segments > 1: a windowed "
                                                     "item's best windows, best first (the first is segment)")
     source: dict[str, str] | None = None  # a manifest item: the source's id and the media column
-    lexical: float | None = None  # full-text score when its words matched (bm25 on SQLite, ts_rank on PostgreSQL)
+    lexical: float | None = None  # full-text score when its words matched (bm25 on SQLite, ts_rank on PostgreSQL;
+    #                               None for a hybrid query's common words on SQLite: newest first, unscored)
     exact: bool = False  # the query equals its source id: first on the page
     metadata: dict[str, Any]
     media_url: str

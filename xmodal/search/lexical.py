@@ -11,7 +11,9 @@
   lexical result as above. The hybrid lexical list scores at most :data:`HYBRID_BOUND` matches of each
   step (all words, then any), the newest: a rare word (a SKU, a model number, a small brand) is scored
   over every match as in ``lexical`` mode, a common one ("red", a large brand) over its newest matches,
-  so its cost stays fixed as the catalog grows (measured: docs/benchmarks/lexical.md).
+  so its cost stays fixed as the catalog grows (measured: docs/benchmarks/lexical.md). On SQLite a common
+  one's newest matches come newest first, unscored (``lexical`` None): FTS5's bm25 would first count every
+  match of each word (``storage.catalog.lexical.best``).
 
 In the lexical and hybrid modes a query equal to a manifest row's source id (a SKU; case-insensitive,
 surrounding spaces ignored) puts that row's items first (``exact: true``), by id. Filters (``where``) and

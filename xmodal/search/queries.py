@@ -7,7 +7,8 @@ abandoned half-way (``stop``: a client that left); media arrives by modality thr
 
 from __future__ import annotations
 
-import functools
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,10 @@ def check_stop(stop: Callable[[], bool] | None) -> None:
         raise Cancelled("stopped: whoever asked for this query has gone")
 
 
+TEXT_VECTORS = 4096  # text vectors kept per searcher (queries repeat)
+_TEXTS_LOCK = threading.Lock()
+
+
 class QueryVectors:
     """Query encoding, for a searcher (the attributes below are the searcher's)."""
 
@@ -74,10 +79,30 @@ class QueryVectors:
                             "(XMODAL_MAX_QUERY_CHARS)")
         return self._text_vector(text, space or self.primary)
 
-    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one searcher per collection for the process's life
+    def text_encoded(self, text: str, space: str) -> bool:
+        """Whether ``text`` has its vector in ``space`` already (a repeated query: nothing to encode)."""
+        return (text, space) in self._texts()
+
+    def _texts(self) -> OrderedDict[tuple[str, str], np.ndarray]:
+        """The last :data:`TEXT_VECTORS` text vectors, by (text, space), least recently used first."""
+        kept = self.__dict__.get("_text_vectors")
+        if kept is None:
+            kept = self.__dict__.setdefault("_text_vectors", OrderedDict())
+        return cast("OrderedDict[tuple[str, str], np.ndarray]", kept)
+
     def _text_vector(self, text: str, space: str) -> np.ndarray:
+        kept, key = self._texts(), (text, space)
+        with _TEXTS_LOCK:
+            vec = kept.get(key)
+            if vec is not None:
+                kept.move_to_end(key)
+                return vec
         vec = self.encoder_for(space).embed_texts([text])[0]
         vec.setflags(write=False)  # shared by every request that repeats the query
+        with _TEXTS_LOCK:
+            kept[key] = vec
+            while len(kept) > TEXT_VECTORS:
+                kept.popitem(last=False)
         return vec
 
     def query_file(self, path: Path, kind: str) -> bytes:

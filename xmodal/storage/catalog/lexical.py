@@ -62,6 +62,7 @@ from sqlalchemy import (
     insert,
     inspect,
     literal_column,
+    null,
     or_,
     select,
     table,
@@ -297,7 +298,7 @@ class LexicalQueries(CatalogBase):
             return s.execute(q.limit(1)).first() is not None
 
     def lexical_search(self, collection_id: int, terms: Sequence[str], *, limit: int, where: Any = None,
-                       modality: str | None = None, bound: int | None = None) -> list[tuple[Item, float]]:
+                       modality: str | None = None, bound: int | None = None) -> list[tuple[Item, float | None]]:
         """The ``ok`` items of the collection whose words hold the ``terms``, at most ``limit``: those with
         all of them first, then those with any, each group best score first (ties by id); ``where`` (a
         compiled filter) and ``modality`` narrow them. The index ranks its best candidates on its own (a
@@ -305,7 +306,7 @@ class LexicalQueries(CatalogBase):
         of them: :func:`best`), their ids are then narrowed, and only the page's items are read."""
         if not terms or not self.lexical:
             return []
-        chosen: list[tuple[int, float]] = []
+        chosen: list[tuple[int, float | None]] = []
         with self.Session() as s:
             for every in ((True, False) if len(terms) > 1 else (False,)):
                 chosen += self._best_ok(s, terms, every, collection_id, limit - len(chosen), where, modality,
@@ -316,20 +317,29 @@ class LexicalQueries(CatalogBase):
         return [(items[i], v) for i, v in chosen]
 
     def _best_ok(self, s: Any, terms: Sequence[str], every: bool, collection_id: int, limit: int, where: Any,
-                 modality: str | None, skip: set[int], bound: int | None = None) -> list[tuple[int, float]]:
+                 modality: str | None, skip: set[int], bound: int | None = None) -> list[tuple[int, float | None]]:
         """(id, score) of the best ``limit`` rows that hold all (``every``) or any of ``terms`` whose items
-        are ok and pass the filters, ``skip`` left out; looks further (x4) when too many drop out."""
+        are ok and pass the filters, ``skip`` left out; looks further (x4) when too many drop out. With
+        ``bound`` on SQLite, words with at least ``bound`` matches list their newest first, unscored (None):
+        see :func:`best`."""
         fetch = max(4 * (limit + len(skip)), 64)
+        edge = None
+        if bound is not None and self.backend == "sqlite":
+            edge = s.scalar(_edge_statement(), {"words": _fts_words(terms, every), "skip": bound - 1})
+            bound = None if edge is None else bound  # fewer matches than the bound: every one scored, as unbounded
         while True:
-            top = [(int(i), float(v)) for i, v in s.execute(*best(self.backend, terms, every, collection_id, fetch,
-                                                                  bound)) if int(i) not in skip]
+            top = [(int(i), None if v is None else float(v)) for i, v in s.execute(*best(
+                self.backend, terms, every, collection_id, fetch, bound, edge=edge)) if int(i) not in skip]
             q = _OK_AMONG
             if where is not None:
                 q = q.where(where)
             if modality is not None:
                 q = q.where(Item.modality == modality)
             kept = {int(i) for i in s.scalars(q, {"ids": [i for i, _ in top], "cid": collection_id})}
-            chosen = sorted(((i, v) for i, v in top if i in kept), key=lambda p: (-p[1], p[0]))[:limit]
+            chosen = [(i, v) for i, v in top if i in kept]
+            if edge is None:  # scored: best first, ties by id (unscored rows come newest first already)
+                chosen.sort(key=lambda p: (-(p[1] or 0.0), p[0]))
+            chosen = chosen[:limit]
             if len(chosen) >= limit or len(top) + len(skip) < fetch:
                 return chosen
             fetch *= 4
@@ -380,15 +390,36 @@ def _of_source(dialect: str) -> Any:
 
 
 def best(dialect: str, terms: Sequence[str], every: bool, collection_id: int, n: int,
-         bound: int | None = None) -> tuple[Any, dict[str, Any]]:
+         bound: int | None = None, *, edge: int | None = None) -> tuple[Any, dict[str, Any]]:
     """(statement, its parameters): (item id, score: higher is better) of the ``n`` best rows holding all
     (``every``) or any of ``terms`` (:func:`query_terms`), from the index alone (on SQLite of every
     collection: the caller checks it). ``bound``: score only the newest ``bound`` such rows (highest ids),
-    not every one: a common word's thousands of matches cost a score each (bm25, ts_rank), the newest few
-    hundred a fixed amount."""
+    not every one: a common word's thousands of matches cost a score each (ts_rank), the newest few hundred
+    a fixed amount. On SQLite ``edge`` (:func:`_edge_statement`: the id of the ``bound``-th newest match)
+    lists the rows from it newest first, unscored (score None): FTS5's bm25 first counts every match of each
+    word for its weight (4.5 ms for two common words at a million items), whatever the rows it then scores,
+    so for words that common only the bound keeps the cost fixed."""
     words = _fts_words(terms, every) if dialect == "sqlite" else (" & " if every else " | ").join(terms)
+    if dialect == "sqlite" and edge is not None:
+        return _newest_statement(), {"words": words, "n": n, "edge": edge}
     params = {"words": words, "n": n, "cid": collection_id, **({"skip": bound - 1} if bound is not None else {})}
-    return _best_statement(dialect, bound is not None), params
+    return _best_statement(dialect, bound is not None and dialect != "sqlite"), params
+
+
+@functools.cache
+def _edge_statement() -> Any:
+    """SQLite: the id of the ``:skip + 1``-th newest row matching ``:words`` (None when there are fewer)."""
+    match = literal_column(TABLE).op("MATCH")(bindparam("words", type_=String))
+    return (select(fts.c.rowid).where(match).order_by(fts.c.rowid.desc())
+            .offset(bindparam("skip", type_=Integer)).limit(1))
+
+
+@functools.cache
+def _newest_statement() -> Any:
+    """SQLite: the newest ``:n`` rows matching ``:words`` from ``:edge`` on, newest first, unscored."""
+    match = literal_column(TABLE).op("MATCH")(bindparam("words", type_=String))
+    return (select(fts.c.rowid, null()).where(match, fts.c.rowid >= bindparam("edge", type_=BigInteger))
+            .order_by(fts.c.rowid.desc()).limit(bindparam("n", type_=Integer)))
 
 
 @functools.cache
@@ -400,11 +431,7 @@ def _best_statement(dialect: str, bounded: bool) -> Any:
         whole: Any = literal_column(TABLE)
         score = -func.bm25(whole, 2.0, 1.0)
         match = whole.op("MATCH")(words)
-        q = select(fts.c.rowid, score).where(match)
-        if bounded:  # FTS5 takes a rowid range as a constraint of its own scan
-            q = q.where(fts.c.rowid >= func.coalesce(select(fts.c.rowid).where(match).order_by(fts.c.rowid.desc())
-                                                      .offset(skip).limit(1).scalar_subquery(), 0))
-        return q.order_by(score.desc()).limit(n)
+        return select(fts.c.rowid, score).where(match).order_by(score.desc()).limit(n)  # bounded: best()
     query = func.to_tsquery("simple", words)
     rank = func.ts_rank(literal_column(f"'{PG_WEIGHTS}'::float4[]"), pg.c.terms, query, 1)
     found = [pg.c.terms.op("@@")(query), pg.c.collection_id == bindparam("cid", type_=BigInteger)]
