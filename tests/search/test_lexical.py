@@ -294,6 +294,7 @@ def test_a_hybrid_query_scores_only_the_newest_matches_of_a_common_word(shop, mo
         cid = catalog.collection_id("shop")
         every = catalog.lexical_search(cid, ["acme"], limit=200)
         bounded = catalog.lexical_search(cid, ["acme"], limit=100, bound=10)
+        texts = catalog.lexical_search(cid, ["acme"], limit=100, bound=10, modality="text")  # narrowed in the bound
         loose = catalog.lexical_search(cid, ["acme"], limit=200, bound=1000)  # fewer matches than the bound
     finally:
         catalog.close()
@@ -302,8 +303,11 @@ def test_a_hybrid_query_scores_only_the_newest_matches_of_a_common_word(shop, mo
     assert [(it.id, score) for it, score in loose] == [(it.id, score) for it, score in every]
     newest = sorted((it.id for it, _ in every), reverse=True)[:10]
     assert sorted(it.id for it, _ in bounded) == sorted(newest)
+    modality = {it.id: it.modality for it, _ in every}
+    assert sorted(it.id for it, _ in texts) == sorted(i for i in newest if modality[i] == "text") != []
     if catalog.backend == "sqlite":
         assert [(it.id, score) for it, score in bounded] == [(i, None) for i in newest]
+        assert [it.id for it, _ in texts] == [i for i in newest if modality[i] == "text"]
     else:  # ts_rank has no count of every match to make first: the newest are scored
         assert all(score is not None for _, score in bounded)
     monkeypatch.setattr("xmodal.search.engine.HYBRID_BOUND", 10)

@@ -62,7 +62,6 @@ from sqlalchemy import (
     insert,
     inspect,
     literal_column,
-    null,
     or_,
     select,
     table,
@@ -322,26 +321,30 @@ class LexicalQueries(CatalogBase):
         are ok and pass the filters, ``skip`` left out; looks further (x4) when too many drop out. With
         ``bound`` on SQLite, words with at least ``bound`` matches list their newest first, unscored (None):
         see :func:`best`."""
-        fetch = max(4 * (limit + len(skip)), 64)
-        edge = None
         if bound is not None and self.backend == "sqlite":
-            edge = s.scalar(_edge_statement(), {"words": _fts_words(terms, every), "skip": bound - 1})
-            bound = None if edge is None else bound  # fewer matches than the bound: every one scored, as unbounded
+            words = _fts_words(terms, every)
+            edge = s.scalar(_EDGE, {"words": words, "skip": bound - 1})
+            if edge is not None:  # the index's own order, so the items' conditions join in the same statement
+                q = _NEWEST_OK.where(where) if where is not None else _NEWEST_OK
+                if modality is not None:
+                    q = q.where(Item.modality == modality)
+                found = s.scalars(q, {"words": words, "edge": edge, "cid": collection_id, "n": limit + len(skip)})
+                newest: list[tuple[int, float | None]] = [(int(i), None) for i in found if int(i) not in skip]
+                return newest[:limit]
+            bound = None  # fewer matches than the bound: every one scored, as unbounded
+        fetch = max(4 * (limit + len(skip)), 64)
         while True:
-            top = [(int(i), None if v is None else float(v)) for i, v in s.execute(*best(
-                self.backend, terms, every, collection_id, fetch, bound, edge=edge)) if int(i) not in skip]
+            top = [(int(i), float(v)) for i, v in s.execute(*best(self.backend, terms, every, collection_id, fetch,
+                                                                  bound)) if int(i) not in skip]
             q = _OK_AMONG
             if where is not None:
                 q = q.where(where)
             if modality is not None:
                 q = q.where(Item.modality == modality)
             kept = {int(i) for i in s.scalars(q, {"ids": [i for i, _ in top], "cid": collection_id})}
-            chosen = [(i, v) for i, v in top if i in kept]
-            if edge is None:  # scored: best first, ties by id (unscored rows come newest first already)
-                chosen.sort(key=lambda p: (-(p[1] or 0.0), p[0]))
-            chosen = chosen[:limit]
+            chosen = sorted(((i, v) for i, v in top if i in kept), key=lambda p: (-p[1], p[0]))[:limit]
             if len(chosen) >= limit or len(top) + len(skip) < fetch:
-                return chosen
+                return list[tuple[int, float | None]](chosen)
             fetch *= 4
 
     def items_of_source(self, collection_id: int, value: str, *, where: Any = None,
@@ -390,36 +393,17 @@ def _of_source(dialect: str) -> Any:
 
 
 def best(dialect: str, terms: Sequence[str], every: bool, collection_id: int, n: int,
-         bound: int | None = None, *, edge: int | None = None) -> tuple[Any, dict[str, Any]]:
+         bound: int | None = None) -> tuple[Any, dict[str, Any]]:
     """(statement, its parameters): (item id, score: higher is better) of the ``n`` best rows holding all
     (``every``) or any of ``terms`` (:func:`query_terms`), from the index alone (on SQLite of every
-    collection: the caller checks it). ``bound``: score only the newest ``bound`` such rows (highest ids),
-    not every one: a common word's thousands of matches cost a score each (ts_rank), the newest few hundred
-    a fixed amount. On SQLite ``edge`` (:func:`_edge_statement`: the id of the ``bound``-th newest match)
-    lists the rows from it newest first, unscored (score None): FTS5's bm25 first counts every match of each
-    word for its weight (4.5 ms for two common words at a million items), whatever the rows it then scores,
-    so for words that common only the bound keeps the cost fixed."""
+    collection: the caller checks it). ``bound`` (PostgreSQL): score only the newest ``bound`` such rows
+    (highest ids), not every one: a common word's thousands of matches cost a score each (ts_rank), the
+    newest few hundred a fixed amount. SQLite bounds otherwise (``LexicalQueries._best_ok``): FTS5's bm25
+    first counts every match of each word for its weight (4.5 ms for two common words at a million items),
+    whatever rows it then scores, so words with at least ``bound`` matches list their newest, unscored."""
     words = _fts_words(terms, every) if dialect == "sqlite" else (" & " if every else " | ").join(terms)
-    if dialect == "sqlite" and edge is not None:
-        return _newest_statement(), {"words": words, "n": n, "edge": edge}
     params = {"words": words, "n": n, "cid": collection_id, **({"skip": bound - 1} if bound is not None else {})}
     return _best_statement(dialect, bound is not None and dialect != "sqlite"), params
-
-
-@functools.cache
-def _edge_statement() -> Any:
-    """SQLite: the id of the ``:skip + 1``-th newest row matching ``:words`` (None when there are fewer)."""
-    match = literal_column(TABLE).op("MATCH")(bindparam("words", type_=String))
-    return (select(fts.c.rowid).where(match).order_by(fts.c.rowid.desc())
-            .offset(bindparam("skip", type_=Integer)).limit(1))
-
-
-@functools.cache
-def _newest_statement() -> Any:
-    """SQLite: the newest ``:n`` rows matching ``:words`` from ``:edge`` on, newest first, unscored."""
-    match = literal_column(TABLE).op("MATCH")(bindparam("words", type_=String))
-    return (select(fts.c.rowid, null()).where(match, fts.c.rowid >= bindparam("edge", type_=BigInteger))
-            .order_by(fts.c.rowid.desc()).limit(bindparam("n", type_=Integer)))
 
 
 @functools.cache
@@ -442,7 +426,14 @@ def _best_statement(dialect: str, bounded: bool) -> Any:
     return q.order_by(rank.desc()).limit(n)
 
 
-# the other statements of a lexical search, built once: the candidates' ids narrowed; items by id
+# the other statements of a lexical search, built once: the candidates' ids narrowed; items by id; on SQLite
+# the id of the :skip + 1-th newest row matching :words (None: fewer), and the ok items of the collection among
+# the rows from :edge on, newest first (the index's own order: it stops at :n)
+_MATCH = literal_column(TABLE).op("MATCH")(bindparam("words", type_=String))
+_EDGE = select(fts.c.rowid).where(_MATCH).order_by(fts.c.rowid.desc()).offset(bindparam("skip", type_=Integer)).limit(1)
+_NEWEST_OK = (select(fts.c.rowid).join_from(fts, Item, Item.id == fts.c.rowid)
+              .where(_MATCH, fts.c.rowid >= bindparam("edge", type_=BigInteger), Item.collection_id == bindparam("cid"),
+                     Item.status == STATUS_OK).order_by(fts.c.rowid.desc()).limit(bindparam("n", type_=Integer)))
 _OK_AMONG = select(Item.id).where(Item.id.in_(bindparam("ids", expanding=True)),
                                   Item.collection_id == bindparam("cid"), Item.status == STATUS_OK)
 _ITEMS = select(Item).where(Item.id.in_(bindparam("ids", expanding=True)))
