@@ -44,8 +44,10 @@ from xmodal.storage.ann import AnnPart, FloatArray, IdArray, IdSet, ivf_of
 from xmodal.storage.calibration import Relevance
 from xmodal.storage.catalog import STATUS_OK, Catalog
 
-EXACT_COST = 20  # an exact vector read and scored costs about as much as this many PQ codes scanned (1M: ~1 us
-#                  against ~45 ns, docs/benchmarks/filters.md)
+EXACT_COST = 50  # an exact vector read and scored costs about as much as this many codes a restricted search
+#                  passes (1M, queries interleaved as a server's are, caches cold: 5,000 matches scored exactly
+#                  1.68x the unfiltered query, restricted at nprobe 453 1.45x; 500 exactly 1.2x. Warm, one filter
+#                  again and again, it read 20: docs/benchmarks/filters.md)
 RAISE = 0.5  # nprobe / selectivity ** RAISE: the filtered top 10 are the unfiltered top 10 / selectivity, and
 #              the lists that hold a deeper top grow more slowly than its depth (recall measured there too)
 POST_SHARE = 0.5  # at least this share of the part matching: post-filter (a first round of 2x candidates)
