@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -129,6 +130,7 @@ class Searcher(QueryVectors):
         self._lexical_at: datetime | None = None  # the catalog's last item change when it was looked up
         self._planner = Planner(settings.filter_exact_max)  # filtered queries: the column view and plans
         self._tails = Tails()  # queries' local tails, for the same query again with another filter or page
+        self._text_vectors = OrderedDict()  # text queries' vectors (search.queries), least recently used first
 
     # loading ---------------------------------------------------------------------------------
 

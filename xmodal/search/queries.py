@@ -65,6 +65,7 @@ class QueryVectors:
     layout: Layout
     primary: str
     _spaces: dict[str, Any]  # the searcher's: the spaces this collection has
+    _text_vectors: OrderedDict[tuple[str, str], np.ndarray]  # the searcher's: the last TEXT_VECTORS, by (text, space)
 
     def encoder_for(self, space: str) -> Any: ...  # the searcher's: the space's loaded encoder
 
@@ -81,17 +82,10 @@ class QueryVectors:
 
     def text_encoded(self, text: str, space: str) -> bool:
         """Whether ``text`` has its vector in ``space`` already (a repeated query: nothing to encode)."""
-        return (text, space) in self._texts()
-
-    def _texts(self) -> OrderedDict[tuple[str, str], np.ndarray]:
-        """The last :data:`TEXT_VECTORS` text vectors, by (text, space), least recently used first."""
-        kept = self.__dict__.get("_text_vectors")
-        if kept is None:
-            kept = self.__dict__.setdefault("_text_vectors", OrderedDict())
-        return cast("OrderedDict[tuple[str, str], np.ndarray]", kept)
+        return (text, space) in self._text_vectors
 
     def _text_vector(self, text: str, space: str) -> np.ndarray:
-        kept, key = self._texts(), (text, space)
+        kept, key = self._text_vectors, (text, space)
         with _TEXTS_LOCK:
             vec = kept.get(key)
             if vec is not None:

@@ -47,7 +47,7 @@ import re
 import time
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -344,7 +344,7 @@ class LexicalQueries(CatalogBase):
             kept = {int(i) for i in s.scalars(q, {"ids": [i for i, _ in top], "cid": collection_id})}
             chosen = sorted(((i, v) for i, v in top if i in kept), key=lambda p: (-p[1], p[0]))[:limit]
             if len(chosen) >= limit or len(top) + len(skip) < fetch:
-                return list[tuple[int, float | None]](chosen)
+                return cast(list[tuple[int, float | None]], chosen)  # scored: no None
             fetch *= 4
 
     def items_of_source(self, collection_id: int, value: str, *, where: Any = None,
