@@ -403,15 +403,16 @@ class Searcher(QueryVectors):
             return []
         total = part.ntotal
         tail = None  # the local tail: the query's neighbours in the whole part, searched beside the matches
-        tail_key = Tails.key(f"{r.query}->{r.target}", loaded.version, recall, query, excluded)
-        if plan.selective and calibration is not None:  # kept from the same query before, else searched now
-            relevance = self._tails.get(tail_key)
-            tail = None if relevance is not None else _BESIDE.submit(_local_relevance, part, query, calibration,
-                                                                      recall, excluded)
-            info["local_tail"] = "searched" if tail is not None else "kept"
         fetch = plan.first_fetch(min(total, max(want + 16, TAIL + 1)), total, want)  # the local tail: the best TAIL + 1
         # an unfiltered first round of exactly the tail's depth is the tail search itself: kept for a filter next
-        keep = tail is not None or (plan.name == UNFILTERED and fetch == min(total, TAIL + 1))
+        keep = calibration is not None and (plan.selective or (plan.name == UNFILTERED and fetch == min(total,
+                                                                                                          TAIL + 1)))
+        tail_key = Tails.key(f"{r.query}->{r.target}", loaded.version, recall, query, excluded) if keep else ()
+        if plan.selective and calibration is not None:  # kept from the same query before, else searched now
+            relevance = self._tails.get(tail_key)
+            keep = relevance is None
+            tail = _BESIDE.submit(_local_relevance, part, query, calibration, recall, excluded) if keep else None
+            info["local_tail"] = "searched" if keep else "kept"
         results: list[SearchResult] = []
         segmented = MODALITIES[r.target].always_segment and r.target in SPACES[r.space].modalities
         while fetch > 0:
