@@ -296,15 +296,14 @@ def _wait_for_resources(ray: Any, plan: PoolPlan, pending: int, timeout: float =
             return plan
         time.sleep(0.2)
     cpus = ray.available_resources().get("CPU", 0.0)
+    held = "ray engine: the cluster has not released the failed pass's resources after %.0fs; "
     if plan.num_gpus or cpus >= plan.num_cpus + plan.decode_cpus:
-        log.warning("ray engine: the cluster has not released the failed pass's resources after %.0fs; going on",
-                    timeout)
+        log.warning(held + "going on", timeout)
         return plan
     if cpus <= plan.decode_cpus:
         raise RuntimeError(f"the Ray cluster has not given back the CPUs of a failed pass after {timeout:.0f}s "
                            f"({cpus:g} free): the {pending} file(s) left stay pending and the next run redoes them")
-    log.warning("ray engine: the cluster has not released the failed pass's resources after %.0fs; the next pass "
-                "runs one encoder actor on the %g CPUs free", timeout, cpus)
+    log.warning(held + "the next pass runs one encoder actor on the %g CPUs free", timeout, cpus)
     return dataclasses.replace(plan, size=1, num_cpus=cpus - plan.decode_cpus)
 
 
